@@ -1,0 +1,46 @@
+# The user's verbs. `make reproduce` and `make test` set everything up themselves.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+VENV := .venv
+PY := $(VENV)/bin/python
+# uv from PATH, else as a module of the system Python (installed on first use).
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: help setup test test-all reproduce fig1 bench lint format clean
+
+help:  ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed  ## create .venv from uv.lock (only when missing or stale)
+
+$(VENV)/.installed: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	$(UV) sync --frozen
+	@touch $@
+
+test: setup  ## the default test suite (slow tests excluded)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-all: PYTEST_ARGS :=
+test-all: test  ## every test, slow ones included
+
+reproduce: fig1  ## regenerate every figure in results/ (trains what it needs)
+
+fig1: setup  ## Fig. 1: BN vs no-BN, 3 seeds x 50k steps, then the figure
+	$(PY) -m bnrepro.train -m experiment=fig1_mnist
+	$(PY) scripts/plot_fig1.py runs/fig1_mnist --out results
+
+bench: setup  ## ms per step: canonical PyTorch loop vs ours (single and populations)
+	$(PY) scripts/bench.py
+
+lint: setup  ## ruff
+	$(PY) -m ruff check src scripts tests
+
+format: setup  ## ruff format + autofix
+	$(PY) -m ruff check --fix src scripts tests
+	$(PY) -m ruff format src scripts tests
+
+clean:  ## remove caches (keeps .venv, data/, runs/ and results/)
+	rm -rf .pytest_cache .ruff_cache outputs multirun

@@ -1,0 +1,106 @@
+"""Networks with a leading population dimension: P independent models evaluated as one.
+
+Weights are [P, in, out] and applied with batched matrix products, so P small networks cost
+about as much Python overhead as one. P = 1 is an ordinary single model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from bnrepro.norm import BatchNorm
+from bnrepro.seeding import generator
+
+ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
+NORMS = ("none", "bn")
+
+
+class PopulationLinear(nn.Module):
+    """y = x W + b per member: x [P, B, in] -> [P, B, out]."""
+
+    def __init__(self, population_size: int, in_features: int, out_features: int, bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(population_size, in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(population_size, 1, out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [P, B, in], or [B, in] shared by all members (one GEMM, no P copies of x)."""
+        if x.dim() == 2:
+            P, n_in, n_out = self.weight.shape
+            y = (x @ self.weight.transpose(0, 1).reshape(n_in, P * n_out)).view(-1, P, n_out)
+            y = y.transpose(0, 1)
+            return y if self.bias is None else y + self.bias
+        if self.bias is None:
+            return torch.bmm(x, self.weight)
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class PopulationDropout(nn.Module):
+    """Inverted dropout with a probability and a random stream per member."""
+
+    def __init__(self, probabilities: torch.Tensor, generators: Sequence[torch.Generator]):
+        super().__init__()
+        self.register_buffer("keep", 1 - probabilities.float())
+        self.generators = list(generators)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or bool((self.keep == 1).all()):
+            return x
+        # Drawn on the generators' device (CPU), so masks are the same on every device.
+        noise = torch.stack([torch.rand(x.shape[1:], generator=g) for g in self.generators])
+        noise = noise.to(x.device)
+        keep = self.keep.view(-1, *[1] * (x.dim() - 1))
+        return x * (noise < keep) / keep
+
+
+class MLP(nn.Module):
+    """Fully-connected net: hidden layers x -> [BN] -> activation -> [dropout], then 10-way linear.
+
+    With BN the affine bias is dropped, since BN's mean subtraction cancels it and beta takes
+    its role (paper Sec. 3.2). Weights start as N(0, init_std^2), "small random Gaussian".
+    """
+
+    def __init__(self, seeds: Sequence[int], in_features: int, hidden: Sequence[int],
+                 num_classes: int = 10, norm: str = "none", activation: str = "sigmoid",
+                 dropout: Sequence[float] | float = 0.0, init_std: float = 0.1,
+                 bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+                 bn_inference: str = "population"):
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"model.norm must be one of {NORMS}, got {norm!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"model.activation must be one of {sorted(ACTIVATIONS)}, got "
+                             f"{activation!r}")
+        P = len(seeds)
+        self.activation = ACTIVATIONS[activation]
+        widths = [in_features, *hidden]
+        self.hidden = nn.ModuleList(PopulationLinear(P, a, b, bias=norm == "none")
+                                    for a, b in zip(widths[:-1], widths[1:], strict=True))
+        self.norms = nn.ModuleList(
+            BatchNorm(P, w, bn_eps, bn_momentum, bn_inference) if norm == "bn" else nn.Identity()
+            for w in hidden)
+        probabilities = torch.as_tensor(dropout, dtype=torch.float).expand(P)
+        self.dropout = PopulationDropout(probabilities, [generator(s, "dropout") for s in seeds])
+        self.head = PopulationLinear(P, widths[-1], num_classes, bias=True)
+        with torch.no_grad():  # each member's weights from its own stream, layer by layer
+            for k, seed in enumerate(seeds):
+                g = generator(seed, "init")
+                for layer in [*self.hidden, self.head]:
+                    layer.weight[k] = torch.randn(layer.weight.shape[1:], generator=g) * init_std
+
+    def forward(self, x: torch.Tensor, preactivations: list | None = None,
+                shared: bool = False) -> torch.Tensor:
+        """x [P, B, ...] (or [B, ...] fed to every member when `shared`) -> logits [P, B, C].
+
+        Appends each hidden layer's input to the nonlinearity to `preactivations` when given.
+        """
+        h = x.flatten(1) if shared else x.flatten(2)
+        for linear, norm in zip(self.hidden, self.norms, strict=True):
+            h = norm(linear(h))
+            if preactivations is not None:
+                preactivations.append(h)
+            h = self.dropout(self.activation(h))
+        return self.head(h)

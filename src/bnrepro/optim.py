@@ -1,0 +1,54 @@
+"""SGD with momentum and weight decay, one learning rate per population member.
+
+Same update as torch.optim.SGD (dampening 0, no Nesterov): buf <- mu * buf + (g + wd * w);
+w <- w - lr * buf. Members that have diverged are frozen: their update is zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+
+def per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[P] -> [P, 1, 1, ...], broadcastable against a parameter shaped like `like`."""
+    return values.view(-1, *[1] * (like.dim() - 1))
+
+
+class PopulationSGD:
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: torch.Tensor,
+                 momentum: torch.Tensor, weight_decay: torch.Tensor):
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        # Skipping the terms that are zero for every member saves whole passes over the weights,
+        # which is most of the optimizer's cost (it is memory-bound).
+        self.use_momentum = bool((momentum != 0).any())
+        self.use_weight_decay = bool((weight_decay != 0).any())
+        self.buffers = [torch.zeros_like(p) for p in self.params] if self.use_momentum else []
+
+    @torch.no_grad()
+    def step(self, active: torch.Tensor) -> None:
+        """Update the members where `active` (bool [P]) is set; leave the others untouched."""
+        frozen = None if bool(active.all()) else ~active
+        neg_lr = torch.where(active, -self.lr, 0.0)
+        for i, p in enumerate(self.params):
+            grad = p.grad
+            if frozen is not None:
+                grad[frozen] = 0.0  # a frozen member's grad may be NaN, and 0 * NaN is NaN
+            if self.use_weight_decay:
+                grad = grad.addcmul(p, per_member(self.weight_decay, p))
+            if self.use_momentum:
+                grad = self.buffers[i].mul_(per_member(self.momentum, p)).add_(grad)
+            p.addcmul_(grad, per_member(neg_lr, p))
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def state_dict(self) -> dict:
+        return {"buffers": [b.clone() for b in self.buffers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for buf, saved in zip(self.buffers, state["buffers"], strict=True):
+            buf.copy_(saved)

@@ -1,0 +1,47 @@
+"""Find and read finished runs under run-store directories (for figures and tables)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig
+
+from bnrepro.store import read_config, read_metrics, read_summary
+
+
+@dataclass
+class Run:
+    dir: Path
+    config: DictConfig
+    summary: dict
+    metrics: pd.DataFrame  # one row per logged step
+
+
+def find_runs(roots: Iterable[str | Path], statuses: tuple[str, ...] = ("completed",)) -> list[Run]:
+    """Every run directory below `roots` whose summary status is in `statuses`.
+
+    Runs that are missing files or have another status are skipped with one warning that
+    names them, so a figure never silently mixes in a half-finished run.
+    """
+    runs, skipped = [], []
+    for root in roots:
+        for summary_file in sorted(Path(root).rglob("summary.json")):
+            run_dir = summary_file.parent
+            try:
+                summary = read_summary(run_dir)
+                config = read_config(run_dir)
+                metrics = pd.DataFrame(read_metrics(run_dir))
+            except (OSError, ValueError) as err:
+                skipped.append(f"{run_dir} ({type(err).__name__})")
+                continue
+            if summary.get("status") not in statuses or metrics.empty:
+                skipped.append(f"{run_dir} (status {summary.get('status')})")
+                continue
+            runs.append(Run(run_dir, config, summary, metrics))
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} run(s): " + "; ".join(skipped), stacklevel=2)
+    return runs
