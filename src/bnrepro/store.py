@@ -20,14 +20,23 @@ from bnrepro.atomic import atomic_write_json, atomic_write_text
 
 
 class RunStore:
-    def __init__(self, run_dir: str | Path, cfg: DictConfig | None = None):
+    """Writes one run's directory. `keep_until_step` resumes it: logged rows up to that step
+    are kept (later ones, logged after the checkpoint, are dropped) and new rows appended."""
+
+    def __init__(self, run_dir: str | Path, cfg: DictConfig | None = None,
+                 keep_until_step: int | None = None):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         config_file = self.dir / ".hydra" / "config.yaml"
         if cfg is not None and not config_file.exists():
             atomic_write_text(config_file, OmegaConf.to_yaml(cfg, resolve=True))
         self.metrics_path = self.dir / "metrics.jsonl"
-        self._metrics = open(self.metrics_path, "w")  # noqa: SIM115 (open for the run's life)
+        if keep_until_step is None:
+            self.metrics_path.write_text("")
+        else:
+            kept = [r for r in read_metrics(self.dir) if r["step"] <= keep_until_step]
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._metrics = open(self.metrics_path, "a")  # noqa: SIM115 (open for the run's life)
 
     def log(self, metrics: dict[str, Any]) -> None:
         # NaN/inf are not JSON: store them as null so every line stays parseable.
@@ -46,7 +55,10 @@ class RunStore:
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """Every complete line of metrics.jsonl (a line cut off by a kill is skipped)."""
     rows = []
-    with open(Path(run_dir) / "metrics.jsonl") as f:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return rows
+    with open(path) as f:
         for line in f:
             try:
                 rows.append(json.loads(line))

@@ -1,0 +1,156 @@
+"""VGG-style convolutional nets with a leading population dimension (see models.py).
+
+Activations are [P, B, C, H, W] at every module boundary, but are laid out in memory as
+[B, P*C, H, W]: the population is folded into channels, so each conv, pool and BN layer is one
+torch call on a view, with no copies between layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnrepro.models import ACTIVATIONS, NORMS, PopulationDropout, PopulationLinear
+from bnrepro.norm import BatchNorm
+from bnrepro.seeding import generator
+
+
+def fold(x: torch.Tensor) -> torch.Tensor:
+    """[P, B, C, H, W] -> [B, P*C, H, W] (a view when x came from `unfold`)."""
+    return x.transpose(0, 1).reshape(x.shape[1], -1, *x.shape[3:])
+
+
+def unfold(y: torch.Tensor, population_size: int) -> torch.Tensor:
+    """[B, P*C, H, W] -> [P, B, C, H, W], a view."""
+    B, PC = y.shape[:2]
+    return y.view(B, population_size, PC // population_size, *y.shape[2:]).transpose(0, 1)
+
+
+class PopulationConv2d(nn.Module):
+    """Per-member 2-D convolution: x [P, B, C, H, W] -> [P, B, out, H', W'], stride 1."""
+
+    def __init__(self, population_size: int, in_channels: int, out_channels: int,
+                 kernel_size: int = 3, padding: int = 1, *, bias: bool):
+        super().__init__()
+        shape = (population_size, out_channels, in_channels, kernel_size, kernel_size)
+        self.weight = nn.Parameter(torch.empty(shape))
+        self.bias = nn.Parameter(torch.zeros(population_size, out_channels)) if bias else None
+        self.padding = padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [P, B, C, H, W], or [B, C, H, W] shared by all members."""
+        P, n_out, n_in, k, _ = self.weight.shape
+        weight = self.weight.reshape(P * n_out, n_in, k, k)
+        bias = None if self.bias is None else self.bias.reshape(-1)
+        if x.dim() == 4:
+            # Shared input: one ungrouped conv whose P*out filters all read the same x,
+            # so x is never copied P times.
+            return unfold(F.conv2d(x, weight, bias, padding=self.padding), P)
+        # Grouped conv with groups=P: group p sees only member p's channels and filters.
+        return unfold(F.conv2d(fold(x), weight, bias, padding=self.padding, groups=P), P)
+
+
+def _per_stage(value: Sequence[int] | int, stages: int, name: str) -> list[int]:
+    values = [value] * stages if isinstance(value, int) else list(value)
+    if len(values) != stages or min(values) < 1:
+        raise ValueError(f"model.{name} must be a positive int or one per stage ({stages}), "
+                         f"got {value!r}")
+    return values
+
+
+class CNN(nn.Module):
+    """Per stage: `convs_per_stage` x (conv3x3 -> [BN] -> activation), then 2x2 max-pool;
+    then flatten -> linear -> [BN] -> activation -> dropout -> linear to the classes.
+
+    With BN the conv and hidden-linear biases are dropped, as BN's mean subtraction cancels
+    them (paper Sec. 3.2); each feature map gets one gamma/beta. Dropout is only in the head.
+    Weights start as N(0, std^2) with std = init_std, or, when init_std is None, He's
+    sqrt(2 / fan_in) (fan_in = in_channels * k * k for convs), which keeps ReLU nets trainable
+    without BN. `image_size` (H or (H, W)) sets the flattened size; pooling floors odd sizes.
+    """
+
+    def __init__(self, seeds: Sequence[int], in_channels: int = 3, num_classes: int = 10,
+                 norm: str = "none", activation: str = "sigmoid",
+                 dropout: Sequence[float] | float = 0.0, init_std: float | None = None,
+                 widths: Sequence[int] = (64, 128, 256),
+                 convs_per_stage: Sequence[int] | int = 1, width_multiplier: float = 1.0,
+                 classifier_hidden: int = 256, bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+                 bn_inference: str = "population",
+                 image_size: int | Sequence[int] = 32):
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"model.norm must be one of {NORMS}, got {norm!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"model.activation must be one of {sorted(ACTIVATIONS)}, got "
+                             f"{activation!r}")
+        P, bn = len(seeds), norm == "bn"
+        self.population_size = P
+        self.activation = ACTIVATIONS[activation]
+        stage_widths = [max(1, round(w * width_multiplier)) for w in widths]
+        depths = _per_stage(convs_per_stage, len(stage_widths), "convs_per_stage")
+        height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+
+        channels = [in_channels]
+        self.stage_ends: list[int] = []  # index of the last conv of each stage: pool after it
+        for w, depth in zip(stage_widths, depths, strict=True):
+            channels += [w] * depth
+            self.stage_ends.append(len(channels) - 2)
+            height, width = height // 2, width // 2
+            if min(height, width) < 1:
+                raise ValueError(f"image_size={image_size!r} is too small for "
+                                 f"{len(stage_widths)} pooling stages")
+        self.convs = nn.ModuleList(PopulationConv2d(P, a, b, bias=not bn)
+                                   for a, b in zip(channels[:-1], channels[1:], strict=True))
+        self.conv_norms = nn.ModuleList(
+            BatchNorm(P, c, bn_eps, bn_momentum, bn_inference) if bn else nn.Identity()
+            for c in channels[1:])
+        self.hidden = PopulationLinear(P, channels[-1] * height * width, classifier_hidden,
+                                       bias=not bn)
+        self.hidden_norm = BatchNorm(P, classifier_hidden, bn_eps, bn_momentum,
+                                     bn_inference) if bn else nn.Identity()
+        probabilities = torch.as_tensor(dropout, dtype=torch.float).expand(P)
+        self.dropout = PopulationDropout(probabilities, [generator(s, "dropout") for s in seeds])
+        self.head = PopulationLinear(P, classifier_hidden, num_classes, bias=True)
+
+        layers = [*self.convs, self.hidden, self.head]
+        stds = [init_std if init_std is not None else math.sqrt(2 / fan_in(layer))
+                for layer in layers]
+        with torch.no_grad():  # each member's weights from its own stream, layer by layer
+            for k, seed in enumerate(seeds):
+                g = generator(seed, "init")
+                for layer, std in zip(layers, stds, strict=True):
+                    layer.weight[k] = torch.randn(layer.weight.shape[1:], generator=g) * std
+
+    def forward(self, x: torch.Tensor, preactivations: list | None = None,
+                shared: bool = False) -> torch.Tensor:
+        """x [P, B, C, H, W] (or [B, C, H, W] fed to every member when `shared`) -> [P, B, K].
+
+        Appends the input to each nonlinearity (after BN) to `preactivations` when given:
+        [P, B, C, H, W] per conv, then [P, B, classifier_hidden].
+        """
+        P = self.population_size
+        if x.dim() != (4 if shared else 5):
+            raise ValueError(f"CNN expects x [{'' if shared else 'P, '}B, C, H, W], got "
+                             f"{tuple(x.shape)}")
+        h = x
+        for i, (conv, norm) in enumerate(zip(self.convs, self.conv_norms, strict=True)):
+            h = norm(conv(h))
+            if preactivations is not None:
+                preactivations.append(h)
+            h = self.activation(h)
+            if i in self.stage_ends:
+                h = unfold(F.max_pool2d(fold(h), 2), P)
+        h = self.hidden_norm(self.hidden(h.flatten(2)))
+        if preactivations is not None:
+            preactivations.append(h)
+        return self.head(self.dropout(self.activation(h)))
+
+
+def fan_in(layer: nn.Module) -> int:
+    """Inputs feeding one output unit: in_channels * k * k for a conv, in_features for linear."""
+    shape = layer.weight.shape  # conv [P, out, in, k, k]; linear [P, in, out]
+    return math.prod(shape[2:]) if isinstance(layer, PopulationConv2d) else shape[1]

@@ -1,0 +1,89 @@
+"""Config checks that run before any data is loaded: one line per problem, naming the key.
+
+Unknown group options (dataset=foo, hydra/launcher=foo) are refused by Hydra itself, with the
+list of available options; this catches bad values inside the groups.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from bnrepro.data import SPECS
+from bnrepro.models import ACTIVATIONS, NORMS
+from bnrepro.norm import INFERENCE
+
+MODEL_KINDS = ("mlp", "cnn")
+LOGGERS = ("none", "wandb")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A config value is out of range; the message names the key, the value and what is allowed."""
+
+
+def config_problems(cfg: DictConfig) -> list[str]:
+    problems = []
+
+    def check(key: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            problems.append(f"{key}={_value(cfg, key)!r} is not allowed: {allowed}")
+
+    def one_of(key: str, allowed: tuple) -> None:
+        check(key, _value(cfg, key) in allowed, f"choose one of {list(allowed)}")
+
+    one_of("dataset.name", tuple(SPECS))
+    one_of("model.kind", MODEL_KINDS)
+    one_of("model.norm", NORMS)
+    one_of("model.activation", tuple(ACTIVATIONS))
+    one_of("model.bn_inference", INFERENCE)
+    one_of("logger.kind", LOGGERS)
+    one_of("trainer.device", DEVICES)
+    check("trainer.threads", cfg.trainer.get("threads") is None or (
+        _integer(cfg.trainer.threads) and cfg.trainer.threads >= 1), "must be null or >= 1")
+    t, o = cfg.trainer, cfg.optim
+    check("optim.lr", _number(o.lr) and o.lr > 0, "must be > 0")
+    check("optim.momentum", _number(o.momentum) and 0 <= o.momentum < 1, "must be in [0, 1)")
+    check("optim.weight_decay", _number(o.weight_decay) and o.weight_decay >= 0, "must be >= 0")
+    check("model.dropout", _number(cfg.model.dropout) and 0 <= cfg.model.dropout < 1,
+          "must be in [0, 1)")
+    check("model.init_std", cfg.model.init_std is None or
+          (_number(cfg.model.init_std) and cfg.model.init_std > 0), "must be > 0 (or null)")
+    min_batch = 2 if cfg.model.norm == "bn" else 1  # BN needs two examples for a variance
+    check("trainer.batch_size", _integer(t.batch_size) and t.batch_size >= min_batch,
+          f"must be an integer >= {min_batch}")
+    check("trainer.max_steps", _integer(t.max_steps) and t.max_steps >= 1,
+          "must be an integer >= 1")
+    check("trainer.eval_every", _integer(t.eval_every) and 1 <= t.eval_every <= t.max_steps,
+          f"must be an integer in [1, trainer.max_steps={t.max_steps}]")
+    check("trainer.checkpoint_every", _integer(t.checkpoint_every) and (
+        t.checkpoint_every == 0 or t.checkpoint_every % t.eval_every == 0),
+        f"must be 0 (off) or a multiple of trainer.eval_every={t.eval_every}")
+    check("trainer.population_batches", _integer(t.population_batches)
+          and t.population_batches >= 1, "must be an integer >= 1")
+    check("probe.quantiles", all(_number(q) and 0 < q < 1 for q in cfg.probe.quantiles),
+          "every quantile must be in (0, 1)")
+    check("probe.num_examples", _integer(cfg.probe.num_examples)
+          and cfg.probe.num_examples >= 2, "must be an integer >= 2")
+    return problems
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError listing every bad value of `cfg`."""
+    problems = config_problems(cfg)
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def _value(cfg: DictConfig, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node.get(part) if hasattr(node, "get") else None
+    return node
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _integer(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)

@@ -1,0 +1,72 @@
+"""A population member behaves exactly as the same config run alone; the launcher groups jobs."""
+
+import math
+
+import pytest
+
+from bnrepro.config import compose_config
+from bnrepro.store import read_metrics, read_summary
+from bnrepro.train import train_population
+
+# Members differ in every per-member knob: lr, dropout (on and off), seed.
+MEMBERS = [(0.1, 0.0, 0), (0.5, 0.3, 1), (0.2, 0.1, 2)]
+# float32: the batched kernels (bmm over P, BN over P*F channels) may sum in another order than
+# with P = 1, a relative error of ~1e-7 per op; over 200 steps we measured at most 3e-6. 1e-4
+# leaves room across CPUs and BLAS builds while catching any real mix-up (wrong seed, data
+# order, lr or dropout for a member changes these metrics by 1e-2 or more).
+FLOAT_ATOL = 1e-4
+ACC_ATOL = 2 / 10000  # at most two of the 10,000 test images may flip on such a difference
+
+
+def configs(norm, activation):
+    return [compose_config(["experiment=fig1_mnist", "debug=smoke", f"model.norm={norm}",
+                            f"model.activation={activation}", f"optim.lr={lr}",
+                            f"model.dropout={dropout}", f"seed={seed}", "optim.momentum=0.9",
+                            "trainer.max_steps=200", "trainer.eval_every=50"])
+            for lr, dropout, seed in MEMBERS]
+
+
+@pytest.mark.parametrize(("norm", "activation"), [("bn", "sigmoid"), ("none", "relu"),
+                                                  ("bn", "relu"), ("none", "sigmoid")])
+def test_member_k_reproduces_the_single_run(norm, activation, tmp_path, mirror):
+    cfgs = configs(norm, activation)
+    train_population(cfgs, [tmp_path / f"pop{k}" for k in range(len(cfgs))])
+    for k, cfg in enumerate(cfgs):
+        train_population([cfg], [tmp_path / f"single{k}"])
+        together, alone = read_metrics(tmp_path / f"pop{k}"), read_metrics(tmp_path / f"single{k}")
+        assert [r["step"] for r in together] == [r["step"] for r in alone]
+        for row_p, row_s in zip(together, alone, strict=True):
+            assert row_p.keys() == row_s.keys()
+            for key, value in row_s.items():
+                tol = ACC_ATOL if key.endswith("acc") else FLOAT_ATOL
+                assert math.isclose(row_p[key], value, rel_tol=0, abs_tol=tol), (k, key)
+        assert read_summary(tmp_path / f"pop{k}")["population_size"] == len(cfgs)
+
+
+def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path, mirror):
+    cfgs = [compose_config(["experiment=fig1_mnist", "debug=smoke", "model.norm=none",
+                            "model.activation=relu", f"optim.lr={lr}"]) for lr in (0.1, 1e6)]
+    summaries = train_population(cfgs, [tmp_path / "ok", tmp_path / "boom"])
+    assert summaries[0]["status"] == "completed" and summaries[0]["steps_done"] == 40
+    assert summaries[1]["status"] == "diverged"
+    last_logged = read_metrics(tmp_path / "boom")[-1]["step"]
+    assert last_logged < summaries[1]["diverged_at_step"]
+    assert read_summary(tmp_path / "boom")["status"] == "diverged"
+
+
+def test_launcher_groups_by_architecture_and_writes_every_job(run_train, tmp_path, mirror):
+    result = run_train("-m", "experiment=fig1_mnist", "debug=smoke", "hydra/launcher=population",
+                       "model.norm=bn,none", "seed=0,1", "optim.lr=0.1,0.5",
+                       "hydra.launcher.max_population=3", f"hydra.sweep.dir={tmp_path}")
+    # 8 jobs, 2 architectures of 4 jobs each, cut at 3: populations of 3, 1, 3, 1.
+    assert "as 4 population(s) of sizes [3, 1, 3, 1]" in result.stdout + result.stderr
+    run_dirs = sorted(p.parent for p in tmp_path.glob("*/summary.json"))
+    assert len(run_dirs) == 8
+    for run_dir in run_dirs:
+        summary = read_summary(run_dir)
+        assert summary["status"] == "completed" and summary["steps_done"] == 40
+        assert (run_dir / ".hydra" / "config.yaml").is_file()
+        assert f"optim.lr={summary['axes']['lr']}" in run_dir.name
+        assert f"seed={summary['axes']['seed']}" in run_dir.name
+    sizes = sorted(read_summary(d)["population_size"] for d in run_dirs)
+    assert sizes == [1, 1, 3, 3, 3, 3, 3, 3]
