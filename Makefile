@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: help setup test test-all reproduce fig1 bench lint format clean
+.PHONY: help setup test test-all reproduce fig1 sweep-mnist sweep-cifar bench lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,11 +26,27 @@ test: setup  ## the default test suite (slow tests excluded)
 test-all: PYTEST_ARGS :=
 test-all: test  ## every test, slow ones included
 
-reproduce: fig1  ## regenerate every figure in results/ (trains what it needs)
+# Finished runs are not retrained (they resume as done), so an interrupted `make reproduce`
+# picks up where it stopped.
+reproduce: fig1 sweep-mnist sweep-cifar  ## every figure and table in results/ (trains what it needs)
 
 fig1: setup  ## Fig. 1: BN vs no-BN, 3 seeds x 50k steps, then the figure
 	$(PY) -m bnrepro.train -m experiment=fig1_mnist
 	$(PY) scripts/plot_fig1.py runs/fig1_mnist --out results
+
+sweep-mnist: setup  ## the 144-run MNIST grid, aggregated into results/sweep_mnist*
+	$(PY) -m bnrepro.train -m experiment=sweep_mnist
+	$(PY) scripts/aggregate.py runs/sweep_mnist --out results
+
+# CPU-sized slice of the CIFAR grid: true CIFAR-10 when it can be loaded, else the JPEG mirror
+# (labelled cifar10-jpeg everywhere). The full grid: `python -m bnrepro.train -m
+# experiment=sweep_cifar` (108 runs; model=cnn_paper for the GPU-sized net).
+CIFAR_SLICE ?= seed=0 optim.lr=0.01,0.1,1.0 model.dropout=0.0,0.5 model.width_multiplier=0.5 \
+	trainer.max_steps=400 trainer.eval_every=200 trainer.checkpoint_every=400
+sweep-cifar: setup  ## CPU-sized CIFAR grid (cnn quick profile), aggregated into results/
+	@ds=$$($(PY) -m bnrepro.data cifar10 cifar10-jpeg) && \
+	$(PY) -m bnrepro.train -m experiment=sweep_cifar dataset=$$ds $(CIFAR_SLICE) && \
+	$(PY) scripts/aggregate.py runs/sweep_$$ds --out results
 
 bench: setup  ## ms per step: canonical PyTorch loop vs ours (single and populations)
 	$(PY) scripts/bench.py

@@ -78,6 +78,7 @@ def canonical_ms_per_step(steps: int, lr: float, device: torch.device) -> float:
 def ours_ms_per_model_step(population_size: int, steps: int, device: torch.device) -> float:
     cfgs = [compose_config(["experiment=fig1_mnist", f"seed={k}", f"trainer.max_steps={steps}",
                             f"trainer.eval_every={steps}", "trainer.progress=false",
+                            "trainer.checkpoint_every=0",
                             f"trainer.device={device.type}"])
             for k in range(population_size)]
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,7 +100,7 @@ def main() -> None:
     rows.append(("bnrepro single run", 1, ours_ms_per_model_step(1, args.steps, device)))
     for p in args.populations:
         rows.append((f"bnrepro population P={p}", p,
-                     ours_ms_per_model_step(p, max(100, args.steps // p * 4), device)))
+                     ours_ms_per_model_step(p, max(200, args.steps // p * 8), device)))
 
     canonical = rows[0][2]
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"

@@ -69,7 +69,7 @@ def plot(runs: list[Run], out_dir: Path) -> dict:
             ax.plot(quantiles.index, quantiles[col], color=shade, lw=1.2,
                     label=f"{col.rsplit('q', 1)[1]}th pct")
         ax.set(title=f"({letter}) {STYLE[norm][0]}: input to a sigmoid",
-               xlabel="training steps", ylim=(-4, 4))
+               xlabel="training steps", ylim=(-2.5, 2.5))
         ax.axhline(0, color="0.85", lw=0.8, zorder=0)
         ax.legend(loc="lower right", fontsize=8)
     axes[1].set_ylabel(f"last hidden layer, unit {runs[0].config.probe.unit} (seed 0)")

@@ -24,8 +24,10 @@ def mnist() -> Dataset:
 def run_train():
     """Run `python -m bnrepro.train <args>` in a subprocess from the repo root, as a user would."""
 
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-        env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+    def run(*args: str, check: bool = True, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
+        env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"), **(env or {})}
+        env = {k: v for k, v in env.items() if v is not None}  # None removes a variable
         result = subprocess.run([sys.executable, "-m", "bnrepro.train", *args], cwd=REPO,
                                 env=env, capture_output=True, text=True, timeout=900)
         if check and result.returncode != 0:

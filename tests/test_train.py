@@ -56,3 +56,14 @@ def test_wandb_offline_run_holds_the_logged_keys(run_train, tmp_path, mirror, mo
                 "fig1_mnist", "norm=bn"]:
         assert key.encode() in record, key
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_wandb_failure_does_not_stop_training(run_train, tmp_path, mirror):
+    """Online mode with no API key: wandb.init fails for real; the run must not."""
+    result = run_train("experiment=fig1_mnist", "debug=smoke", "logger=wandb",
+                       f"hydra.run.dir={tmp_path / 'run'}",
+                       env={"WANDB_MODE": "online", "WANDB_API_KEY": None,
+                            "HOME": str(tmp_path)})  # no ~/.netrc: not logged in
+    assert result.stderr.count("wandb disabled for this run") == 1
+    assert read_summary(tmp_path / "run")["status"] == "completed"
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [0, 20, 40]

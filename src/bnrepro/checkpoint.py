@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from bnrepro.atomic import atomic_torch_save
+from bnrepro.config import resolved_without
 from bnrepro.data import EpochSampler
 from bnrepro.models import PopulationDropout
 from bnrepro.optim import PopulationSGD
@@ -33,14 +34,7 @@ class ResumeMismatchError(ValueError):
 
 def fingerprint(cfg: DictConfig) -> dict:
     """The part of a config that determines a run's trajectory."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in RESUME_INSENSITIVE:
-        *parents, leaf = dotted.split(".")
-        node = container
-        for part in parents:
-            node = node.get(part, {})
-        node.pop(leaf, None)
-    return container
+    return resolved_without(cfg, RESUME_INSENSITIVE)
 
 
 def _dropout_generators(model: nn.Module) -> list[list[torch.Generator]]:

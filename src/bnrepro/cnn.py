@@ -14,7 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnrepro.models import ACTIVATIONS, NORMS, PopulationDropout, PopulationLinear
+from bnrepro.models import (
+    ACTIVATIONS,
+    PopulationDropout,
+    PopulationLinear,
+    check_norm_and_activation,
+)
 from bnrepro.norm import BatchNorm
 from bnrepro.seeding import generator
 
@@ -82,11 +87,7 @@ class CNN(nn.Module):
                  bn_inference: str = "population",
                  image_size: int | Sequence[int] = 32):
         super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"model.norm must be one of {NORMS}, got {norm!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"model.activation must be one of {sorted(ACTIVATIONS)}, got "
-                             f"{activation!r}")
+        check_norm_and_activation(norm, activation)
         P, bn = len(seeds), norm == "bn"
         self.population_size = P
         self.activation = ACTIVATIONS[activation]

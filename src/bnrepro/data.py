@@ -290,3 +290,24 @@ class EpochSampler:
             g.set_state(state["rng"])
         if states[0]["order"] is not None:
             self.order = torch.stack([s["order"] for s in states])
+
+
+def first_available(names: list[str]) -> str:
+    """The first dataset name that loads (cache, mirror or download); raises if none does."""
+    errors = []
+    for name in names:
+        try:
+            load_dataset(name)
+            return name
+        except DataUnavailableError as err:
+            errors.append(str(err))
+    raise DataUnavailableError("\n".join(errors))
+
+
+if __name__ == "__main__":  # `python -m bnrepro.data A B ...` prints the first that loads
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):  # torchvision's download chatter
+        name = first_available(sys.argv[1:])
+    print(name)

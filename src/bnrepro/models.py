@@ -18,6 +18,14 @@ ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
 NORMS = ("none", "bn")
 
 
+def check_norm_and_activation(norm: str, activation: str) -> None:
+    if norm not in NORMS:
+        raise ValueError(f"model.norm must be one of {NORMS}, got {norm!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"model.activation must be one of {sorted(ACTIVATIONS)}, got "
+                         f"{activation!r}")
+
+
 class PopulationLinear(nn.Module):
     """y = x W + b per member: x [P, B, in] -> [P, B, out]."""
 
@@ -69,11 +77,7 @@ class MLP(nn.Module):
                  bn_eps: float = 1e-5, bn_momentum: float = 0.1,
                  bn_inference: str = "population"):
         super().__init__()
-        if norm not in NORMS:
-            raise ValueError(f"model.norm must be one of {NORMS}, got {norm!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"model.activation must be one of {sorted(ACTIVATIONS)}, got "
-                             f"{activation!r}")
+        check_norm_and_activation(norm, activation)
         P = len(seeds)
         self.activation = ACTIVATIONS[activation]
         widths = [in_features, *hidden]

@@ -174,7 +174,8 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
         if start_step == 0:
             progress.set_postfix_str(log_evaluation(0, 0))
         model.train()
-        seconds["loop_start"] = time.perf_counter()
+        seconds |= {"eval": 0.0, "loop_start": time.perf_counter()}  # not the step-0 eval
+        last_checkpoint = start_step
         for step in progress:
             index = sampler.next().to(device)
             x, y = transform(ds.train_images[index]), ds.train_labels[index]
@@ -197,8 +198,12 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
             if step % eval_every == 0 or step == max_steps:
                 steps_averaged = step - (step - 1) // eval_every * eval_every
                 progress.set_postfix_str(log_evaluation(step, steps_averaged))
-                if checkpoint_every and step % checkpoint_every == 0 and step < max_steps:
+                # At the first evaluation past each multiple of checkpoint_every: evaluations
+                # are where the train-loss sums are empty, so nothing else needs saving.
+                if checkpoint_every and step < max_steps and \
+                        step // checkpoint_every > last_checkpoint // checkpoint_every:
                     checkpoint.save(run_dirs, cfgs, step, model, optimizer, sampler, summaries)
+                    last_checkpoint = step
     except BaseException as err:  # record why, keep what was logged, then let it propagate
         status, reason = ("interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
                           f"{type(err).__name__}: {err}")

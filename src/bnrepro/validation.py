@@ -55,9 +55,8 @@ def config_problems(cfg: DictConfig) -> list[str]:
           "must be an integer >= 1")
     check("trainer.eval_every", _integer(t.eval_every) and 1 <= t.eval_every <= t.max_steps,
           f"must be an integer in [1, trainer.max_steps={t.max_steps}]")
-    check("trainer.checkpoint_every", _integer(t.checkpoint_every) and (
-        t.checkpoint_every == 0 or t.checkpoint_every % t.eval_every == 0),
-        f"must be 0 (off) or a multiple of trainer.eval_every={t.eval_every}")
+    check("trainer.checkpoint_every", _integer(t.checkpoint_every) and t.checkpoint_every >= 0,
+          "must be an integer >= 0 (0 = off)")
     check("trainer.population_batches", _integer(t.population_batches)
           and t.population_batches >= 1, "must be an integer >= 1")
     check("probe.quantiles", all(_number(q) and 0 < q < 1 for q in cfg.probe.quantiles),

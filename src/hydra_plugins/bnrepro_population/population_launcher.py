@@ -18,23 +18,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
 
 
 def population_key(cfg: DictConfig) -> str:
     """What members of one population must share: the config minus the per-member keys."""
+    from bnrepro.config import resolved_without
     from bnrepro.train import MEMBER_KEYS
 
-    shared = OmegaConf.to_container(cfg, resolve=True)
-    for dotted in MEMBER_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = shared
-        for part in parents:
-            node = node.get(part, {})
-        node.pop(leaf, None)
-    return json.dumps(shared, sort_keys=True, default=str)
+    return json.dumps(resolved_without(cfg, MEMBER_KEYS), sort_keys=True, default=str)
 
 
 def _prepare_job(cfg: DictConfig) -> tuple[DictConfig, Path]:
