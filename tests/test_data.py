@@ -9,10 +9,10 @@ from bnrepro.data import (
     MNIST_TRAIN_COUNTS,
     DataUnavailableError,
     InputTransform,
-    fixed_subset,
     load_dataset,
     verify,
 )
+from bnrepro.sampling import fixed_subset
 
 
 def test_mnist_is_the_official_set(mnist):

@@ -17,9 +17,9 @@ from torch import nn
 
 from bnrepro.atomic import atomic_torch_save
 from bnrepro.config import resolved_without
-from bnrepro.data import EpochSampler
 from bnrepro.models import PopulationDropout
 from bnrepro.optim import PopulationSGD
+from bnrepro.sampling import EpochSampler
 
 CHECKPOINT = "checkpoint.pt"
 FINAL_STATUSES = ("completed", "diverged")

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from bnrepro.data import Dataset, InputTransform, fixed_subset
+from bnrepro.data import Dataset, InputTransform
 from bnrepro.norm import bn_mode, estimate_population_statistics
 from bnrepro.probes import sigmoid_input_quantiles
+from bnrepro.sampling import fixed_subset
 
 CHUNK = 5000  # examples per forward pass: bounds memory for large populations
 

@@ -23,11 +23,12 @@ from tqdm import tqdm
 
 from bnrepro import checkpoint
 from bnrepro.cnn import CNN
-from bnrepro.data import EpochSampler, InputTransform, load_dataset
+from bnrepro.data import InputTransform, load_dataset
 from bnrepro.evaluation import Evaluator
 from bnrepro.loggers import make_sink
 from bnrepro.models import MLP
 from bnrepro.optim import PopulationSGD
+from bnrepro.sampling import EpochSampler
 from bnrepro.store import RunStore
 from bnrepro.validation import ConfigError, validate
 

@@ -1,0 +1,49 @@
+"""Which examples a run sees: its per-epoch data order, and fixed evaluation subsets."""
+
+from __future__ import annotations
+
+import torch
+
+from bnrepro.seeding import generator
+
+
+def fixed_subset(num_examples: int, size: int) -> torch.Tensor:
+    """The same `size` random indices for every run (the mirrors are sorted by class, so
+    "the first N" would be one class only)."""
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(0))
+    return order[:size]
+
+
+class EpochSampler:
+    """Per member, a fresh permutation of the training set every epoch, cut into batches.
+
+    Each member draws from its own generator (the "data" stream of its seed), so its batches
+    do not depend on the population it trains in. The last partial batch is dropped.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, seeds: list[int]):
+        self.num_examples, self.batch_size = num_examples, batch_size
+        self.steps_per_epoch = num_examples // batch_size
+        self.generators = [generator(s, "data") for s in seeds]
+        self.step = 0
+        self.order = torch.empty(len(seeds), 0, dtype=torch.long)
+
+    def next(self) -> torch.Tensor:
+        """Indices [P, batch_size] for the next step."""
+        position = self.step % self.steps_per_epoch
+        if position == 0:
+            self.order = torch.stack([torch.randperm(self.num_examples, generator=g)
+                                      for g in self.generators])
+        self.step += 1
+        return self.order[:, position * self.batch_size:(position + 1) * self.batch_size]
+
+    def member_state(self, k: int) -> dict:
+        return {"step": self.step, "rng": self.generators[k].get_state(),
+                "order": self.order[k].clone() if self.order.numel() else None}
+
+    def load_member_states(self, states: list[dict]) -> None:
+        self.step = states[0]["step"]
+        for g, state in zip(self.generators, states, strict=True):
+            g.set_state(state["rng"])
+        if states[0]["order"] is not None:
+            self.order = torch.stack([s["order"] for s in states])
