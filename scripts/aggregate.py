@@ -26,7 +26,7 @@ from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from bnrepro.atomic import atomic_write  # noqa: E402
+from bnrepro.atomic import atomic_save_figure, atomic_write  # noqa: E402
 from bnrepro.store import read_metrics, read_summary  # noqa: E402
 
 AXES = ["dataset", "norm", "activation", "lr", "dropout", "seed"]
@@ -71,11 +71,8 @@ def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
         raise ValueError("summary.json holds no run summary")
     if not (run_dir / "metrics.jsonl").is_file():  # read_metrics would return [] silently
         raise FileNotFoundError("no metrics.jsonl")
-    metrics = pd.DataFrame(read_metrics(run_dir))
-    if not metrics.empty:  # a resumed run may have logged a step twice: keep the later row
-        metrics = metrics.drop_duplicates("step", keep="last").sort_values("step")
-        metrics = metrics.reset_index(drop=True)
-    return summary, metrics
+    # One row per step, in order: a resumed run's store drops rows past its checkpoint.
+    return summary, pd.DataFrame(read_metrics(run_dir))
 
 
 def collect(roots: Iterable[str | Path], thresholds: Iterable[float] = (0.9, 0.95, 0.97)
@@ -120,9 +117,7 @@ def cell_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def save(fig: plt.Figure, stem: Path) -> list[Path]:
-    paths = [stem.with_name(f"{stem.name}.{ext}") for ext in ("png", "pdf")]
-    for path in paths:
-        atomic_write(path, lambda tmp, ext=path.suffix[1:]: fig.savefig(tmp, format=ext, dpi=150))
+    paths = atomic_save_figure(fig, stem)
     plt.close(fig)
     return paths
 

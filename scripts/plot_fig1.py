@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bnrepro.atomic import atomic_write, atomic_write_json  # noqa: E402
+from bnrepro.atomic import atomic_save_figure, atomic_write_json  # noqa: E402
 from bnrepro.runs import Run, find_runs  # noqa: E402
 
 STYLE = {"none": ("Without BN", "tab:red"), "bn": ("With BN", "tab:blue")}
@@ -74,9 +74,7 @@ def plot(runs: list[Run], out_dir: Path) -> dict:
         ax.legend(loc="lower right", fontsize=8)
     axes[1].set_ylabel(f"last hidden layer, unit {runs[0].config.probe.unit} (seed 0)")
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        atomic_write(out_dir / f"fig1_mnist.{ext}",
-                     lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=150))
+    atomic_save_figure(fig, out_dir / "fig1_mnist")
     plt.close(fig)
 
     numbers = {}

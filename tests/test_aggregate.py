@@ -4,15 +4,14 @@ figures, and unreadable run dirs skipped with a warning."""
 import importlib.util
 import math
 import shutil
-from pathlib import Path
 
 import matplotlib.image
 import pandas as pd
 import pytest
 
 from bnrepro.store import read_metrics, read_summary
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 THRESHOLDS = (0.3, 0.6, 0.99)  # reached early, maybe reached, never reached in 40 steps
 
 

@@ -37,3 +37,13 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     import torch
 
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_save_figure(fig: Any, stem: str | Path, formats: tuple[str, ...] = ("png", "pdf"),
+                       dpi: int = 150) -> list[Path]:
+    """Save a matplotlib figure as <stem>.png and <stem>.pdf, each written atomically."""
+    stem = Path(stem)
+    paths = [stem.with_name(f"{stem.name}.{ext}") for ext in formats]
+    for path, ext in zip(paths, formats, strict=True):
+        atomic_write(path, lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=dpi))
+    return paths
