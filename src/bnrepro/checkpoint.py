@@ -1,13 +1,23 @@
 """Per-run checkpoints: a killed run resumes where it was and ends bit-identical (CPU).
 
-Each run directory holds its own `checkpoint.pt` with its member's slice of the population
-state (weights, BN statistics, optimizer buffers, data order and every random stream), so a
-run resumes whatever population it is regrouped into. Checkpoints are taken right after an
-evaluation, where the running train-loss sums are empty, and written atomically.
+Each run directory holds its member's slice of the population state (weights, BN statistics,
+optimizer buffers, data order and every random stream) in `checkpoint-<step>.pt`, so a run
+resumes whatever population it is regrouped into. Checkpoints are taken right after an
+evaluation, where the running train-loss sums are empty.
+
+A population's checkpoint commits as one unit, although it spans several directories:
+  1. every member's `checkpoint-<step>.pt` is written (to a temporary file, fsync'ed, renamed,
+     directory fsync'ed);
+  2. only then are the members' older checkpoints deleted.
+Each file records the population's directories. `load` takes a member's newest checkpoint
+that every member of its population also has: a kill during 1 falls back to the previous
+step for all members alike, a kill during 2 finds the new step complete everywhere.
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,17 +25,18 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from bnrepro.atomic import atomic_torch_save
+from bnrepro.atomic import atomic_torch_save, remove_stale_temporaries
 from bnrepro.config import resolved_without
 from bnrepro.models import PopulationDropout
 from bnrepro.optim import PopulationSGD
 from bnrepro.sampling import EpochSampler
 
-CHECKPOINT = "checkpoint.pt"
+FILE_PATTERN = re.compile(r"checkpoint-(\d+)\.pt")
 FINAL_STATUSES = ("completed", "diverged")
 # Keys that may change between a run and its resumption without changing its trajectory.
 RESUME_INSENSITIVE = ("trainer.progress", "trainer.resume", "trainer.checkpoint_every",
-                      "trainer.device", "logger", "dataset.root", "dataset.mirror")
+                      "trainer.device", "trainer.eval_memory_mb", "logger", "dataset.root",
+                      "dataset.mirror")
 
 
 class ResumeMismatchError(ValueError):
@@ -37,39 +48,99 @@ def fingerprint(cfg: DictConfig) -> dict:
     return resolved_without(cfg, RESUME_INSENSITIVE)
 
 
+def path(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / f"checkpoint-{step:09d}.pt"
+
+
+def steps(run_dir: str | Path) -> list[int]:
+    """Steps of the checkpoint files in run_dir, newest first."""
+    found = [FILE_PATTERN.fullmatch(p.name) for p in Path(run_dir).glob("checkpoint-*.pt")]
+    return sorted((int(m[1]) for m in found if m), reverse=True)
+
+
 def _dropout_generators(model: nn.Module) -> list[list[torch.Generator]]:
     return [m.generators for m in model.modules() if isinstance(m, PopulationDropout)]
 
 
+def _trained_names(model: nn.Module) -> list[str]:
+    """Names of the parameters PopulationSGD updates, in its order."""
+    return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
 def save(run_dirs: Sequence[Path], cfgs: Sequence[DictConfig], step: int, model: nn.Module,
-         optimizer: PopulationSGD, sampler: EpochSampler, summaries: Sequence[dict]) -> None:
+         optimizer: PopulationSGD, sampler: EpochSampler, summaries: Sequence[dict],
+         finished: bool = False) -> None:
+    """Commit the population's state at `step` (see the module docstring). `finished` marks
+    the state at the end of training: a rerun then has nothing left to do."""
     state = model.state_dict()
     dropout = _dropout_generators(model)
+    momentum_names = _trained_names(model) if optimizer.buffers else []
+    population = [str(Path(d).resolve()) for d in run_dirs]
     for k, run_dir in enumerate(run_dirs):
         atomic_torch_save({
             "step": step,
+            "finished": finished,
+            "population": population,
             "config": fingerprint(cfgs[k]),
             "model": {name: t[k].detach().clone() for name, t in state.items()},
-            "optimizer": [b[k].clone() for b in optimizer.buffers],
+            "momentum": {n: b[k].clone() for n, b in zip(momentum_names, optimizer.buffers,
+                                                         strict=True)},
             "sampler": sampler.member_state(k),
             "dropout_rng": [gens[k].get_state() for gens in dropout],
             "summary": dict(summaries[k]),
-        }, Path(run_dir) / CHECKPOINT)
+        }, path(run_dir, step), durable=True)
+    for run_dir in run_dirs:  # every member has the new step: the old ones can go
+        for old in steps(run_dir):
+            if old != step:
+                path(run_dir, old).unlink(missing_ok=True)
 
 
-def load(run_dir: Path, cfg: DictConfig) -> dict | None:
-    """The run's checkpoint, or None if it has none; refuses one of another config."""
-    path = Path(run_dir) / CHECKPOINT
-    if not path.is_file():
+def _complete(checkpoint: dict, step: int) -> bool:
+    """Every member of the checkpoint's population that still exists has this step saved."""
+    return all(path(d, step).is_file() or not Path(d).is_dir()
+               for d in checkpoint.get("population", []))
+
+
+def load(run_dir: str | Path, cfg: DictConfig) -> dict | None:
+    """The run's newest committed checkpoint, or None to start from step 0.
+
+    Refuses a checkpoint of another config (ResumeMismatchError). An unreadable checkpoint
+    is renamed to `*.corrupt`, named in a warning, and the next older one (or a fresh start)
+    is used instead, so a damaged file never turns into a crash on every rerun.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
         return None
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    saved, current = checkpoint["config"], fingerprint(cfg)
-    if saved != current:
-        diff = sorted(_differences(saved, current))
-        raise ResumeMismatchError(
-            f"{run_dir} holds a run of another config (differs in {', '.join(diff[:5])}); "
-            "use another run directory, or trainer.resume=false to start it over")
-    return checkpoint
+    remove_stale_temporaries(run_dir)  # left by a kill in the middle of a write
+    for step in steps(run_dir):
+        file = path(run_dir, step)
+        try:
+            checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+            if checkpoint["step"] != step:
+                raise ValueError(f"holds step {checkpoint['step']}")
+        except Exception as err:
+            aside = file.with_name(file.name + ".corrupt")
+            file.replace(aside)
+            warnings.warn(f"unreadable checkpoint {file} ({type(err).__name__}: {err}); kept "
+                          f"as {aside.name}, resuming from an older one or from step 0",
+                          stacklevel=2)
+            continue
+        if not _complete(checkpoint, step):
+            continue  # its population's save was cut short: an older step is the committed one
+        saved, current = checkpoint["config"], fingerprint(cfg)
+        if saved != current:
+            diff = sorted(_differences(saved, current))
+            raise ResumeMismatchError(
+                f"{run_dir} holds a run of another config (differs in {', '.join(diff[:5])}); "
+                "use another run directory, or trainer.resume=false to start it over")
+        return checkpoint
+    return None
+
+
+def discard(run_dir: str | Path) -> None:
+    """Delete a run's checkpoints (trainer.resume=false starts it over)."""
+    for step in steps(run_dir):
+        path(run_dir, step).unlink(missing_ok=True)
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -86,11 +157,17 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def restore(checkpoints: Sequence[dict], model: nn.Module, optimizer: PopulationSGD,
             sampler: EpochSampler) -> int:
-    """Stack the members' checkpoints into the population; returns the step to resume after."""
+    """Stack the members' checkpoints into the population; returns the step to resume after.
+
+    A member saved without momentum buffers (its population had momentum 0 everywhere) gets
+    zeros: with its own momentum 0 the buffer's old value never enters its update.
+    """
     model.load_state_dict({name: torch.stack([c["model"][name] for c in checkpoints])
                            for name in checkpoints[0]["model"]})
-    for i, buf in enumerate(optimizer.buffers):
-        buf.copy_(torch.stack([c["optimizer"][i] for c in checkpoints]))
+    for name, buf in zip(_trained_names(model), optimizer.buffers, strict=False):
+        for k, c in enumerate(checkpoints):
+            saved = c["momentum"].get(name)
+            buf[k].copy_(saved if saved is not None else torch.zeros_like(buf[k]))
     sampler.load_member_states([c["sampler"] for c in checkpoints])
     for j, gens in enumerate(_dropout_generators(model)):
         for g, c in zip(gens, checkpoints, strict=True):

@@ -97,7 +97,11 @@ class CNN(nn.Module):
 
         channels = [in_channels]
         self.stage_ends: list[int] = []  # index of the last conv of each stage: pool after it
+        # Floats one example produces at the widest layer, over all members (sizes eval chunks):
+        # each stage's first conv output, at the stage's full resolution.
+        self.widest_activation = P * classifier_hidden
         for w, depth in zip(stage_widths, depths, strict=True):
+            self.widest_activation = max(self.widest_activation, P * w * height * width)
             channels += [w] * depth
             self.stage_ends.append(len(channels) - 2)
             height, width = height // 2, width // 2

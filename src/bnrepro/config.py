@@ -13,6 +13,9 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The config `python -m bnrepro.train <overrides>` would run with (minus hydra.*)."""
+    from bnrepro.rundir import register_resolvers
+
+    register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=list(overrides))
 

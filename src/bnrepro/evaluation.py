@@ -1,7 +1,16 @@
-"""What is measured at every evaluation: test loss and accuracy, and the probes.
+"""What is measured at every evaluation: validation and test loss and accuracy, and probes.
 
-Inputs are prepared once and fed to every member (shared): the whole test set, a fixed probe
-batch (the same examples every time), and fixed training mini-batches for Alg. 2.
+Inputs are prepared once and fed to every member (shared):
+- the validation split (`dataset.val_size` images held out from the training set: every
+  selection and every "steps to reach X" uses it) and the test set (the reported curves);
+- fixed training mini-batches for Alg. 2's population statistics;
+- two probe sets for Fig. 1 (b, c), each a network the paper defines:
+    `act/...`       the inference network (BN with Alg. 2's statistics: what the trained model
+                    computes) on `probe.num_examples` fixed validation images;
+    `act_train/...` the training network N_BN^tr on as many fixed training images, in
+                    mini-batches of `trainer.batch_size`, each normalised by its own statistics.
+Forward passes run in chunks sized from `trainer.eval_memory_mb` and the model's widest layer,
+so a wide CNN population never materialises thousands of examples' activations at once.
 """
 
 from __future__ import annotations
@@ -13,20 +22,31 @@ from torch import nn
 
 from bnrepro.data import Dataset, InputTransform
 from bnrepro.norm import bn_mode, estimate_population_statistics
-from bnrepro.probes import sigmoid_input_quantiles
+from bnrepro.probes import ProbeCollector
 from bnrepro.sampling import fixed_subset
 
-CHUNK = 5000  # examples per forward pass: bounds memory for large populations
+PROBE_NETWORKS = {"inference": "act", "training": "act_train"}  # probe.networks -> key prefix
+# Float tensors of the widest layer's size alive at once in one forward pass (input, output
+# and the normalisation's temporaries): the chunk size divides the budget by this much.
+LIVE_ACTIVATIONS = 4
+
+
+def examples_per_chunk(model: nn.Module, memory_mb: float, multiple: int = 1) -> int:
+    """How many examples one forward pass may take within `memory_mb`, rounded down to a
+    multiple of `multiple` (whole mini-batches), and at least `multiple`."""
+    per_example = model.widest_activation * 4 * LIVE_ACTIVATIONS  # float32 bytes
+    fits = int(memory_mb * 2**20) // per_example
+    return max(multiple, fits // multiple * multiple)
 
 
 @torch.no_grad()
-def test_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor
-                 ) -> tuple[list[float], list[float]]:
+def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int
+                      ) -> tuple[list[float], list[float]]:
     """Mean cross-entropy and accuracy per member on (x, y)."""
     loss_sum = correct = 0
-    for start in range(0, len(x), CHUNK):
-        logits = model(x[start:start + CHUNK], shared=True)  # [P, n, C]
-        target = y[start:start + CHUNK].expand(logits.shape[0], -1)
+    for start in range(0, len(x), chunk):
+        logits = model(x[start:start + chunk], shared=True)  # [P, n, C]
+        target = y[start:start + chunk].expand(logits.shape[0], -1)
         loss_sum = loss_sum + F.cross_entropy(logits.transpose(1, 2), target,
                                               reduction="none").sum(1)
         correct = correct + (logits.argmax(-1) == target).sum(1)
@@ -34,31 +54,57 @@ def test_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor
 
 
 class Evaluator:
-    def __init__(self, cfg: DictConfig, ds: Dataset, transform: InputTransform):
-        device = ds.test_images.device
+    def __init__(self, cfg: DictConfig, ds: Dataset, transform: InputTransform,
+                 train_index: torch.Tensor, val_index: torch.Tensor):
+        device = ds.train_images.device
         self.cfg = cfg
         self.batch_size = cfg.trainer.batch_size
+        self.memory_mb = cfg.trainer.eval_memory_mb
+
+        def images(index: torch.Tensor) -> torch.Tensor:
+            return transform(ds.train_images[index.to(device)])
+
+        self.val_x, self.val_y = images(val_index), ds.train_labels[val_index.to(device)]
         self.test_x, self.test_y = transform(ds.test_images), ds.test_labels
-        self.probe_x = self.test_x[fixed_subset(len(self.test_x),
-                                                cfg.probe.num_examples).to(device)]
-        population = fixed_subset(len(ds.train_labels),
-                                  cfg.trainer.population_batches * self.batch_size)
-        self.population_x = transform(ds.train_images[population.to(device)])
+        self.alg2_x = images(train_index[fixed_subset(
+            len(train_index), cfg.trainer.population_batches * self.batch_size)])
+        num_probe = cfg.probe.num_examples
+        self.probe_sets = {}  # key prefix -> (inputs, BN mode, examples per BN batch)
+        if "inference" in cfg.probe.networks:
+            self.probe_sets["act"] = (self.val_x[fixed_subset(len(self.val_x), num_probe)
+                                                 .to(device)], "eval", 0)
+        if "training" in cfg.probe.networks:
+            size = max(1, num_probe // self.batch_size) * self.batch_size  # whole mini-batches
+            self.probe_sets["act_train"] = (
+                images(train_index[fixed_subset(len(train_index), size, seed=1)]), "batch",
+                self.batch_size)
+        self.population_statistics = cfg.model.norm == "bn" and \
+            cfg.model.bn_inference == "population"
 
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> list[dict[str, float]]:
-        """Per member: test/loss, test/acc and the act/h{i}/... probes. Leaves model in eval."""
+        """Per member: val/loss, val/acc, test/loss, test/acc and the probes. Leaves model in
+        eval mode."""
         model.eval()
-        if self.cfg.model.norm == "bn" and self.cfg.model.bn_inference == "population":
-            chunk = max(1, CHUNK // self.batch_size) * self.batch_size  # whole mini-batches
-            estimate_population_statistics(model, self.population_x.split(chunk),
-                                           self.batch_size, lambda x: model(x, shared=True))
+        chunk = examples_per_chunk(model, self.memory_mb)
+        if self.population_statistics:
+            estimate_population_statistics(
+                model, self.alg2_x.split(examples_per_chunk(model, self.memory_mb,
+                                                            self.batch_size)),
+                self.batch_size, lambda x: model(x, shared=True))
         with bn_mode(model, "eval"):
-            losses, accs = test_metrics(model, self.test_x, self.test_y)
-        preactivations: list[torch.Tensor] = []
-        with bn_mode(model, "batch"):  # the training network N_BN^tr, as in Fig. 1(b, c)
-            model(self.probe_x, preactivations, shared=True)
-        probes = sigmoid_input_quantiles(preactivations, self.cfg.probe.unit,
-                                         self.cfg.probe.quantiles)
-        return [{"test/loss": loss, "test/acc": acc, **probe}
-                for loss, acc, probe in zip(losses, accs, probes, strict=True)]
+            val = loss_and_accuracy(model, self.val_x, self.val_y, chunk)
+            test = loss_and_accuracy(model, self.test_x, self.test_y, chunk)
+        rows = [{"val/loss": vl, "val/acc": va, "test/loss": tl, "test/acc": ta}
+                for vl, va, tl, ta in zip(*val, *test, strict=True)]
+        for prefix, (x, mode, batch) in self.probe_sets.items():
+            collector = ProbeCollector(self.cfg.probe.unit, self.cfg.probe.quantiles, len(x),
+                                       prefix)
+            with bn_mode(model, mode, batch):
+                for part in x.split(examples_per_chunk(model, self.memory_mb, max(batch, 1))):
+                    preactivations: list[torch.Tensor] = []
+                    model(part, preactivations, shared=True)
+                    collector.add(preactivations)
+            for row, probes in zip(rows, collector.result(), strict=True):
+                row |= probes
+        return rows

@@ -89,6 +89,8 @@ class MLP(nn.Module):
         probabilities = torch.as_tensor(dropout, dtype=torch.float).expand(P)
         self.dropout = PopulationDropout(probabilities, [generator(s, "dropout") for s in seeds])
         self.head = PopulationLinear(P, widths[-1], num_classes, bias=True)
+        # Floats one example produces at the widest layer, over all members (sizes eval chunks).
+        self.widest_activation = P * max(widths[1:])
         with torch.no_grad():  # each member's weights from its own stream, layer by layer
             for k, seed in enumerate(seeds):
                 g = generator(seed, "init")

@@ -17,9 +17,10 @@ from torch import nn
 
 # What a BN layer does on forward:
 #   train   - Alg. 1 with mini-batch statistics, and update the moving averages.
-#   batch   - mini-batch statistics, nothing updated (the training network N_BN^tr, for probes).
-#   collect - Alg. 2 line 10: normalise each group of `ghost_batch` examples by its own
-#             statistics and accumulate E[mu_B] and E[sigma_B^2] over those groups.
+#   batch   - the training network N_BN^tr without side effects: each group of `ghost_batch`
+#             examples (the whole input when 0) is normalised by its own statistics, as a
+#             training mini-batch of that size would be; nothing is updated (for probes).
+#   collect - Alg. 2 line 10: like batch, and accumulate E[mu_B] and E[sigma_B^2] over groups.
 #   eval    - fixed statistics: moving averages ("running") or Alg. 2's ("population").
 MODES = ("train", "batch", "collect", "eval")
 INFERENCE = ("running", "population")
@@ -45,8 +46,8 @@ class BatchNorm(nn.Module):
         self._values_per_batch = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == "collect":
-            return self._collect(x)
+        if self.mode in ("batch", "collect"):
+            return self._normalize_groups(x, accumulate=self.mode == "collect")
         # Fold the population into channels so torch's fused kernel normalises every
         # (member, feature) pair on its own: [P, B, F, ...] -> [B, P*F, ...].
         P, B = x.shape[:2]
@@ -56,32 +57,36 @@ class BatchNorm(nn.Module):
                 else (self.population_mean, self.population_var)
             mean, var, use_batch = stats[0].view(-1), stats[1].view(-1), False
         else:
-            update = self.mode == "train"
-            mean = self.running_mean.view(-1) if update else None
-            var = self.running_var.view(-1) if update else None
-            use_batch = True
+            mean, var, use_batch = self.running_mean.view(-1), self.running_var.view(-1), True
         y = F.batch_norm(flat, mean, var, self.weight.view(-1), self.bias.view(-1),
                          use_batch, self.momentum, self.eps)
         return y.view(B, P, *x.shape[2:]).transpose(0, 1)
 
-    def _collect(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise by per-mini-batch statistics and accumulate them (Alg. 2, line 10)."""
+    def _normalize_groups(self, x: torch.Tensor, accumulate: bool) -> torch.Tensor:
+        """Normalise each group of `ghost_batch` examples by its own statistics (Alg. 1), and
+        with `accumulate` add them to the Alg. 2 sums (line 10)."""
         P, N, C = x.shape[:3]
-        m = self.ghost_batch
+        m = self.ghost_batch or N
         if m < 2 or N % m:
-            raise ValueError(f"collect needs a batch that is a multiple of ghost_batch={m} >= 2")
+            raise ValueError(f"BN mode {self.mode!r} needs a batch that is a multiple of "
+                             f"ghost_batch={m} >= 2, got {N}")
         groups = x.reshape(P, N // m, m, C, -1)  # [P, batches, m, C, spatial]
         mean = groups.mean(dim=(2, 4), keepdim=True)
         var = groups.var(dim=(2, 4), unbiased=False, keepdim=True)  # sigma_B^2, biased (Alg. 1)
-        if self._sums is None:
-            self._sums = [torch.zeros_like(self.population_mean) for _ in range(2)] + [0]
-        self._values_per_batch = m * groups.shape[4]  # m' = m * H * W for conv maps (Sec. 3.2)
-        self._sums[0] += mean.sum(dim=1).view(P, C)
-        self._sums[1] += var.sum(dim=1).view(P, C)
-        self._sums[2] += N // m
+        if accumulate:
+            self._accumulate(mean, var, m * groups.shape[4])
         y = (groups - mean) * torch.rsqrt(var + self.eps)
         y = y * self.weight.view(P, 1, 1, C, 1) + self.bias.view(P, 1, 1, C, 1)
         return y.view_as(x)
+
+    def _accumulate(self, mean: torch.Tensor, var: torch.Tensor, values_per_batch: int) -> None:
+        P, batches, C = mean.shape[0], mean.shape[1], mean.shape[3]
+        if self._sums is None:
+            self._sums = [torch.zeros_like(self.population_mean) for _ in range(2)] + [0]
+        self._values_per_batch = values_per_batch  # m' = m * H * W for conv maps (Sec. 3.2)
+        self._sums[0] += mean.sum(dim=1).view(P, C)
+        self._sums[1] += var.sum(dim=1).view(P, C)
+        self._sums[2] += batches
 
     def finish_collect(self) -> None:
         """E[x] <- E_B[mu_B];  Var[x] <- m/(m-1) E_B[sigma_B^2] (m: values per feature, batch)."""
@@ -97,19 +102,20 @@ def batch_norms(model: nn.Module) -> list[BatchNorm]:
 
 
 @contextmanager
-def bn_mode(model: nn.Module, mode: str) -> Iterator[None]:
-    """Temporarily put every BN layer of `model` in `mode` (see MODES)."""
+def bn_mode(model: nn.Module, mode: str, ghost_batch: int = 0) -> Iterator[None]:
+    """Temporarily put every BN layer of `model` in `mode` (see MODES); `ghost_batch` is the
+    mini-batch size of the batch and collect modes (0: the whole input is one batch)."""
     if mode not in MODES:
         raise ValueError(f"BN mode must be one of {MODES}, got {mode!r}")
     layers = batch_norms(model)
-    previous = [bn.mode for bn in layers]
+    previous = [(bn.mode, bn.ghost_batch) for bn in layers]
     for bn in layers:
-        bn.mode = mode
+        bn.mode, bn.ghost_batch = mode, ghost_batch
     try:
         yield
     finally:
-        for bn, old in zip(layers, previous, strict=True):
-            bn.mode = old
+        for bn, (old_mode, old_ghost) in zip(layers, previous, strict=True):
+            bn.mode, bn.ghost_batch = old_mode, old_ghost
 
 
 @torch.no_grad()
@@ -126,9 +132,7 @@ def estimate_population_statistics(model: nn.Module, batches: Iterable[torch.Ten
     layers = batch_norms(model)
     if not layers:
         return
-    for bn in layers:
-        bn.ghost_batch = batch_size
-    with bn_mode(model, "collect"):
+    with bn_mode(model, "collect", batch_size):
         for x in batches:
             forward(x)
     for bn in layers:

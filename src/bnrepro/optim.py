@@ -1,7 +1,8 @@
 """SGD with momentum and weight decay, one learning rate per population member.
 
 Same update as torch.optim.SGD (dampening 0, no Nesterov): buf <- mu * buf + (g + wd * w);
-w <- w - lr * buf. Members that have diverged are frozen: their update is zero.
+w <- w - lr * buf. Members that have diverged are frozen: their weights and buffers stay as
+they are.
 """
 
 from __future__ import annotations
@@ -29,17 +30,27 @@ class PopulationSGD:
 
     @torch.no_grad()
     def step(self, active: torch.Tensor) -> None:
-        """Update the members where `active` (bool [P]) is set; leave the others untouched."""
+        """Update the members where `active` (bool [P]) is set; leave the others, weights and
+        momentum buffers, bit-identical (their weights or grads may be inf or NaN, and
+        0 * inf is NaN, so they are masked out rather than multiplied by a zero rate)."""
         frozen = None if bool(active.all()) else ~active
-        neg_lr = torch.where(active, -self.lr, 0.0)
+        neg_lr = -self.lr
         for i, p in enumerate(self.params):
             grad = p.grad
             if frozen is not None:
-                grad[frozen] = 0.0  # a frozen member's grad may be NaN, and 0 * NaN is NaN
+                grad = grad.masked_fill(per_member(frozen, p), 0.0)
             if self.use_weight_decay:
-                grad = grad.addcmul(p, per_member(self.weight_decay, p))
+                decay = p if frozen is None else p.masked_fill(per_member(frozen, p), 0.0)
+                grad = grad.addcmul(decay, per_member(self.weight_decay, p))
             if self.use_momentum:
-                grad = self.buffers[i].mul_(per_member(self.momentum, p)).add_(grad)
+                buf = self.buffers[i]
+                if frozen is None:
+                    grad = buf.mul_(per_member(self.momentum, p)).add_(grad)
+                else:
+                    grad = torch.where(per_member(frozen, p), buf,
+                                       buf * per_member(self.momentum, p) + grad)
+                    buf.copy_(grad)
+                    grad = grad.masked_fill(per_member(frozen, p), 0.0)
             p.addcmul_(grad, per_member(neg_lr, p))
 
     def zero_grad(self) -> None:

@@ -7,11 +7,27 @@ import torch
 from bnrepro.seeding import generator
 
 
-def fixed_subset(num_examples: int, size: int) -> torch.Tensor:
+def fixed_subset(num_examples: int, size: int, seed: int = 0) -> torch.Tensor:
     """The same `size` random indices for every run (the mirrors are sorted by class, so
     "the first N" would be one class only)."""
-    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(0))
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed))
     return order[:size]
+
+
+# Not 0: the held-out set must not coincide with the fixed_subset(...) draws made from the
+# remaining training examples (Alg. 2 batches, probe examples).
+VALIDATION_SEED = 2015
+
+
+def validation_split(num_examples: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices into the official training set: `val_size` examples held out at
+    random, the same for every run and seed; training uses the rest. Both sorted."""
+    if not 0 < val_size < num_examples:
+        raise ValueError(f"dataset.val_size={val_size} must be in (0, {num_examples})")
+    val = fixed_subset(num_examples, val_size, VALIDATION_SEED).sort().values
+    keep = torch.ones(num_examples, dtype=torch.bool)
+    keep[val] = False
+    return keep.nonzero().flatten(), val
 
 
 class EpochSampler:

@@ -1,8 +1,11 @@
 """The run directory: the local, authoritative record of a run.
 
-    <run_dir>/.hydra/config.yaml   the composed config (written by Hydra, or by us)
+    <run_dir>/config.yaml          the resolved config the run trains with (ours; Hydra's own
+                                   record is .hydra/, rewritten by every launch)
     <run_dir>/metrics.jsonl        one JSON object per logged step
-    <run_dir>/summary.json         status, steps done, final/best test accuracy, wall time, axes
+    <run_dir>/summary.json         status, steps done, validation/test accuracy, wall time, axes
+    <run_dir>/checkpoint-<step>.pt the state to resume from (checkpoint.py)
+    <run_dir>/.lock                held by the process training in it (runlock.py)
 
 Figure scripts read only these files, so results never depend on a live service.
 """
@@ -18,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from bnrepro.atomic import atomic_write_json, atomic_write_text
 
+CONFIG = "config.yaml"
+
 
 class RunStore:
     """Writes one run's directory. `keep_until_step` resumes it: logged rows up to that step
@@ -27,9 +32,8 @@ class RunStore:
                  keep_until_step: int | None = None):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        config_file = self.dir / ".hydra" / "config.yaml"
-        if cfg is not None and not config_file.exists():
-            atomic_write_text(config_file, OmegaConf.to_yaml(cfg, resolve=True))
+        if cfg is not None:
+            atomic_write_text(self.dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
         self.metrics_path = self.dir / "metrics.jsonl"
         if keep_until_step is None:
             self.metrics_path.write_text("")
@@ -73,4 +77,6 @@ def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def read_config(run_dir: str | Path) -> DictConfig:
-    return OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+    """The run's resolved config: ours, else (runs of older versions) Hydra's record."""
+    ours = Path(run_dir) / CONFIG
+    return OmegaConf.load(ours if ours.is_file() else Path(run_dir) / ".hydra" / "config.yaml")

@@ -17,20 +17,25 @@ import hydra
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from bnrepro import checkpoint
+from bnrepro import checkpoint, runlock
+from bnrepro.atomic import atomic_write_json
 from bnrepro.cnn import CNN
 from bnrepro.data import InputTransform, load_dataset
 from bnrepro.evaluation import Evaluator
 from bnrepro.loggers import make_sink
 from bnrepro.models import MLP
 from bnrepro.optim import PopulationSGD
-from bnrepro.sampling import EpochSampler
-from bnrepro.store import RunStore
+from bnrepro.rundir import register_resolvers
+from bnrepro.sampling import EpochSampler, validation_split
+from bnrepro.store import RunStore, read_summary
 from bnrepro.validation import ConfigError, validate
+
+register_resolvers()  # before Hydra composes a config: hydra.run.dir uses them
 
 # Keys that may differ between members of one population; everything else must match.
 MEMBER_KEYS = ("seed", "optim.lr", "optim.momentum", "optim.weight_decay", "model.dropout")
@@ -72,35 +77,58 @@ def build_model(cfgs: Sequence[DictConfig], image_shape: tuple[int, ...]) -> tor
 
 
 def new_summary(cfg: DictConfig, population_size: int) -> dict:
+    """summary.json of a run about to start. Validation accuracy selects (best_val_*), test
+    accuracy reports (final_test_acc, and test_acc_at_best_val: the test accuracy of the
+    evaluation that validation picks)."""
     return {"status": "running", "reason": None, "steps_done": 0,
-            "max_steps": cfg.trainer.max_steps, "final_test_acc": None, "best_test_acc": None,
-            "best_step": None, "final_train_loss": None, "diverged_at_step": None,
-            "resumed_from_step": None, "wall_time_s": None, "train_time_s": None,
-            "population_size": population_size, "axes": axes(cfg)}
+            "max_steps": cfg.trainer.max_steps, "final_val_acc": None, "best_val_acc": None,
+            "best_val_step": None, "test_acc_at_best_val": None, "final_test_acc": None,
+            "final_train_loss": None, "diverged_at_step": None, "resumed_from_step": None,
+            "wall_time_s": None, "train_time_s": None, "population_size": population_size,
+            "axes": axes(cfg)}
+
+
+def prepare(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """Check a job before anything trains; returns the checkpoint to resume from, if any.
+
+    Raises ConfigError (bad value), ResumeMismatchError (the directory holds another
+    config's run) or RunDirectoryBusy (another process trains in it). The caller must hold
+    the directory's lock (runlock) from here until training ends.
+    """
+    validate(cfg)
+    if not cfg.trainer.resume:
+        return None
+    return checkpoint.load(run_dir, cfg)
 
 
 def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path]) -> list[dict]:
     """Train every config in `cfgs` (one shared architecture); return their summaries.
 
-    A run directory that already holds a checkpoint is resumed (trainer.resume); a finished
-    run is not trained again. Members resuming from different steps train separately.
+    Each run directory is held by this process while it trains (runlock). A directory with a
+    committed checkpoint is resumed (trainer.resume); a finished run is not trained again,
+    only its summary.json restored if a kill left it stale. Members resuming from different
+    steps train separately; diverged members resume with their population, frozen, so the
+    survivors' arithmetic is the same as in an uninterrupted run.
     """
-    for cfg in cfgs:
-        validate(cfg)
-    saved = [checkpoint.load(d, c) if c.trainer.resume else None
-             for c, d in zip(cfgs, run_dirs, strict=True)]
-    summaries: list[dict | None] = [None] * len(cfgs)
-    by_step: dict[int, list[int]] = {}
-    for k, ckpt in enumerate(saved):
-        if ckpt is not None and ckpt["summary"]["status"] in checkpoint.FINAL_STATUSES:
-            summaries[k] = ckpt["summary"]  # already finished: nothing to do
-        else:
-            by_step.setdefault(ckpt["step"] if ckpt else 0, []).append(k)
-    for members in by_step.values():
-        results = _train([cfgs[k] for k in members], [Path(run_dirs[k]) for k in members],
-                         [saved[k] for k in members])
-        for k, summary in zip(members, results, strict=True):
-            summaries[k] = summary
+    run_dirs = [Path(d) for d in run_dirs]
+    with runlock.holding(run_dirs):
+        saved = [prepare(c, d) for c, d in zip(cfgs, run_dirs, strict=True)]
+        summaries: list[dict | None] = [None] * len(cfgs)
+        by_step: dict[int, list[int]] = {}
+        for k, ckpt in enumerate(saved):
+            if ckpt is not None and ckpt["finished"]:
+                summaries[k] = ckpt["summary"]
+                if read_summary(run_dirs[k]) != ckpt["summary"]:
+                    atomic_write_json(run_dirs[k] / "summary.json", ckpt["summary"])
+            else:
+                if ckpt is None:  # a fresh start: nothing of an earlier run may be resumed
+                    checkpoint.discard(run_dirs[k])
+                by_step.setdefault(ckpt["step"] if ckpt else 0, []).append(k)
+        for members in by_step.values():
+            results = _train([cfgs[k] for k in members], [run_dirs[k] for k in members],
+                             [saved[k] for k in members])
+            for k, summary in zip(members, results, strict=True):
+                summaries[k] = summary
     return summaries
 
 
@@ -114,7 +142,9 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     ds = load_dataset(cfg.dataset.name, to_absolute_path(cfg.dataset.root), cfg.dataset.mirror)
     transform = InputTransform(ds, cfg.dataset.binarize, cfg.dataset.standardize)
     ds = ds.to(device)
-    evaluate = Evaluator(cfg, ds, transform)
+    train_index, val_index = validation_split(len(ds.train_labels), cfg.dataset.val_size)
+    evaluate = Evaluator(cfg, ds, transform, train_index, val_index)
+    train_index = train_index.to(device)
     max_steps, eval_every = cfg.trainer.max_steps, cfg.trainer.eval_every
     checkpoint_every = cfg.trainer.checkpoint_every
 
@@ -122,7 +152,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     per_member = {key: torch.tensor([float(c.optim[key]) for c in cfgs], device=device)
                   for key in ("lr", "momentum", "weight_decay")}
     optimizer = PopulationSGD(model.parameters(), **per_member)
-    sampler = EpochSampler(len(ds.train_labels), cfg.trainer.batch_size, [c.seed for c in cfgs])
+    sampler = EpochSampler(len(train_index), cfg.trainer.batch_size, [c.seed for c in cfgs])
     start_step = 0
     summaries = [new_summary(c, P) for c in cfgs]
     if saved[0] is not None:
@@ -143,10 +173,25 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     correct_sum = torch.zeros(P, device=device)
     seconds = {"eval": 0.0, "loop_start": 0.0}
 
+    def mark_diverged(members: list[int], step: int, why: Sequence[str]) -> None:
+        for k, reason in zip(members, why, strict=True):
+            summaries[k] |= {"status": "diverged", "diverged_at_step": step, "reason": reason}
+            alive[k] = False
+
     def log_evaluation(step: int, steps_averaged: int) -> str:
         eval_start = time.perf_counter()
         rows = evaluate(model)
         model.train()
+        # An update that exploded shows here first, before any row of it is logged: weights
+        # that are no longer finite, or a validation loss past the divergence bound.
+        finite = torch.stack([p.detach().flatten(1).isfinite().all(1)
+                              for p in model.parameters()]).all(0).tolist()
+        exploded = [k for k in alive.nonzero().flatten().tolist()
+                    if not finite[k] or not rows[k]["val/loss"] <= cfg.trainer.divergence_loss]
+        mark_diverged(exploded, step, [
+            f"after the update of step {step}: " + ("weights not finite" if not finite[k] else
+                                                    f"validation loss {rows[k]['val/loss']:.4g}")
+            + f" (bound {cfg.trainer.divergence_loss})" for k in exploded])
         train_loss = (loss_sum / max(steps_averaged, 1)).tolist()
         train_acc = (correct_sum / max(steps_averaged, 1)).tolist()
         for k in alive.nonzero().flatten().tolist():
@@ -157,15 +202,20 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
                 s["final_train_loss"] = train_loss[k]
             stores[k].log(row)
             sinks[k].log(row, step=step)
-            s["steps_done"], s["final_test_acc"] = step, row["test/acc"]
-            if s["best_test_acc"] is None or row["test/acc"] > s["best_test_acc"]:
-                s["best_test_acc"], s["best_step"] = row["test/acc"], step
+            s |= {"steps_done": step, "final_val_acc": row["val/acc"],
+                  "final_test_acc": row["test/acc"]}
+            if s["best_val_acc"] is None or row["val/acc"] > s["best_val_acc"]:
+                s |= {"best_val_acc": row["val/acc"], "best_val_step": step,
+                      "test_acc_at_best_val": row["test/acc"]}
         loss_sum.zero_()
         correct_sum.zero_()
         seconds["eval"] += time.perf_counter() - eval_start
-        best = max(alive.nonzero().flatten().tolist() or [0], key=lambda k: rows[k]["test/acc"])
-        return f"loss={train_loss[best]:.3f} test_acc={rows[best]['test/acc']:.4f}" + \
-            (f" (best of {int(alive.sum())})" if P > 1 else "")
+        shown = alive.nonzero().flatten().tolist()
+        if not shown:
+            return "all diverged"
+        best = max(shown, key=lambda k: rows[k]["val/acc"])
+        return f"loss={train_loss[best]:.3f} val_acc={rows[best]['val/acc']:.4f}" + \
+            (f" (best of {len(shown)})" if P > 1 else "")
 
     status, reason = "completed", None
     try:
@@ -178,17 +228,18 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
         seconds |= {"eval": 0.0, "loop_start": time.perf_counter()}  # not the step-0 eval
         last_checkpoint = start_step
         for step in progress:
-            index = sampler.next().to(device)
+            if not alive.any():
+                break
+            index = train_index[sampler.next().to(device)]
             x, y = transform(ds.train_images[index]), ds.train_labels[index]
             logits = model(x)
             loss = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
             diverged = alive & ~(loss.detach() <= cfg.trainer.divergence_loss)  # NaN too
             if diverged.any():  # freeze those members before their update; the rest go on
-                for k in diverged.nonzero().flatten().tolist():
-                    summaries[k] |= {"status": "diverged", "diverged_at_step": step,
-                                     "reason": f"train loss {loss[k].item():.4g} at step {step}"
-                                               f" (bound {cfg.trainer.divergence_loss})"}
-                alive &= ~diverged
+                members = diverged.nonzero().flatten().tolist()
+                mark_diverged(members, step, [f"train loss {loss[k].item():.4g} at step {step}"
+                                              f" (bound {cfg.trainer.divergence_loss})"
+                                              for k in members])
                 if not alive.any():
                     break
             optimizer.zero_grad()
@@ -218,24 +269,34 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
             if seconds["loop_start"]:  # training steps alone: no set-up, no evaluation
                 s["train_time_s"] = round(time.perf_counter() - seconds["loop_start"]
                                           - seconds["eval"], 3)
-        if status == "completed" and checkpoint_every:  # marks the runs finished for reruns
-            checkpoint.save(run_dirs, cfgs, max_steps, model, optimizer, sampler, summaries)
         for k in range(P):
             stores[k].write_summary(summaries[k])
             stores[k].close()
             sinks[k].finish(summaries[k])
+        # After the summaries: the final checkpoint is what tells a rerun that nothing is left
+        # to do, and it is written whatever checkpoint_every says (0 = no intermediate ones).
+        if status == "completed":
+            checkpoint.save(run_dirs, cfgs, max_steps, model, optimizer, sampler, summaries,
+                            finished=True)
     return summaries
+
+
+JOB_ERRORS = (ConfigError, checkpoint.ResumeMismatchError, runlock.RunDirectoryBusy)
 
 
 @hydra.main(config_path="../../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    """One job. A bad job prints one `error:` line: a single run then exits with status 2; in
+    a multirun (joblib, submitit) the error fails this job alone and Hydra reports it."""
     try:
         validate(cfg)  # before any data is loaded
         summary = train_population([cfg], [Path(HydraConfig.get().runtime.output_dir)])[0]
-    except (ConfigError, checkpoint.ResumeMismatchError) as err:
+    except JOB_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
         sys.exit(2)
-    return summary["final_test_acc"]  # the objective a Hydra sweeper would read
+    return summary["best_val_acc"]  # the objective a Hydra sweeper would read: validation
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from bnrepro.data import SPECS
+from bnrepro.evaluation import PROBE_NETWORKS
 from bnrepro.models import ACTIVATIONS, NORMS
 from bnrepro.norm import INFERENCE
 
@@ -63,6 +64,14 @@ def config_problems(cfg: DictConfig) -> list[str]:
           "every quantile must be in (0, 1)")
     check("probe.num_examples", _integer(cfg.probe.num_examples)
           and cfg.probe.num_examples >= 2, "must be an integer >= 2")
+    check("probe.networks", all(n in PROBE_NETWORKS for n in cfg.probe.networks),
+          f"each one of {list(PROBE_NETWORKS)}")
+    check("trainer.eval_memory_mb", _number(t.eval_memory_mb) and t.eval_memory_mb > 0,
+          "must be > 0")
+    n_train = SPECS.get(cfg.dataset.name, (None, 0))[1]
+    check("dataset.val_size", _integer(cfg.dataset.val_size) and _integer(t.batch_size) and
+          1 <= cfg.dataset.val_size <= n_train - t.batch_size,
+          f"must be an integer in [1, {n_train} - trainer.batch_size]")
     return problems
 
 

@@ -4,13 +4,18 @@ Jobs whose configs differ only in per-member keys (seed, learning rate, momentum
 decay, dropout) share an architecture and are trained together, at most `max_population` per
 process-wide batch, by `bnrepro.train.train_population`. Each job still gets its own Hydra
 output directory (.hydra/, metrics.jsonl, summary.json) and its own wandb run, exactly as
-with the basic launcher. A job with no partner runs alone through the ordinary task function.
+with the basic launcher.
+
+Every job is checked before any trains (its config values, the checkpoint in its directory,
+no other process training in it): a bad job fails alone with one `error:` line, and the
+others train. Hydra then reports the failed jobs when the sweep ends.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -61,7 +66,8 @@ class PopulationLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:
-        from bnrepro.train import train_population
+        from bnrepro import runlock
+        from bnrepro.train import JOB_ERRORS, prepare
 
         setup_globals()
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -71,26 +77,53 @@ class PopulationLauncher(Launcher):
             idx = initial_job_idx + i
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             prepared[i] = self._run(overrides, idx, _prepare_job, configure_logging=False)
-        # 2. Group by architecture; cut groups into populations of at most max_population.
+        # 2. Check every job before training any; hold the good ones' directories meanwhile.
+        results: dict[int, JobReturn] = {}
+        held = []
+        for i, ret in prepared.items():
+            cfg, run_dir = ret.return_value
+            try:
+                runlock.acquire(run_dir)
+            except JOB_ERRORS as err:
+                results[i] = self._failed(ret, err)
+                continue
+            held.append(run_dir)
+            try:
+                prepare(cfg, run_dir)
+            except JOB_ERRORS as err:
+                results[i] = self._failed(ret, err)
+        try:
+            return self._train_checked(job_overrides, prepared, results)
+        finally:
+            for run_dir in held:
+                runlock.release(run_dir)
+
+    @staticmethod
+    def _failed(ret: JobReturn, err: Exception) -> JobReturn:
+        print(f"error: {err}", file=sys.stderr)
+        ret.status, ret.return_value = JobStatus.FAILED, err
+        return ret
+
+    def _train_checked(self, job_overrides: Sequence[Sequence[str]],
+                       prepared: dict[int, JobReturn], results: dict[int, JobReturn]
+                       ) -> Sequence[JobReturn]:
+        from bnrepro.train import train_population
+
+        # 3. Group by architecture; cut groups into populations of at most max_population.
         groups: dict[str, list[int]] = {}
         for i, ret in prepared.items():
-            groups.setdefault(population_key(ret.return_value[0]), []).append(i)
+            if i not in results:
+                groups.setdefault(population_key(ret.return_value[0]), []).append(i)
         batches = [members[s:s + self.max_population] for members in groups.values()
                    for s in range(0, len(members), self.max_population)]
         log.info(f"Launching {len(job_overrides)} jobs as {len(batches)} population(s) "
                  f"of sizes {[len(b) for b in batches]}")
-        # 3. Train. A lone job takes the ordinary path; a failure fails its population only.
-        results: dict[int, JobReturn] = {}
+        # 4. Train; a failure fails its own population only.
         for batch in batches:
-            if len(batch) == 1:
-                i = batch[0]
-                results[i] = self._run(job_overrides[i], initial_job_idx + i,
-                                       self.task_function)
-                continue
             cfgs, dirs = zip(*(prepared[i].return_value for i in batch), strict=True)
             try:
                 summaries = train_population(list(cfgs), list(dirs))
-                outcomes = [(JobStatus.COMPLETED, s["final_test_acc"]) for s in summaries]
+                outcomes = [(JobStatus.COMPLETED, s["best_val_acc"]) for s in summaries]
             except Exception as err:
                 log.error(f"population of {len(batch)} failed: {type(err).__name__}: {err}")
                 outcomes = [(JobStatus.FAILED, err)] * len(batch)
