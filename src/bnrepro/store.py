@@ -73,4 +73,8 @@ def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def read_config(run_dir: str | Path) -> DictConfig:
-    return OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+    """The run's resolved config: `config.yaml` in the run dir, else Hydra's `.hydra/config.yaml`
+    (older stores keep it only there). Raises FileNotFoundError if neither exists."""
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    return OmegaConf.load(path if path.is_file() else run_dir / ".hydra" / "config.yaml")
