@@ -46,7 +46,8 @@ CIFAR_SLICE ?= seed=0 optim.lr=0.01,0.1,1.0 model.dropout=0.0,0.5 model.width_mu
 sweep-cifar: setup  ## CPU-sized CIFAR grid (cnn quick profile), aggregated into results/
 	@ds=$$($(PY) -m bnrepro.data cifar10 cifar10-jpeg) && \
 	$(PY) -m bnrepro.train -m experiment=sweep_cifar dataset=$$ds $(CIFAR_SLICE) && \
-	$(PY) scripts/aggregate.py runs/sweep_$$ds --out results
+	$(PY) scripts/aggregate.py runs/sweep_$$ds --out results \
+		--where model.width_multiplier=0.5 --where trainer.max_steps=400
 
 bench: setup  ## ms per step: canonical PyTorch loop vs ours (single and populations)
 	$(PY) scripts/bench.py

@@ -1,20 +1,46 @@
 """Aggregate a hyper-parameter sweep: one CSV row per run, accuracy heatmaps, best-cell curves.
 
     python scripts/aggregate.py runs/sweep [more dirs] [--out results] [--thresholds 0.9 0.95]
+                                [--where KEY=VALUE ...] [--name STEM]
 
 Every run dir below the given folders is read, whatever its status (completed, diverged,
 failed, ...); one whose files are missing or unreadable is named in a warning and skipped.
-For each dataset D it writes <out>/sweep_D.csv, sweep_D_heatmap.{png,pdf} and
-sweep_D_best_curves.{png,pdf} (`--name` replaces the stem `sweep_D`).
+`--where KEY=VALUE` (repeatable) keeps only runs whose resolved config has that value; VALUE
+is parsed as YAML, so `--where model.width_multiplier=0.5` matches 0.5.
+
+Cells. Runs are split by dataset. Within a dataset a cell is keyed by norm, activation, lr,
+dropout and every other config key whose value differs between the runs, except the seed (a
+cell's seeds are its replicates) and NON_TRAJECTORY_KEYS. Besides the four, only optimiser
+hyper-parameters (optim.*, e.g. momentum) may differ: selection tunes over them. Runs that
+differ in anything else (width, steps, model profile, ...) are different experiments, so the
+script stops with one error naming each such key and its values, writing nothing; narrow the
+folder with --where.
+
+Selection rule: validation picks, test reports. Per (norm, activation) the best cell is the
+one with the highest select_val: the mean over ALL the cell's seeds of final validation
+accuracy, where a seed that did not complete (diverged, failed, interrupted, running) scores
+chance, 1/10. A cell where 1 of 3 seeds survived at 0.99 scores (0.99 + 0.1 + 0.1) / 3, so it
+cannot win on its survivor alone. Only cells with a completed seed are candidates; ties go to
+the higher mean validation accuracy. Test accuracy never takes part in choosing: the printed
+table and the figures REPORT the chosen cell's mean final test accuracy over its completed
+seeds, with its completed and diverged seed counts (k/n). steps_to_val_acc_<t> is the first
+evaluated step whose val/acc >= t.
+
+For each dataset D it writes <out>/sweep_D.csv, sweep_D_heatmap.{png,pdf} (colour: mean final
+validation accuracy over completed seeds) and sweep_D_best_curves.{png,pdf} (test accuracy of
+the chosen cells). `--name` replaces the stem `sweep_D`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import textwrap
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -22,26 +48,48 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
 from matplotlib.cm import ScalarMappable  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from bnrepro.atomic import atomic_save_figure, atomic_write  # noqa: E402
-from bnrepro.store import read_metrics, read_summary  # noqa: E402
+from bnrepro.store import read_config, read_metrics, read_summary  # noqa: E402
 
-AXES = ["dataset", "norm", "activation", "lr", "dropout", "seed"]
-SUMMARY_KEYS = ["status", "steps_done", "diverged_at_step", "final_test_acc", "best_test_acc",
-                "best_step", "final_train_loss"]
-CELL = ["norm", "activation", "lr", "dropout"]
-NUM_CLASSES = 10  # mnist, cifar10 and cifar10-jpeg: chance accuracy is 1/10
+AXES = ["dataset", "norm", "activation", "lr", "dropout", "seed"]  # summary["axes"]
+AXIS_KEYS = {"dataset.name": "dataset", "model.norm": "norm", "model.activation": "activation",
+             "optim.lr": "lr", "model.dropout": "dropout", "seed": "seed"}  # config -> axis
+BASE_CELL = ["norm", "activation", "lr", "dropout"]
+# Config keys that never change a training trajectory, so runs differing only in them are
+# replicates of one cell. An entry ending in "." covers everything under it.
+NON_TRAJECTORY_KEYS = ("name", "trainer.progress", "trainer.resume", "trainer.checkpoint_every",
+                       "trainer.device", "trainer.threads", "trainer.eval_memory_mb",
+                       "dataset.root", "dataset.mirror", "logger.", "hydra.")
+TUNABLE_PREFIXES = ("optim.",)  # besides the axes, the only keys a sweep may vary
+REQUIRED_SUMMARY_KEYS = ["status", "axes", "final_val_acc", "final_test_acc"]
+SUMMARY_KEYS = ["status", "reason", "steps_done", "max_steps", "diverged_at_step",
+                "final_val_acc", "best_val_acc", "best_val_step", "test_acc_at_best_val",
+                "final_test_acc", "final_train_loss"]
+STATUSES = ["completed", "diverged", "failed", "interrupted", "running"]  # printing order
+NUM_CLASSES = 10  # mnist, cifar10 and cifar10-jpeg
+CHANCE = 1 / NUM_CLASSES  # the selection score of a seed that did not complete
 UNIT_QUANTILE = re.compile(r"act/h(\d+)/q\d+$")  # the tracked unit's quantiles, not all_q*
+UNREADABLE = (OSError, ValueError, KeyError, yaml.YAMLError, OmegaConfBaseException)
+ABSENT = "(absent)"  # how a config key missing from a run is shown
+SELECTION_RULE = (f"chosen on select_val = mean final val acc over all n seeds of the cell, "
+                  f"a diverged/failed/unfinished seed scoring chance ({CHANCE:g}); val_acc, "
+                  f"test_acc = means over completed seeds")
 
 
-def steps_to_threshold(metrics: pd.DataFrame, threshold: float) -> int | None:
-    """First evaluated step whose test accuracy is >= threshold; None if it never gets there."""
-    if metrics.empty or "test/acc" not in metrics:
+def steps_to_threshold(metrics: pd.DataFrame, threshold: float, column: str = "val/acc"
+                       ) -> int | None:
+    """First evaluated step whose `column` (validation accuracy) is >= threshold; None if it
+    never gets there or was not logged."""
+    if metrics.empty or column not in metrics:
         return None
-    hits = metrics.loc[metrics["test/acc"] >= threshold, "step"]
+    hits = metrics.loc[metrics[column].astype(float) >= threshold, "step"]
     return int(hits.min()) if len(hits) else None
 
 
@@ -64,56 +112,194 @@ def drift(metrics: pd.DataFrame, layer: int) -> float:
     return float((values.max() - values.min()).mean())
 
 
-def read_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
-    """summary.json and metrics.jsonl of one run; raises OSError/ValueError/KeyError if bad."""
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dict -> {dotted key: leaf value}; lists are leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def read_run(run_dir: Path) -> tuple[dict, dict[str, Any], pd.DataFrame]:
+    """summary.json, the flattened resolved config and metrics.jsonl of one run; raises one of
+    UNREADABLE if a file is missing or bad."""
     summary = read_summary(run_dir)
     if not isinstance(summary, dict) or not isinstance(summary.get("axes"), dict):
         raise ValueError("summary.json holds no run summary")
+    if missing := [k for k in REQUIRED_SUMMARY_KEYS if k not in summary]:
+        raise ValueError(f"summary.json lacks {', '.join(missing)} (a trainer without a "
+                         "validation split?)")
+    config = OmegaConf.to_container(read_config(run_dir), resolve=True)
+    if not isinstance(config, dict):
+        raise ValueError("config.yaml holds no config mapping")
     if not (run_dir / "metrics.jsonl").is_file():  # read_metrics would return [] silently
         raise FileNotFoundError("no metrics.jsonl")
     # One row per step, in order: a resumed run's store drops rows past its checkpoint.
-    return summary, pd.DataFrame(read_metrics(run_dir))
+    return summary, flatten(config), pd.DataFrame(read_metrics(run_dir))
+
+
+def run_row(summary: dict, metrics: pd.DataFrame, thresholds: list[float]) -> dict[str, Any]:
+    """The CSV row of one run, minus its cell-key columns (known only per dataset)."""
+    row = {k: summary["axes"][k] for k in AXES} | {k: summary.get(k) for k in SUMMARY_KEYS}
+    row |= {f"steps_to_val_acc_{t:g}": steps_to_threshold(metrics, t) for t in thresholds}
+    return row | {f"drift_h{i}": drift(metrics, i) for i in quantile_columns(metrics)}
 
 
 def collect(roots: Iterable[str | Path], thresholds: Iterable[float] = (0.9, 0.95, 0.97)
-            ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """One row per run dir below `roots` (every status), and each run's metrics by run_dir."""
+            ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:
+    """One row per run dir below `roots` (every status), and each run's metrics and flattened
+    config by run_dir. Unreadable run dirs are skipped with one warning that names them."""
     thresholds = list(thresholds)
-    rows, curves, skipped = [], {}, []
+    rows, curves, configs, skipped = [], {}, {}, []
     for root in roots:
         for summary_file in sorted(Path(root).rglob("summary.json")):
             run_dir = summary_file.parent
             try:
-                summary, metrics = read_run(run_dir)
-                row = {k: summary["axes"][k] for k in AXES} | {k: summary[k] for k in SUMMARY_KEYS}
-            except (OSError, ValueError, KeyError) as err:
+                summary, config, metrics = read_run(run_dir)
+                row = run_row(summary, metrics, thresholds)
+            except UNREADABLE as err:
                 skipped.append(f"{run_dir} ({type(err).__name__}: {err})")
                 continue
-            row |= {f"steps_to_acc_{t:g}": steps_to_threshold(metrics, t) for t in thresholds}
-            row |= {f"drift_h{i}": drift(metrics, i) for i in quantile_columns(metrics)}
             rows.append(row | {"run_dir": str(run_dir)})
-            curves[str(run_dir)] = metrics
+            curves[str(run_dir)], configs[str(run_dir)] = metrics, config
     if skipped:
         warnings.warn(f"skipped {len(skipped)} unreadable run(s): " + "; ".join(skipped),
                       stacklevel=2)
+    return typed_frame(rows, thresholds), curves, configs
+
+
+def typed_frame(rows: list[dict[str, Any]], thresholds: list[float]) -> pd.DataFrame:
     drifts = sorted({c for r in rows for c in r if c.startswith("drift_h")},
                     key=lambda c: int(c[len("drift_h"):]))
-    columns = [*AXES, *SUMMARY_KEYS, *(f"steps_to_acc_{t:g}" for t in thresholds), *drifts,
-               "run_dir"]
+    steps_to = [f"steps_to_val_acc_{t:g}" for t in thresholds]
+    columns = [*AXES, *SUMMARY_KEYS, *steps_to, *drifts, "run_dir"]
+    integers = ["seed", "steps_done", "max_steps", "diverged_at_step", "best_val_step", *steps_to]
+    floats = ["lr", "dropout", "final_val_acc", "best_val_acc", "test_acc_at_best_val",
+              "final_test_acc", "final_train_loss", *drifts]
     df = pd.DataFrame(rows, columns=columns)
-    integers = ["seed", "steps_done", "diverged_at_step", "best_step",
-                *(c for c in columns if c.startswith("steps_to_acc_"))]
-    floats = ["lr", "dropout", "final_test_acc", "best_test_acc", "final_train_loss", *drifts]
-    return df.astype({c: "Int64" for c in integers} | {c: float for c in floats}), curves
+    return df.astype({c: "Int64" for c in integers} | {c: float for c in floats})
 
 
-def cell_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (norm, activation, lr, dropout): mean final test accuracy over completed seeds (acc),
-    completed seeds (n), diverged runs (diverged) and all runs (runs)."""
-    done, div = df["status"] == "completed", df["status"] == "diverged"
-    table = df.assign(acc=df["final_test_acc"].where(done), done=done, div=div).groupby(CELL)
-    return table.agg(acc=("acc", "mean"), n=("done", "sum"), diverged=("div", "sum"),
-                     runs=("status", "size")).reset_index()
+def parse_where(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` -> (KEY, VALUE parsed as YAML the way OmegaConf reads config files)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"--where wants KEY=VALUE, got {text!r}")
+    try:
+        parsed = OmegaConf.to_container(OmegaConf.create(f"v: {value}"))["v"]
+    except (yaml.YAMLError, OmegaConfBaseException):
+        parsed = value  # not valid YAML (e.g. holds ": "): compare as the plain string
+    return key.strip(), parsed
+
+
+def keep_where(df: pd.DataFrame, configs: dict[str, dict[str, Any]],
+               where: list[tuple[str, Any]]) -> pd.DataFrame:
+    """The runs whose config has every `where` (key, value); refuses a key no run has, since
+    that is a typo rather than a filter."""
+    for key, _ in where:
+        if not any(key in configs[d] for d in df["run_dir"]):
+            raise SystemExit(f"--where {key}=...: no run's config has the key {key!r}")
+    keep = [all(configs[d].get(key, ABSENT) == value for key, value in where)
+            for d in df["run_dir"]]
+    return df[keep].reset_index(drop=True)
+
+
+def hashable(value: Any) -> Any:
+    return json.dumps(value, sort_keys=True) if isinstance(value, list | dict) else value
+
+
+def differing_keys(configs: list[dict[str, Any]]) -> dict[str, dict[Any, int]]:
+    """Every config key whose value is not the same in all `configs` (ignoring the seed and
+    NON_TRAJECTORY_KEYS) -> {value: number of runs with it}."""
+    keys = sorted({k for config in configs for k in config})
+    differing = {}
+    for key in keys:
+        if key == "seed" or any(f"{key}.".startswith(p if p.endswith(".") else f"{p}.")
+                                for p in NON_TRAJECTORY_KEYS):
+            continue
+        counts: dict[Any, int] = {}
+        for config in configs:
+            value = hashable(config.get(key, ABSENT))
+            counts[value] = counts.get(value, 0) + 1
+        if len(counts) > 1:
+            differing[key] = counts
+    return differing
+
+
+def split_keys(configs: list[dict[str, Any]]) -> tuple[list[str], dict[str, dict[Any, int]]]:
+    """(extra cell keys, keys that mark different experiments -> their value counts)."""
+    extra = {k: v for k, v in differing_keys(configs).items() if k not in AXIS_KEYS}
+    refused = {k: v for k, v in extra.items() if not k.startswith(TUNABLE_PREFIXES)}
+    return [k for k in extra if k not in refused], refused
+
+
+def describe_values(counts: dict[Any, int]) -> str:
+    def order(value: Any) -> tuple:
+        is_number = isinstance(value, int | float) and not isinstance(value, bool)
+        return (not is_number, value if is_number else str(value))
+
+    return ", ".join(f"{v} ({counts[v]} run{'s' * (counts[v] > 1)})"
+                     for v in sorted(counts, key=order))
+
+
+def mixed_experiments_error(refused: dict[str, dict[str, dict[Any, int]]]) -> str:
+    """One message naming, per dataset, each key that differs beyond the sweep's axes."""
+    lines = ["these runs differ in settings that are not sweep axes, so they are different "
+             "experiments and averaging them as seeds would be wrong:"]
+    lines += [f"  {dataset}: {key} = {describe_values(counts)}"
+              for dataset, keys in refused.items() for key, counts in keys.items()]
+    key, counts = next(iter(next(iter(refused.values())).items()))
+    lines.append("cells may differ only in model.norm, model.activation, optim.lr, "
+                 "model.dropout, optim.* and seed. Aggregate one experiment at a time: add "
+                 f"--where KEY=VALUE (repeatable), e.g. --where {key}={next(iter(counts))}")
+    return "\n".join(lines)
+
+
+def cell_table(runs: pd.DataFrame, cell: list[str]) -> pd.DataFrame:
+    """Per cell: select_val score (score; non-completed seeds count as chance), mean final val
+    and test accuracy over completed seeds (val, test), completed seeds (n), diverged seeds
+    (diverged) and all seeds (runs)."""
+    done = runs["status"] == "completed"
+    scored = runs.assign(score=runs["final_val_acc"].where(done).fillna(CHANCE),
+                         val=runs["final_val_acc"].where(done),
+                         test=runs["final_test_acc"].where(done), done=done,
+                         div=runs["status"] == "diverged")
+    grouped = scored.groupby(cell, dropna=False, sort=True)
+    return grouped.agg(score=("score", "mean"), val=("val", "mean"), test=("test", "mean"),
+                       n=("done", "sum"), diverged=("div", "sum"),
+                       runs=("status", "size")).reset_index()
+
+
+def best_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per (norm, activation): the cell with the highest score among cells with a completed
+    seed (ties: higher mean val); NaN where no cell of the pair has a completed seed."""
+    ranked = cells[cells["n"] > 0].sort_values(["score", "val"], ascending=False, kind="stable")
+    best = ranked.groupby(["norm", "activation"]).head(1)
+    pairs = cells[["norm", "activation"]].drop_duplicates()
+    return pairs.merge(best, how="left", on=["norm", "activation"]).sort_values(
+        ["norm", "activation"], ignore_index=True)
+
+
+def best_table_text(best: pd.DataFrame, cell: list[str]) -> str:
+    """The printed best-cell table, headed by the selection rule."""
+    def count(k: float, n: float) -> str:
+        return "-" if pd.isna(n) else f"{int(k)}/{int(n)}"
+
+    table = best[cell].assign(
+        select_val=best["score"], val_acc=best["val"], test_acc=best["test"],
+        completed=[count(k, n) for k, n in zip(best["n"], best["runs"], strict=True)],
+        diverged=[count(k, n) for k, n in zip(best["diverged"], best["runs"], strict=True)])
+    body = table.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-")
+    return f"best cell per (norm, activation), {SELECTION_RULE}\n{body}"
+
+
+def status_counts(runs: pd.DataFrame) -> str:
+    counts = runs["status"].value_counts()
+    order = [s for s in STATUSES if s in counts] + sorted(set(counts.index) - set(STATUSES))
+    return ", ".join(f"{counts[s]} {s}" for s in order)
 
 
 def save(fig: plt.Figure, stem: Path) -> list[Path]:
@@ -122,120 +308,182 @@ def save(fig: plt.Figure, stem: Path) -> list[Path]:
     return paths
 
 
-def plot_heatmap(cells: pd.DataFrame, dataset: str, no_learn_below: float, stem: Path
-                 ) -> list[Path]:
-    norms, acts = sorted(cells["norm"].unique()), sorted(cells["activation"].unique())
-    lrs, dropouts = sorted(cells["lr"].unique()), sorted(cells["dropout"].unique())
-    full_n, acc = cells["n"].max(), cells["acc"].dropna()
-    low, high = (acc.min(), acc.max()) if len(acc) else (0.0, 1.0)
-    scale = Normalize(min(low, high - 0.01), high)
+def cell_lines(cell: dict[str, Any], no_learn_below: float, chosen: bool) -> list[str]:
+    """The text of one heatmap cell."""
+    lines = [f"val {cell['val']:.3f}", f"test {cell['test']:.3f}"] if cell["n"] else []
+    if not cell["n"] and not cell["diverged"]:
+        lines.append("no result")
+    if 0 < cell["n"] < cell["runs"]:
+        lines.append(f"n={cell['n']}/{cell['runs']}")
+    if cell["n"] and cell["val"] < no_learn_below:
+        lines.append("no learn")
+    if cell["diverged"]:
+        lines.append(f"div {cell['diverged']}/{cell['runs']}")
+    return lines + ["chosen"] * chosen
+
+
+def panel_rows(cells: pd.DataFrame, extra: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """One heatmap row per (norm, values of the extra cell keys)."""
+    combos = cells[extra].drop_duplicates().sort_values(extra).to_dict("records") if extra \
+        else [{}]
+    return [(norm, combo) for norm in sorted(cells["norm"].unique()) for combo in combos]
+
+
+def draw_panel(ax: plt.Axes, panel: pd.DataFrame, chosen: pd.DataFrame, scale: Normalize,
+               no_learn_below: float, lrs: list[float], dropouts: list[float]) -> None:
     cmap = plt.get_cmap("viridis").with_extremes(bad="white")  # white: no completed seed
-    fig, axes = plt.subplots(len(norms), len(acts), squeeze=False, layout="constrained",
+    grid = panel.pivot(index="dropout", columns="lr", values="val")
+    ax.imshow(grid.reindex(index=dropouts, columns=lrs).to_numpy(float), cmap=cmap, norm=scale,
+              origin="lower", aspect="auto")
+    for cell in panel.to_dict("records"):
+        i, j = dropouts.index(cell["dropout"]), lrs.index(cell["lr"])
+        is_chosen = bool(len(chosen.merge(pd.DataFrame([cell])[chosen.columns])))
+        if cell["diverged"]:
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
+                                   edgecolor="red", lw=1.5))
+        if is_chosen:
+            ax.add_patch(Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False,
+                                   edgecolor="black", lw=3))
+        rgb = cmap(scale(cell["val"]))[:3] if cell["n"] else (1, 1, 1)
+        dark = cell["n"] and np.dot(rgb, (0.299, 0.587, 0.114)) < 0.5
+        box = {"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.8, "lw": 0}
+        ax.text(j, i, "\n".join(cell_lines(cell, no_learn_below, is_chosen)), ha="center",
+                va="center", fontsize=7, color="white" if dark and not cell["diverged"]
+                else "black", fontweight="bold" if cell["diverged"] else "normal",
+                bbox=box if cell["diverged"] else None)
+    ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+    ax.set_yticks(range(len(dropouts)), [f"{d:g}" for d in dropouts])
+
+
+def plot_heatmap(cells: pd.DataFrame, best: pd.DataFrame, extra: list[str], dataset: str,
+                 no_learn_below: float, stem: Path) -> list[Path]:
+    """Per (norm, extra keys) x activation panel: lr x dropout, coloured by mean final val acc
+    over completed seeds; the chosen cells framed."""
+    rows, acts = panel_rows(cells, extra), sorted(cells["activation"].unique())
+    lrs, dropouts = sorted(cells["lr"].unique()), sorted(cells["dropout"].unique())
+    val = cells["val"].dropna()
+    low, high = (val.min(), val.max()) if len(val) else (0.0, 1.0)
+    scale = Normalize(min(low, high - 0.01), high)
+    chosen = best.dropna(subset=["score"])[["norm", "activation", "lr", "dropout", *extra]]
+    fig, axes = plt.subplots(len(rows), len(acts), squeeze=False, layout="constrained",
                              figsize=(len(acts) * (1.0 * len(lrs) + 1.2) + 1.2,
-                                      len(norms) * (0.75 * len(dropouts) + 1.1) + 0.5))
-    for (r, norm), (c, act) in ((a, b) for a in enumerate(norms) for b in enumerate(acts)):
-        ax, panel = axes[r, c], cells[(cells["norm"] == norm) & (cells["activation"] == act)]
-        grid = panel.pivot(index="dropout", columns="lr", values="acc")
-        ax.imshow(grid.reindex(index=dropouts, columns=lrs).to_numpy(float), cmap=cmap,
-                  norm=scale, origin="lower", aspect="auto")
-        for cell in panel.itertuples():
-            i, j = dropouts.index(cell.dropout), lrs.index(cell.lr)
-            lines = [f"{cell.acc:.3f}"] if cell.n else [] if cell.diverged else ["no result"]
-            if 0 < cell.n < full_n:
-                lines.append(f"n={cell.n}")
-            if cell.n and cell.acc < no_learn_below:
-                lines.append("no learn")
-            if cell.diverged:
-                lines.append(f"div {cell.diverged}/{cell.runs}")
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///",
-                                       edgecolor="red", lw=1.5))
-            rgb = cmap(scale(cell.acc))[:3] if cell.n else (1, 1, 1)
-            dark = cell.n and np.dot(rgb, (0.299, 0.587, 0.114)) < 0.5
-            box = {"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.8, "lw": 0}
-            ax.text(j, i, "\n".join(lines), ha="center", va="center", fontsize=7.5,
-                    color="white" if dark and not cell.diverged else "black",
-                    fontweight="bold" if cell.diverged else "normal",
-                    bbox=box if cell.diverged else None)
-        ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
-        ax.set_yticks(range(len(dropouts)), [f"{d:g}" for d in dropouts])
-        ax.set_title(f"norm={norm}, {act}", fontsize=10)
-        if r == len(norms) - 1:
-            ax.set_xlabel("learning rate")
+                                      len(rows) * (0.9 * len(dropouts) + 1.1) + 0.8))
+    for (r, (norm, combo)), (c, act) in ((a, b) for a in enumerate(rows) for b in enumerate(acts)):
+        mask = (cells["norm"] == norm) & (cells["activation"] == act)
+        for key, value in combo.items():
+            mask &= cells[key] == value
+        draw_panel(axes[r, c], cells[mask], chosen, scale, no_learn_below, lrs, dropouts)
+        axes[r, c].set_title(", ".join([f"norm={norm}", act, *(f"{k}={v:g}" if isinstance(
+            v, float) else f"{k}={v}" for k, v in combo.items())]), fontsize=9)
+        if r == len(rows) - 1:
+            axes[r, c].set_xlabel("learning rate")
         if c == 0:
-            ax.set_ylabel("dropout")
-    fig.colorbar(ScalarMappable(scale, cmap), ax=axes, label="mean final test accuracy")
-    fig.suptitle(f"{dataset}: final test accuracy, mean over completed seeds\n"
-                 f"hatched, div k/n: k of n seeds diverged; no learn: mean < {no_learn_below:g}",
-                 fontsize=10)
+            axes[r, c].set_ylabel("dropout")
+    fig.colorbar(ScalarMappable(scale, plt.get_cmap("viridis")), ax=axes,
+                 label="mean final VALIDATION accuracy (completed seeds)")
+    title = (f"{dataset}: colour and 'val' = mean final VALIDATION accuracy, 'test' = mean final "
+             "TEST accuracy, both over completed seeds. Framed 'chosen': the best cell per (norm, "
+             "activation), picked on validation with non-completed seeds scored as chance. "
+             "Hatched, div k/n: k of n seeds diverged; n=k/n: k of n seeds completed; no learn: "
+             f"val < {no_learn_below:g}")
+    fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 12)), fontsize=9)
     return save(fig, stem)
 
 
-def best_cells(df: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
-    """Per (norm, activation): the (lr, dropout) with the best mean final test accuracy, and
-    how many runs of that (norm, activation) diverged anywhere in the sweep."""
-    best = cells.dropna(subset=["acc"]).sort_values("acc", ascending=False)
-    best = best.groupby(["norm", "activation"]).head(1).set_index(["norm", "activation"])
-    diverged = df.assign(div=df["status"] == "diverged").groupby(["norm", "activation"])["div"]
-    table = best[["lr", "dropout", "acc", "n"]].reindex(diverged.sum().index)
-    return table.assign(diverged_runs=diverged.sum(), runs=diverged.size()).reset_index()
+def cell_label(cell: dict[str, Any], keys: list[str]) -> str:
+    values = [f"{k}={cell[k]:g}" if isinstance(cell[k], float) else f"{k}={cell[k]}"
+              for k in keys[2:]]
+    return (f"{cell['norm']}, {cell['activation']}: {', '.join(values)} "
+            f"({cell['n']:.0f} of {cell['runs']:.0f} seeds completed, "
+            f"{cell['diverged']:.0f} of {cell['runs']:.0f} diverged)")
 
 
-def plot_best_curves(df: pd.DataFrame, best: pd.DataFrame, curves: dict[str, pd.DataFrame],
-                     dataset: str, stem: Path) -> list[Path]:
+def plot_best_curves(runs: pd.DataFrame, best: pd.DataFrame, curves: dict[str, pd.DataFrame],
+                     cell: list[str], dataset: str, stem: Path) -> list[Path]:
+    """Test accuracy of each chosen cell: mean over its completed seeds, band = min..max."""
     fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
-    for k, cell in enumerate(best.dropna(subset=["acc"]).itertuples()):
-        match = (df["status"] == "completed") & (df[CELL] == [getattr(cell, c) for c in CELL]
-                                                  ).all(axis=1)
-        runs = df[match]
-        acc = pd.concat([curves[d].set_index("step")["test/acc"] for d in runs["run_dir"]], axis=1)
+    done = runs[runs["status"] == "completed"]
+    for k, chosen in enumerate(best.dropna(subset=["score"]).to_dict("records")):
+        members = done.merge(pd.DataFrame([chosen])[cell], on=cell)
+        acc = pd.concat([curves[d].set_index("step")["test/acc"].astype(float)
+                         for d in members["run_dir"]], axis=1)
         color = plt.get_cmap("tab10")(k)
-        ax.plot(acc.index, acc.mean(axis=1), color=color,
-                label=f"{cell.norm}, {cell.activation}: lr={cell.lr:g}, dropout={cell.dropout:g}"
-                      f" ({acc.shape[1]} seed{'s' * (acc.shape[1] > 1)})")
+        ax.plot(acc.index, acc.mean(axis=1), color=color, label=cell_label(chosen, cell))
         ax.fill_between(acc.index, acc.min(axis=1), acc.max(axis=1), color=color, alpha=0.2)
-    ax.set(xlabel="training steps", ylabel="test accuracy",
-           title=f"{dataset}: best (lr, dropout) per norm and activation (band = min..max)")
+    ax.set(xlabel="training steps", ylabel="TEST accuracy",
+           title=f"{dataset}: test accuracy of the best cell per norm and activation, chosen on "
+                 "validation\n(mean over completed seeds, band = min..max)")
     ax.grid(alpha=0.3)
     if ax.lines:
-        fig.legend(loc="outside lower center", ncols=2, fontsize=8)
+        fig.legend(loc="outside lower center", ncols=1, fontsize=8)
     else:
         ax.text(0.5, 0.5, "no completed runs", transform=ax.transAxes, ha="center")
     return save(fig, stem)
 
 
-def main(argv: list[str] | None = None) -> None:
+def aggregate_dataset(runs: pd.DataFrame, curves: dict[str, pd.DataFrame], extra: list[str],
+                      dataset: str, stem: Path, no_learn_below: float) -> list[Path]:
+    """Write one dataset's CSV and figures; print its counts and best-cell table."""
+    cell = [*BASE_CELL, *extra]
+    runs = runs.sort_values([*cell, "seed"], ignore_index=True)
+    csv = stem.with_name(f"{stem.name}.csv")
+    atomic_write(csv, lambda tmp: runs.to_csv(tmp, index=False))
+    cells = cell_table(runs, cell)
+    best = best_cells(cells)
+    paths = [csv, *plot_heatmap(cells, best, extra, dataset, no_learn_below,
+                                stem.with_name(f"{stem.name}_heatmap"))]
+    paths += plot_best_curves(runs, best, curves, cell, dataset,
+                              stem.with_name(f"{stem.name}_best_curves"))
+    print(f"{dataset}: {len(runs)} runs ({status_counts(runs)})")
+    print(best_table_text(best, cell))
+    return paths
+
+
+def with_cell_columns(runs: pd.DataFrame, configs: dict[str, dict[str, Any]],
+                      extra: list[str]) -> pd.DataFrame:
+    """`runs` with one column per extra cell key, placed after the axes."""
+    values = {k: [hashable(configs[d].get(k)) for d in runs["run_dir"]] for k in extra}
+    return pd.concat([runs[AXES], pd.DataFrame(values, index=runs.index),
+                      runs.drop(columns=AXES)], axis=1)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dirs", nargs="+", type=Path, help="folders to search for runs")
     parser.add_argument("--out", type=Path, default=Path("results"))
-    parser.add_argument("--thresholds", nargs="+", type=float, default=[0.9, 0.95, 0.97])
+    parser.add_argument("--thresholds", nargs="+", type=float, default=[0.9, 0.95, 0.97],
+                        help="validation accuracies for the steps_to_val_acc_<t> columns")
+    parser.add_argument("--where", type=parse_where, action="append", default=[],
+                        metavar="KEY=VALUE", help="keep only runs whose config has KEY=VALUE "
+                        "(VALUE parsed as YAML; repeatable)")
     parser.add_argument("--name", help="file stem instead of sweep_<dataset>")
     parser.add_argument("--chance-margin", type=float, default=0.1,
-                        help=f"'no learn' = mean acc below 1/{NUM_CLASSES} + this (default 0.1)")
-    args = parser.parse_args(argv)
-    missing = [str(d) for d in args.sweep_dirs if not d.is_dir()]
-    if missing:
+                        help=f"'no learn' = mean val acc below 1/{NUM_CLASSES} + this")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if missing := [str(d) for d in args.sweep_dirs if not d.is_dir()]:
         raise SystemExit(f"no such folder: {', '.join(missing)}")
-    df, curves = collect(args.sweep_dirs, args.thresholds)
+    df, curves, configs = collect(args.sweep_dirs, args.thresholds)
     if df.empty:
-        raise SystemExit(f"no runs under {', '.join(map(str, args.sweep_dirs))}")
+        raise SystemExit(f"no readable runs under {', '.join(map(str, args.sweep_dirs))}")
+    df = keep_where(df, configs, args.where)
+    if df.empty:
+        raise SystemExit("no run matches " + " ".join(f"--where {k}={v}" for k, v in args.where))
     datasets = sorted(df["dataset"].unique())
+    keys = {d: split_keys([configs[r] for r in df.loc[df["dataset"] == d, "run_dir"]])
+            for d in datasets}
+    if refused := {d: keys[d][1] for d in datasets if keys[d][1]}:
+        raise SystemExit(mixed_experiments_error(refused))  # before anything is written
     for dataset in datasets:
         stem = args.name or f"sweep_{dataset}"
         if args.name and len(datasets) > 1:
             stem = f"{args.name}_{dataset}"
-        runs = df[df["dataset"] == dataset].sort_values(["norm", "activation", "lr", "dropout",
-                                                         "seed"], ignore_index=True)
-        csv = args.out / f"{stem}.csv"
-        atomic_write(csv, lambda tmp, runs=runs: runs.to_csv(tmp, index=False))
-        cells, paths = cell_table(runs), [csv]
-        best = best_cells(runs, cells)
-        paths += plot_heatmap(cells, dataset, 1 / NUM_CLASSES + args.chance_margin,
-                              args.out / f"{stem}_heatmap")
-        paths += plot_best_curves(runs, best, curves, dataset, args.out / f"{stem}_best_curves")
-        counts = runs["status"].value_counts().to_dict()
-        print(f"{dataset}: {len(runs)} runs ({', '.join(f'{n} {s}' for s, n in counts.items())})")
-        print(best.rename(columns={"acc": "mean_final_acc", "n": "seeds"}).to_string(
-            index=False, float_format=lambda x: f"{x:.4g}", na_rep="-"))
+        runs = with_cell_columns(df[df["dataset"] == dataset], configs, keys[dataset][0])
+        paths = aggregate_dataset(runs, curves, keys[dataset][0], dataset, args.out / stem,
+                                  1 / NUM_CLASSES + args.chance_margin)
         print("wrote " + ", ".join(map(str, paths)))
 
 
