@@ -10,6 +10,7 @@ from bnrepro.data import (
     DataUnavailableError,
     InputTransform,
     load_dataset,
+    tensor_digest,
     verify,
 )
 from bnrepro.sampling import fixed_subset
@@ -32,14 +33,76 @@ def test_verify_rejects_wrong_labels(mnist):
         verify(bad)
 
 
-def test_cache_is_written_and_a_corrupt_cache_is_rebuilt(mnist, mirror, tmp_path):
-    ds = load_dataset("mnist", tmp_path, mirror, download=False)
+def test_cache_is_written_and_a_corrupt_cache_is_rebuilt(mnist, mirror_dir, tmp_path):
+    """Catches: a truncated cache raising instead of being rebuilt; a non-atomic write."""
+    ds = load_dataset("mnist", tmp_path, mirror_dir, download=False)
     cache = tmp_path / "mnist.pt"
     assert cache.is_file() and torch.equal(ds.train_images, mnist.train_images)
     cache.write_bytes(cache.read_bytes()[:1000])  # truncated, as by a kill mid-copy
-    again = load_dataset("mnist", tmp_path, mirror, download=False)
+    again = load_dataset("mnist", tmp_path, mirror_dir, download=False)
     assert torch.equal(again.test_labels, mnist.test_labels)
     assert not list(tmp_path.glob(".*tmp"))  # nothing half-written left behind
+
+
+def _rewrite_cache(cache, change) -> None:
+    """Rewrite a cache well-formed (same keys, shapes, dtypes, label counts) after change(blob)."""
+    blob = torch.load(cache, weights_only=True)
+    change(blob)
+    torch.save(blob, cache)
+
+
+def _flip_pixels(blob: dict) -> None:
+    # Invert a 4x4 patch of one training and one test image: shapes and labels still verify.
+    for key in ("train_images", "test_images"):
+        blob[key][123, 0, 10:14, 10:14] = 255 - blob[key][123, 0, 10:14, 10:14]
+
+
+def test_cache_with_changed_pixels_is_detected_and_rebuilt(mnist, mirror_dir, tmp_path):
+    """Catches: a cache checked only for shapes and label counts (the old check), a checksum
+    stored but never compared, or one hashed over anything short of every tensor's bytes."""
+    load_dataset("mnist", tmp_path, mirror_dir, download=False)
+    cache = tmp_path / "mnist.pt"
+    _rewrite_cache(cache, _flip_pixels)
+    bad = torch.load(cache, weights_only=True)
+    verify(type(mnist)("mnist", **{k: v for k, v in bad.items() if k != "sha256"}))  # well-formed
+    assert not torch.equal(bad["train_images"], mnist.train_images)
+
+    again = load_dataset("mnist", tmp_path, mirror_dir, download=False)
+    assert torch.equal(again.train_images, mnist.train_images)
+    assert torch.equal(again.test_images, mnist.test_images)
+    # The rebuilt cache is right on its own: with no mirror and no download only it can serve.
+    alone = load_dataset("mnist", tmp_path, tmp_path / "no-mirror", download=False)
+    assert torch.equal(alone.train_images, mnist.train_images)
+    assert torch.equal(alone.test_images, mnist.test_images)
+
+
+@pytest.mark.parametrize("damage", ["pixels", "no checksum"])
+def test_a_bad_cache_is_recorded_in_the_attempts(mnist, tmp_path, damage):
+    """Catches: a bad cache served anyway, or one a pre-checksum cache (older code) accepted
+    as is; the error must name the cache and say why it was refused."""
+    cache = tmp_path / "mnist.pt"
+    tensors = {k: getattr(mnist, k).clone() for k in
+               ("train_images", "train_labels", "test_images", "test_labels")}
+    blob = {**tensors, "sha256": tensor_digest(tensors)}
+    if damage == "pixels":
+        _flip_pixels(blob)
+    else:
+        del blob["sha256"]
+    torch.save(blob, cache)
+    with pytest.raises(DataUnavailableError) as err:  # no mirror, no download: nothing else
+        load_dataset("mnist", tmp_path, tmp_path / "no-mirror", download=False)
+    assert f"cache {cache}" in str(err.value)
+    assert ("sha256 mismatch" if damage == "pixels" else "no sha256") in str(err.value)
+
+
+def test_an_intact_cache_is_served_as_is(mnist, tmp_path):
+    """Catches: a checksum that differs between writing and reading (order, dtype, device),
+    which would rebuild the cache on every load, or fail with no other source."""
+    tensors = {k: getattr(mnist, k) for k in
+               ("train_images", "train_labels", "test_images", "test_labels")}
+    torch.save({**tensors, "sha256": tensor_digest(tensors)}, tmp_path / "mnist.pt")
+    ds = load_dataset("mnist", tmp_path, tmp_path / "no-mirror", download=False)
+    assert torch.equal(ds.train_images, mnist.train_images)
 
 
 def test_corrupt_mirror_file_is_reported(tmp_path):
@@ -65,15 +128,20 @@ def test_unknown_dataset_name():
 
 
 def test_binarize_gives_binary_inputs(mnist):
+    """Catches: the wrong threshold (any nonzero pixel, > 128, 0.5 on the 0..255 scale) and a
+    plain scaling other than /255; real images alone (mostly 0 or 255) would miss both."""
     x = InputTransform(mnist, binarize=True)(mnist.train_images[:100])
     assert set(x.unique().tolist()) == {0.0, 1.0}
-    plain = InputTransform(mnist)(mnist.train_images[:100])
-    assert plain.max() <= 1.0 and plain.min() >= 0.0 and len(plain.unique()) > 2
+    every_level = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    binary = InputTransform(mnist, binarize=True)(every_level).flatten()
+    assert binary.tolist() == [0.0] * 128 + [1.0] * 128  # pixel >= 128 (0.5 of the range) -> 1
+    plain = InputTransform(mnist)(every_level).flatten()
+    assert torch.equal(plain, torch.arange(256) / 255.0)
 
 
 @pytest.mark.slow
-def test_cifar10_jpeg_mirror_decodes(mirror, tmp_path):
-    ds = load_dataset("cifar10-jpeg", tmp_path, mirror)
+def test_cifar10_jpeg_mirror_decodes(mirror_dir, tmp_path):
+    ds = load_dataset("cifar10-jpeg", tmp_path, mirror_dir)
     assert ds.train_images.shape == (50000, 3, 32, 32)
     assert torch.bincount(ds.test_labels).tolist() == [1000] * 10
     x = InputTransform(ds, standardize=True)(ds.train_images[fixed_subset(50000, 5000)])

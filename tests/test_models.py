@@ -8,17 +8,24 @@ from bnrepro.optim import PopulationSGD
 
 
 def test_bn_drops_the_affine_bias_and_sits_before_the_nonlinearity():
+    """Catches: a hidden bias kept beside beta (or dropped without BN), BN missing on a layer,
+    BN placed after the sigmoid, a BN that only centres, or one that divides by the unbiased
+    variance (its output's biased variance would be (N-1)/N = 0.983 at N = 60)."""
     with_bn = MLP([0], 784, [100, 100, 100], norm="bn")
     without = MLP([0], 784, [100, 100, 100], norm="none")
     assert all(layer.bias is None for layer in with_bn.hidden)
     assert all(layer.bias is not None for layer in without.hidden)
     assert all(isinstance(n, BatchNorm) for n in with_bn.norms)
-    x = torch.rand(1, 60, 1, 28, 28)
+    x = torch.rand(1, 60, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     pre: list[torch.Tensor] = []
     logits = with_bn(x, pre)
     assert logits.shape == (1, 60, 10) and [p.shape for p in pre] == [(1, 60, 100)] * 3
-    # the recorded input to the sigmoid is BN's output: zero mean, unit variance per unit
-    torch.testing.assert_close(pre[0].mean(1), torch.zeros(1, 100), atol=1e-5, rtol=0)
+    # the recorded input to the sigmoid is BN's output (gamma 1, beta 0 at init): zero mean and
+    # unit biased variance per unit, in every hidden layer (eps 1e-5 costs < 1e-3 here)
+    for h in pre:
+        torch.testing.assert_close(h.mean(1), torch.zeros(1, 100), atol=1e-5, rtol=0)
+        torch.testing.assert_close(h.var(1, unbiased=False), torch.ones(1, 100), atol=1e-3,
+                                   rtol=0)
 
 
 def test_init_is_small_gaussian_with_configured_std():
@@ -40,8 +47,11 @@ def test_population_member_equals_the_model_alone():
 
 
 def test_shared_input_equals_per_member_copies():
+    """Catches: the shared-input path dropping or misaligning the bias (a zero bias, as
+    initialised, would hide both), or mixing up members in its [B, P*out] reshape."""
     layer = PopulationLinear(4, 10, 3, bias=True)
     torch.nn.init.normal_(layer.weight)
+    torch.nn.init.normal_(layer.bias)
     x = torch.randn(5, 10)
     torch.testing.assert_close(layer(x), layer(x.expand(4, 5, 10).contiguous()))
 

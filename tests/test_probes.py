@@ -1,30 +1,59 @@
-import numpy as np
 import pytest
 import torch
 
 from bnrepro.probes import quantile_key, sigmoid_input_quantiles
 
+QUANTILES = [0.15, 0.5, 0.85]
 
-def test_quantiles_of_tracked_unit_and_of_the_layer():
-    torch.manual_seed(0)
-    h1 = torch.randn(2, 500, 4) * torch.tensor([1.0, 2.0, 3.0, 4.0]) + 1
-    h2 = torch.rand(2, 500, 3)
-    metrics = sigmoid_input_quantiles([h1, h2], unit=1, quantiles=[0.15, 0.5, 0.85])
+
+def distinct_units(*shape: int) -> torch.Tensor:
+    """Seeded [P, N, F, ...] values where every (member, unit) pair has its own distribution:
+    unit f of member k is centred at 100 k + 10 f with spread 1 + f, so taking any other unit
+    or member moves every quantile by at least 5 (far beyond float error)."""
+    P, N, F = shape[:3]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g)
+    view = (P, 1, F, *[1] * (len(shape) - 3))
+    centre = (100 * torch.arange(P).view(P, 1) + 10 * torch.arange(F)).view(view)
+    spread = (1 + torch.arange(F, dtype=torch.float)).expand(P, F).reshape(view)
+    return x * spread + centre
+
+
+def expected_quantiles(values: torch.Tensor) -> list[float]:
+    return torch.quantile(values.flatten(), torch.tensor(QUANTILES)).tolist()
+
+
+@pytest.mark.parametrize("unit", [0, 2])
+def test_mlp_unit_quantiles_are_exactly_those_of_its_slice(unit):
+    """[P, N, F]: member k, unit u is h[k, :, u]. Catches: the wrong unit (h[..., 0] or an
+    off-by-one), the wrong member (metrics from member 0 for all, or P and N swapped), quantiles
+    over the whole layer, or approximated quantiles (a histogram, a subsample)."""
+    h1, h2 = distinct_units(3, 500, 4), distinct_units(3, 300, 3)
+    metrics = sigmoid_input_quantiles([h1, h2], unit=unit, quantiles=QUANTILES)
+    assert len(metrics) == 3
+    for k in range(3):
+        for i, h in enumerate((h1, h2), start=1):
+            got = [metrics[k][f"act/h{i}/{quantile_key(q)}"] for q in QUANTILES]
+            assert got == expected_quantiles(h[k, :, unit])
+            pooled = [metrics[k][f"act/h{i}/all_{quantile_key(q)}"] for q in QUANTILES]
+            assert pooled == expected_quantiles(h[k])  # all units of member k, no other member
+            assert metrics[k][f"act/h{i}/mean"] == pytest.approx(h[k].mean().item(), rel=1e-5)
+            assert metrics[k][f"act/h{i}/std"] == pytest.approx(h[k].std().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("unit", [0, 1, 3])
+def test_conv_unit_is_a_feature_map(unit):
+    """[P, N, C, H, W]: unit c of member k is all N*H*W values of h[k, :, c]. Catches: one
+    position only (h[k, :, c, 0, 0]), indexing H or W instead of C, a reshape that mixes
+    channels (h.reshape(P, N, -1)[:, :, c]), or the wrong member."""
+    h = distinct_units(2, 20, 4, 5, 6)
+    metrics = sigmoid_input_quantiles([h], unit=unit, quantiles=QUANTILES)
     assert len(metrics) == 2
     for k in range(2):
-        for q in (15, 50, 85):
-            expected = np.percentile(h1[k, :, 1].numpy(), q)
-            assert metrics[k][f"act/h1/q{q}"] == pytest.approx(expected, rel=1e-5)
-            pooled = np.percentile(h2[k].numpy(), q)
-            assert metrics[k][f"act/h2/all_q{q}"] == pytest.approx(pooled, rel=1e-5)
-        assert metrics[k]["act/h1/mean"] == pytest.approx(h1[k].mean().item(), rel=1e-5)
-        assert metrics[k]["act/h1/std"] == pytest.approx(h1[k].std().item(), rel=1e-5)
-
-
-def test_conv_unit_is_a_feature_map():
-    h = torch.randn(1, 10, 2, 4, 4)
-    m = sigmoid_input_quantiles([h], unit=0, quantiles=[0.5])[0]
-    assert m["act/h1/q50"] == pytest.approx(h[0, :, 0].median().item(), abs=0.2)
+        got = [metrics[k][f"act/h1/{quantile_key(q)}"] for q in QUANTILES]
+        assert got == expected_quantiles(h[k, :, unit])
+        assert [metrics[k][f"act/h1/all_{quantile_key(q)}"] for q in QUANTILES] == \
+            expected_quantiles(h[k])
 
 
 def test_unit_out_of_range_is_an_error():

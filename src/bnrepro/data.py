@@ -2,7 +2,8 @@
 
 Sources are tried in order: the prepared cache under `root`, an offline mirror directory
 (layout of ../shared/datasets, see its README), then torchvision's download. Whatever is read
-is verified (shapes, label counts, checksums where known) before it is cached or used.
+is verified (shapes, label counts, checksums where known) before it is cached or used. The
+cache carries a sha256 of its own tensors, so a well-formed cache with changed pixels is caught.
 """
 
 from __future__ import annotations
@@ -100,6 +101,40 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+TENSOR_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over each tensor's name, dtype, shape and contiguous bytes, in TENSOR_KEYS order.
+
+    Shapes and label counts alone miss changed pixels; the header fields make a reshaped or
+    retyped tensor with the same bytes fail too. About 0.1 s for MNIST's 47 MB.
+    """
+    digest = hashlib.sha256()
+    for key in TENSOR_KEYS:
+        t = tensors[key].detach().cpu().contiguous()
+        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _load_cache(name: str, cache: Path) -> Dataset:
+    """Read a cache written by load_dataset; raise unless its checksum and contents verify."""
+    blob = torch.load(cache, weights_only=True)
+    stored = blob.pop("sha256", None)
+    if stored is None:  # written by code older than the checksum: cannot be trusted
+        raise ValueError("no sha256 in the cache (written by older code?)")
+    if set(blob) != set(TENSOR_KEYS):
+        raise ValueError(f"cache holds {sorted(blob)}, expected {sorted(TENSOR_KEYS)}")
+    actual = tensor_digest(blob)
+    if actual != stored:
+        raise ValueError(f"sha256 mismatch: stored {stored[:12]}..., tensors hash to "
+                         f"{actual[:12]}... (corrupted copy?)")
+    ds = Dataset(name, **blob)
+    verify(ds)
+    return ds
+
+
 def _read_idx(raw: bytes) -> np.ndarray:
     """Parse an IDX file (big-endian magic, dims, uint8 payload)."""
     magic = int.from_bytes(raw[:4], "big")
@@ -189,11 +224,9 @@ def load_dataset(name: str, root: str | Path = "data", mirror: str | Path | None
 
     if cache.is_file():
         try:
-            ds = Dataset(name, **torch.load(cache, weights_only=True))
-            verify(ds)
-            return ds
+            return _load_cache(name, cache)
         except Exception as err:  # a bad cache is rebuilt from the next source
-            attempts.append(f"cache {cache}: {err}")
+            attempts.append(f"cache {cache}: {type(err).__name__}: {err}")
 
     sources = []
     if mirror and name in ("mnist", "cifar10-jpeg"):
@@ -201,7 +234,12 @@ def load_dataset(name: str, root: str | Path = "data", mirror: str | Path | None
         sources.append((f"mirror {mirror}", lambda: reader(Path(mirror))))
     elif not mirror:
         attempts.append("mirror: not set (data.mirror or BNREPRO_DATA_MIRROR)")
-    if name != "cifar10-jpeg" and download:
+    else:  # say so, or the error lists nothing tried for true CIFAR-10 with download=False
+        attempts.append(f"mirror {mirror}: holds no {name} (only mnist and cifar10-jpeg; "
+                        "cifar10-jpeg is NOT CIFAR-10)")
+    if name != "cifar10-jpeg" and not download:
+        attempts.append("torchvision download: off (download=False)")
+    elif name != "cifar10-jpeg":
         sources.append((f"torchvision download into {root / 'raw'}",
                         lambda: _from_torchvision(name, root / "raw")))
 
@@ -212,9 +250,8 @@ def load_dataset(name: str, root: str | Path = "data", mirror: str | Path | None
         except Exception as err:
             attempts.append(f"{label}: {type(err).__name__}: {err}")
             continue
-        root.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({k: getattr(ds, k) for k in
-                           ("train_images", "train_labels", "test_images", "test_labels")}, cache)
+        tensors = {k: getattr(ds, k).contiguous() for k in TENSOR_KEYS}
+        atomic_torch_save({**tensors, "sha256": tensor_digest(tensors)}, cache)
         return ds
 
     raise DataUnavailableError(
