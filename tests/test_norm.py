@@ -64,8 +64,7 @@ def test_gradcheck_in_double():
 
     params = (bn.weight.detach().requires_grad_(), bn.bias.detach().requires_grad_())
     assert torch.autograd.gradcheck(f, (x, *params))
-    bn.ghost_batch = 3
-    with bn_mode(bn, "collect"):  # the Alg. 2 path (groups of 3 examples) too
+    with bn_mode(bn, "collect", 3):  # the Alg. 2 path (groups of 3 examples) too
         assert torch.autograd.gradcheck(f, (x, *params))
 
 

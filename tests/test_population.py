@@ -8,8 +8,9 @@ from bnrepro.config import compose_config
 from bnrepro.store import read_metrics, read_summary
 from bnrepro.train import train_population
 
-# Members differ in every per-member knob: lr, dropout (on and off), seed.
-MEMBERS = [(0.1, 0.0, 0), (0.5, 0.3, 1), (0.2, 0.1, 2)]
+# Members differ in every per-member knob: lr, dropout (on and off), seed, momentum (on and
+# off), weight decay (on and off).
+MEMBERS = [(0.1, 0.0, 0, 0.9, 0.0), (0.5, 0.3, 1, 0.0, 1e-3), (0.2, 0.1, 2, 0.5, 1e-2)]
 # float32: the batched kernels (bmm over P, BN over P*F channels) may sum in another order than
 # with P = 1, a relative error of ~1e-7 per op; over 200 steps we measured at most 3e-6. 1e-4
 # leaves room across CPUs and BLAS builds while catching any real mix-up (wrong seed, data
@@ -21,9 +22,19 @@ ACC_ATOL = 2 / 10000  # at most two of the 10,000 test images may flip on such a
 def configs(norm, activation):
     return [compose_config(["experiment=fig1_mnist", "debug=smoke", f"model.norm={norm}",
                             f"model.activation={activation}", f"optim.lr={lr}",
-                            f"model.dropout={dropout}", f"seed={seed}", "optim.momentum=0.9",
+                            f"model.dropout={dropout}", f"seed={seed}",
+                            f"optim.momentum={momentum}", f"optim.weight_decay={decay}",
                             "trainer.max_steps=200", "trainer.eval_every=50"])
-            for lr, dropout, seed in MEMBERS]
+            for lr, dropout, seed, momentum, decay in MEMBERS]
+
+
+def assert_same_metrics(together: list[dict], alone: list[dict], member: int) -> None:
+    assert [r["step"] for r in together] == [r["step"] for r in alone]
+    for row_p, row_s in zip(together, alone, strict=True):
+        assert row_p.keys() == row_s.keys()
+        for key, value in row_s.items():
+            tol = ACC_ATOL if key.endswith("acc") else FLOAT_ATOL
+            assert math.isclose(row_p[key], value, rel_tol=0, abs_tol=tol), (member, key)
 
 
 @pytest.mark.parametrize(("norm", "activation"), [("bn", "sigmoid"), ("none", "relu"),
@@ -33,13 +44,8 @@ def test_member_k_reproduces_the_single_run(norm, activation, tmp_path, mirror):
     train_population(cfgs, [tmp_path / f"pop{k}" for k in range(len(cfgs))])
     for k, cfg in enumerate(cfgs):
         train_population([cfg], [tmp_path / f"single{k}"])
-        together, alone = read_metrics(tmp_path / f"pop{k}"), read_metrics(tmp_path / f"single{k}")
-        assert [r["step"] for r in together] == [r["step"] for r in alone]
-        for row_p, row_s in zip(together, alone, strict=True):
-            assert row_p.keys() == row_s.keys()
-            for key, value in row_s.items():
-                tol = ACC_ATOL if key.endswith("acc") else FLOAT_ATOL
-                assert math.isclose(row_p[key], value, rel_tol=0, abs_tol=tol), (k, key)
+        assert_same_metrics(read_metrics(tmp_path / f"pop{k}"),
+                            read_metrics(tmp_path / f"single{k}"), k)
         assert read_summary(tmp_path / f"pop{k}")["population_size"] == len(cfgs)
 
 
@@ -52,6 +58,27 @@ def test_a_diverging_member_is_frozen_and_the_others_go_on(tmp_path, mirror):
     last_logged = read_metrics(tmp_path / "boom")[-1]["step"]
     assert last_logged < summaries[1]["diverged_at_step"]
     assert read_summary(tmp_path / "boom")["status"] == "diverged"
+    # the survivor trains exactly as it would alone: the frozen member leaks nothing into it
+    train_population(cfgs[:1], [tmp_path / "alone"])
+    assert_same_metrics(read_metrics(tmp_path / "ok"), read_metrics(tmp_path / "alone"), 0)
+
+
+@pytest.mark.parametrize("max_population", [1, 64])
+def test_a_bad_job_fails_alone_and_the_others_train(max_population, run_train, tmp_path,
+                                                    mirror):
+    """Seen: one member's ConfigError failed its whole population, and a lone bad job's
+    sys.exit(2) stopped every population after it (max_population=1 makes all jobs lone)."""
+    result = run_train("-m", "experiment=fig1_mnist", "debug=smoke", "seed=0",
+                       "model.norm=bn,none", "optim.lr=-1,0.1",
+                       f"hydra.launcher.max_population={max_population}",
+                       f"hydra.sweep.dir={tmp_path}",
+                       "hydra.sweep.subdir=${model.norm}_lr${optim.lr}", check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and all("optim.lr=-1" in e for e in errors), result.stderr
+    for norm in ("bn", "none"):
+        assert read_summary(tmp_path / f"{norm}_lr0.1")["status"] == "completed"
+        assert read_summary(tmp_path / f"{norm}_lr-1") is None
 
 
 def test_launcher_groups_by_architecture_and_writes_every_job(run_train, tmp_path, mirror):

@@ -15,8 +15,10 @@ from bnrepro.store import read_metrics, read_summary
 from tests.conftest import REPO
 
 TIMING_KEYS = ("wall_time_s", "train_time_s", "resumed_from_step")
-RUN = ["experiment=fig1_mnist", "model.dropout=0.2", "trainer.max_steps=2000",
-       "trainer.eval_every=250", "trainer.checkpoint_every=500", "trainer.progress=false"]
+# Fig. 1's net with dropout (its RNG must resume too), sized so a run takes seconds.
+RUN = ["experiment=fig1_mnist", "model.dropout=0.2", "trainer.max_steps=1000",
+       "trainer.eval_every=125", "trainer.checkpoint_every=250", "trainer.population_batches=10",
+       "probe.num_examples=200", "trainer.progress=false"]
 SMOKE = ["experiment=fig1_mnist", "debug=smoke"]
 
 
@@ -72,12 +74,12 @@ def test_sigkill_then_rerun_is_bit_identical(launcher, run_train, tmp_path, mirr
                        f"hydra.sweep.dir={tmp_path / name}", "hydra.sweep.subdir=s${seed}"]
                 for name in ("killed", "clean")}
         dirs = {name: [tmp_path / name / f"s{s}" for s in (0, 1)] for name in args}
-    kill_at(args["killed"], dirs["killed"][-1], step=750)
+    kill_at(args["killed"], dirs["killed"][-1], step=375)
     assert (dirs["killed"][0] / ".lock").exists()  # the dead process's lock must not block
     run_train(*args["killed"])
     run_train(*args["clean"])
     assert_same_runs(dirs["killed"], dirs["clean"])
-    assert read_summary(dirs["killed"][0])["resumed_from_step"] in (500, 1000, 1500)
+    assert read_summary(dirs["killed"][0])["resumed_from_step"] in (250, 500, 750)
 
 
 def test_a_member_that_diverged_before_the_checkpoint_resumes_frozen(run_train, tmp_path,
@@ -89,7 +91,7 @@ def test_a_member_that_diverged_before_the_checkpoint_resumes_frozen(run_train, 
                    "optim.lr=0.1,1e6", "seed=0", f"hydra.sweep.dir={tmp_path / name}",
                    "hydra.sweep.subdir=lr${optim.lr}"] for name in ("killed", "clean")}
     dirs = {name: [tmp_path / name / f"lr{lr}" for lr in (0.1, 1000000.0)] for name in args}
-    kill_at(args["killed"], dirs["killed"][0], step=750)
+    kill_at(args["killed"], dirs["killed"][0], step=375)
     run_train(*args["killed"])
     run_train(*args["clean"])
     assert read_summary(dirs["clean"][1])["status"] == "diverged"
@@ -125,7 +127,7 @@ def test_resume_false_discards_the_old_checkpoint(run_train, tmp_path, mirror):
     run_dir = tmp_path / "run"
     long_run = [*RUN, "trainer.checkpoint_every=5000", f"hydra.run.dir={run_dir}"]
     run_train(*SMOKE, f"hydra.run.dir={run_dir}")
-    kill_at([*long_run, "trainer.resume=false"], run_dir, step=500, checkpointed=False)
+    kill_at([*long_run, "trainer.resume=false"], run_dir, step=250, checkpointed=False)
     assert checkpoint.steps(run_dir) == []
     run_train(*long_run)
     run_train(*long_run, f"hydra.run.dir={tmp_path / 'clean'}")
@@ -145,14 +147,16 @@ def test_a_second_process_on_a_busy_run_dir_refuses_and_damages_nothing(run_trai
                                                                          mirror):
     """Seen: the same command started again while the first still ran interleaved both runs'
     rows in one metrics.jsonl."""
-    args = [*RUN, "trainer.max_steps=1000", f"hydra.run.dir={tmp_path / 'run'}"]
+    # long enough that the second process starts (about 3 s of imports) before the first ends
+    args = [*RUN, "trainer.max_steps=5000", "trainer.eval_every=500",
+            f"hydra.run.dir={tmp_path / 'run'}"]
     first = start(args)
-    wait_for(first, tmp_path / "run", step=250, checkpointed=False)
+    wait_for(first, tmp_path / "run", step=0, checkpointed=False)
     second = run_train(*args, check=False)
     assert first.wait() == 0
     assert second.returncode == 2
     assert f"pid\": {first.pid}" in second.stderr and "in use by" in second.stderr
-    run_train(*args, f"hydra.run.dir={tmp_path / 'clean'}")
+    run_train(*args[:-1], f"hydra.run.dir={tmp_path / 'clean'}")
     assert_same_runs([tmp_path / "run"], [tmp_path / "clean"])
 
 

@@ -2,9 +2,14 @@
 
 import json
 
+import pytest
+
 from bnrepro.store import read_metrics, read_summary
 
-PROBE_KEYS = [f"act/h{i}/q{q}" for i in (1, 2, 3) for q in (15, 50, 85)]
+PROBE_KEYS = [f"{net}/h{i}/q{q}" for net in ("act", "act_train") for i in (1, 2, 3)
+              for q in (15, 50, 85)]
+EXPLODE = ["experiment=fig1_mnist", "debug=smoke", "model.norm=none", "model.activation=relu",
+           "optim.lr=1e6"]
 
 
 def test_bn_beats_no_bn_on_a_short_fig1_run(run_train, tmp_path, mirror):
@@ -20,9 +25,16 @@ def test_bn_beats_no_bn_on_a_short_fig1_run(run_train, tmp_path, mirror):
         assert summary["axes"]["norm"] == norm and summary["wall_time_s"] > 0
         rows = read_metrics(run_dir)
         assert [r["step"] for r in rows] == [0, 500, 1000, 1500, 2000]
-        for key in ["step", "train/loss", "test/loss", "test/acc", *PROBE_KEYS]:
+        for key in ["step", "train/loss", "val/loss", "val/acc", "test/loss", "test/acc",
+                    *PROBE_KEYS]:
             assert key in rows[-1], key
+        # selected on validation, reported on test
+        best = max(rows, key=lambda r: r["val/acc"])
+        assert (summary["best_val_acc"], summary["best_val_step"]) == (best["val/acc"],
+                                                                       best["step"])
+        assert summary["test_acc_at_best_val"] == best["test/acc"]
         assert summary["final_test_acc"] == rows[-1]["test/acc"]
+        assert summary["final_val_acc"] == rows[-1]["val/acc"]
         acc[norm] = summary["final_test_acc"]
     assert acc["bn"] > acc["none"], acc
     assert acc["none"] > 0.5  # the baseline learns too: the comparison is not against noise
@@ -37,11 +49,25 @@ def test_same_seed_gives_identical_metrics(run_train, tmp_path, mirror):
 
 
 def test_divergence_is_recorded_not_raised(run_train, tmp_path, mirror):
-    run_train("experiment=fig1_mnist", "debug=smoke", "model.norm=none", "optim.lr=1e6",
-              "model.activation=relu", f"hydra.run.dir={tmp_path}")
+    """The update of step 1 explodes; step 2's training loss is the first to show it."""
+    run_train(*EXPLODE, f"hydra.run.dir={tmp_path}")
     summary = read_summary(tmp_path)
-    assert summary["status"] == "diverged" and summary["diverged_at_step"] >= 1
-    assert "train loss" in summary["reason"]
+    assert summary["status"] == "diverged" and summary["diverged_at_step"] == 2
+    assert "train loss" in summary["reason"] and "at step 2" in summary["reason"]
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0]
+
+
+@pytest.mark.parametrize("max_steps", [1, 3])
+def test_an_update_that_explodes_right_before_an_evaluation_is_caught_there(
+        max_steps, run_train, tmp_path, mirror):
+    """Seen: the evaluation right after an exploding update logged a garbage row as alive,
+    and an explosion on the last step (max_steps=1) ended `completed`."""
+    run_train(*EXPLODE, f"trainer.max_steps={max_steps}", "trainer.eval_every=1",
+              f"hydra.run.dir={tmp_path}")
+    summary = read_summary(tmp_path)
+    assert summary["status"] == "diverged" and summary["diverged_at_step"] == 1
+    assert "after the update of step 1" in summary["reason"]
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0]
 
 
 def test_wandb_offline_run_holds_the_logged_keys(run_train, tmp_path, mirror, monkeypatch):

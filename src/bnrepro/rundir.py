@@ -7,6 +7,7 @@ experiment configs. `fresh=true` asks for a new, timestamped directory instead.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 
@@ -27,12 +28,17 @@ def run_subdir(override_dirname: str) -> str:
 def fresh_suffix(fresh: bool) -> str:
     """'' for the deterministic directory, '_<timestamp>' when `fresh` (a sibling of the
     deterministic one, never inside it)."""
-    return time.strftime("_%Y-%m-%d_%H-%M-%S") if fresh else ""
+    return _process_timestamp() if fresh else ""
+
+
+@functools.cache
+def _process_timestamp() -> str:
+    """One per process, however often (and with whatever config) the run dir is resolved."""
+    return time.strftime("_%Y-%m-%d_%H-%M-%S")
 
 
 def register_resolvers() -> None:
     """Make ${bnrepro.run_subdir:...} and ${bnrepro.fresh_suffix:...} known to OmegaConf."""
     if not OmegaConf.has_resolver("bnrepro.run_subdir"):
         OmegaConf.register_new_resolver("bnrepro.run_subdir", run_subdir)
-        # cached: one timestamp per process, however often the run dir is resolved
-        OmegaConf.register_new_resolver("bnrepro.fresh_suffix", fresh_suffix, use_cache=True)
+        OmegaConf.register_new_resolver("bnrepro.fresh_suffix", fresh_suffix)

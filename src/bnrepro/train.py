@@ -163,7 +163,8 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     stores = [RunStore(d, c, keep_until_step=start_step if saved[0] else None)
               for d, c in zip(run_dirs, cfgs, strict=True)]
     sinks = [make_sink(c, d, run_name(c), c.logger.get("group") or c.name,
-                       [f"{k}={v}" for k, v in axes(c).items()])
+                       [f"{k}={v}" for k, v in axes(c).items()],
+                       resume_step=start_step if saved[0] else None)
              for c, d in zip(cfgs, run_dirs, strict=True)]
     for store, summary in zip(stores, summaries, strict=True):
         store.write_summary(summary)
