@@ -2,8 +2,10 @@
 
 (a) test accuracy vs training steps, with and without BN (mean over seeds, band = min..max);
 (b, c) 15/50/85th percentiles of the input to one tracked sigmoid of the last hidden layer,
-without and with BN, over training. Writes results/fig1_mnist.{png,pdf} and a JSON of the
-numbers quoted in the README.
+without and with BN, over training: solid, the network as it predicts (BN with Alg. 2
+statistics) on fixed validation images; dashed, the training network (each mini-batch of 60
+training images normalised by its own statistics). Writes results/fig1_mnist.{png,pdf} and a
+JSON of the numbers quoted in the README.
 
     python scripts/plot_fig1.py runs/fig1_mnist [--out results]
 """
@@ -23,6 +25,9 @@ from bnrepro.atomic import atomic_save_figure, atomic_write_json  # noqa: E402
 from bnrepro.runs import Run, find_runs  # noqa: E402
 
 STYLE = {"none": ("Without BN", "tab:red"), "bn": ("With BN", "tab:blue")}
+# probe key prefix -> (label, line style, colour of the 15/85th and of the 50th percentile)
+NETWORKS = {"act": ("inference net, validation images", "-", "0.55", "0.0"),
+            "act_train": ("training net, mini-batches of 60", "--", "tab:cyan", "tab:blue")}
 
 
 def accuracy_table(runs: list[Run]) -> pd.DataFrame:
@@ -33,10 +38,11 @@ def accuracy_table(runs: list[Run]) -> pd.DataFrame:
                                          values="test/acc")
 
 
-def last_layer_quantiles(run: Run) -> tuple[pd.DataFrame, list[str]]:
-    layer = len(run.config.model.hidden)
+def last_layer_quantiles(run: Run, prefix: str = "act") -> tuple[pd.DataFrame, list[str]]:
+    """The tracked unit's logged percentiles (q15, q50, q85) in the last hidden layer."""
+    head = f"{prefix}/h{len(run.config.model.hidden)}/q"
     columns = sorted(c for c in run.metrics.columns
-                     if c.startswith(f"act/h{layer}/q") and c[len(f"act/h{layer}/q"):].isdigit())
+                     if c.startswith(head) and c[len(head):].isdigit())
     return run.metrics.set_index("step")[columns], columns
 
 
@@ -64,14 +70,17 @@ def plot(runs: list[Run], out_dir: Path) -> dict:
             ax.set_visible(False)
             continue
         run = seed0[norm]
-        quantiles, columns = last_layer_quantiles(run)
-        for col, shade in zip(columns, ("0.55", "0.0", "0.55"), strict=False):
-            ax.plot(quantiles.index, quantiles[col], color=shade, lw=1.2,
-                    label=f"{col.rsplit('q', 1)[1]}th pct")
+        for prefix, (label, style, outer, middle) in NETWORKS.items():
+            quantiles, columns = last_layer_quantiles(run, prefix)
+            for col, shade in zip(columns, (outer, middle, outer), strict=False):
+                ax.plot(quantiles.index, quantiles[col], color=shade, ls=style,
+                        lw=1.2 if style == "-" else 0.9,
+                        label=f"{label}" if col.endswith("q50") else None)
         ax.set(title=f"({letter}) {STYLE[norm][0]}: input to a sigmoid",
                xlabel="training steps", ylim=(-2.5, 2.5))
         ax.axhline(0, color="0.85", lw=0.8, zorder=0)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="lower right", fontsize=7, title="15/50/85th percentiles",
+                  title_fontsize=7)
     axes[1].set_ylabel(f"last hidden layer, unit {runs[0].config.probe.unit} (seed 0)")
     fig.tight_layout()
     atomic_save_figure(fig, out_dir / "fig1_mnist")
@@ -89,12 +98,14 @@ def plot(runs: list[Run], out_dir: Path) -> dict:
             "test_acc_mean_at": {int(s): round(float(table.loc[s].mean()), 4)
                                  for s in (5000, 10000, 20000, 50000) if s in table.index},
         }
-        q, columns = last_layer_quantiles(seed0[norm])
-        numbers[norm]["tracked_unit_quantiles_seed0"] = {
-            col: {name: round(float(value), 3) for name, value in
-                  (("first", q[col].iloc[0]), ("last", q[col].iloc[-1]),
-                   ("min", q[col].min()), ("max", q[col].max()))}
-            for col in columns}
+        numbers[norm]["tracked_unit_quantiles_seed0"] = {}
+        for prefix in NETWORKS:
+            q, columns = last_layer_quantiles(seed0[norm], prefix)
+            numbers[norm]["tracked_unit_quantiles_seed0"][prefix] = {
+                col: {name: round(float(value), 3) for name, value in
+                      (("first", q[col].iloc[0]), ("last", q[col].iloc[-1]),
+                       ("min", q[col].min()), ("max", q[col].max()))}
+                for col in columns}
     if {"bn", "none"} <= numbers.keys():
         gap = (acc.loc["bn"].mean(axis=1) - acc.loc["none"].mean(axis=1)).drop(0, errors="ignore")
         numbers["bn_minus_none"] = {"min": round(float(gap.min()), 4),
