@@ -16,6 +16,7 @@ step for all members alike, a kill during 2 finds the new step complete everywhe
 
 from __future__ import annotations
 
+import copy
 import re
 import warnings
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from bnrepro.atomic import atomic_torch_save, remove_stale_temporaries
+from bnrepro.augment import BatchAugment
 from bnrepro.config import resolved_without
 from bnrepro.models import PopulationDropout
 from bnrepro.optim import PopulationSGD
@@ -38,6 +40,13 @@ RESUME_INSENSITIVE = ("fresh", "trainer.progress", "trainer.resume", "trainer.ch
                       "dataset.mirror")
 
 
+# Keys added after runs were made, with the value that reproduces how those runs trained: a
+# checkpoint that lacks one matches a config holding that value, so an upgrade of the harness
+# does not orphan the runs already on disk.
+ADDED_KEYS = {"optim.lr_decay": 1.0, "optim.lr_decay_steps": None, "augment.crop_padding": 0,
+              "augment.flip": False}
+
+
 class ResumeMismatchError(ValueError):
     """The run directory holds a run of another configuration."""
 
@@ -45,6 +54,22 @@ class ResumeMismatchError(ValueError):
 def fingerprint(cfg: DictConfig) -> dict:
     """The part of a config that determines a run's trajectory."""
     return resolved_without(cfg, RESUME_INSENSITIVE)
+
+
+def _with_added_keys(saved: dict, current: dict) -> dict:
+    """`saved` plus each ADDED_KEYS entry it lacks, at the current value where that value
+    trains as the old runs did (None: any value does, e.g. the decay steps of no decay)."""
+    saved = copy.deepcopy(saved)
+    for dotted, neutral in ADDED_KEYS.items():
+        *parents, leaf = dotted.split(".")
+        old, new = saved, current
+        for part in parents:
+            old, new = old.setdefault(part, {}), new.get(part, {})
+        if leaf not in old and leaf in new:
+            old[leaf] = new[leaf] if neutral is None or new[leaf] == neutral else neutral
+    if not saved.get("augment"):
+        saved.pop("augment", None)
+    return saved
 
 
 def path(run_dir: str | Path, step: int) -> Path:
@@ -67,8 +92,8 @@ def _trained_names(model: nn.Module) -> list[str]:
 
 
 def save(run_dirs: Sequence[Path], cfgs: Sequence[DictConfig], step: int, model: nn.Module,
-         optimizer: PopulationSGD, sampler: EpochSampler, summaries: Sequence[dict],
-         finished: bool = False) -> None:
+         optimizer: PopulationSGD, sampler: EpochSampler, augment: BatchAugment,
+         summaries: Sequence[dict], finished: bool = False) -> None:
     """Commit the population's state at `step` (see the module docstring). `finished` marks
     the state at the end of training: a rerun then has nothing left to do."""
     state = model.state_dict()
@@ -86,6 +111,7 @@ def save(run_dirs: Sequence[Path], cfgs: Sequence[DictConfig], step: int, model:
                                                          strict=True)},
             "sampler": sampler.member_state(k),
             "dropout_rng": [gens[k].get_state() for gens in dropout],
+            "augment_rng": augment.member_state(k),
             "summary": dict(summaries[k]),
         }, path(run_dir, step), durable=True)
     for run_dir in run_dirs:  # every member has the new step: the old ones can go
@@ -126,7 +152,8 @@ def load(run_dir: str | Path, cfg: DictConfig) -> dict | None:
             continue
         if not _complete(checkpoint, step):
             continue  # its population's save was cut short: an older step is the committed one
-        saved, current = checkpoint["config"], fingerprint(cfg)
+        current = fingerprint(cfg)
+        saved = _with_added_keys(checkpoint["config"], current)
         if saved != current:
             diff = sorted(_differences(saved, current))
             raise ResumeMismatchError(
@@ -155,7 +182,7 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def restore(checkpoints: Sequence[dict], model: nn.Module, optimizer: PopulationSGD,
-            sampler: EpochSampler) -> int:
+            sampler: EpochSampler, augment: BatchAugment) -> int:
     """Stack the members' checkpoints into the population; returns the step to resume after.
 
     A member saved without momentum buffers (its population had momentum 0 everywhere) gets
@@ -168,6 +195,9 @@ def restore(checkpoints: Sequence[dict], model: nn.Module, optimizer: Population
             saved = c["momentum"].get(name)
             buf[k].copy_(saved if saved is not None else torch.zeros_like(buf[k]))
     sampler.load_member_states([c["sampler"] for c in checkpoints])
+    # A checkpoint from before augmentation existed: that run never drew from the stream.
+    augment.load_member_states([c.get("augment_rng", g.get_state())
+                                for c, g in zip(checkpoints, augment.generators, strict=True)])
     for j, gens in enumerate(_dropout_generators(model)):
         for g, c in zip(gens, checkpoints, strict=True):
             g.set_state(c["dropout_rng"][j])

@@ -8,13 +8,34 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
+from bnrepro.rundir import fresh_suffix, run_subdir
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def times(value: float, factor: float) -> float:
+    """${bnrepro.times:${x},5}: configs that define a setting relative to another (fig2's
+    "BN-x5: the baseline's rate times 5") say so instead of repeating a computed number."""
+    return value * factor
+
+
+def divided(value: float, divisor: float) -> float:
+    """${bnrepro.divided:${x},6}: "decay 6 times faster" as the config says it."""
+    return value / divisor
+
+
+def register_resolvers() -> None:
+    """Make the ${bnrepro.*} resolvers known to OmegaConf (before Hydra composes a config:
+    hydra.run.dir uses two of them)."""
+    if not OmegaConf.has_resolver("bnrepro.run_subdir"):
+        OmegaConf.register_new_resolver("bnrepro.run_subdir", run_subdir)
+        OmegaConf.register_new_resolver("bnrepro.fresh_suffix", fresh_suffix)
+        OmegaConf.register_new_resolver("bnrepro.times", times)
+        OmegaConf.register_new_resolver("bnrepro.divided", divided)
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:
     """The config `python -m bnrepro.train <overrides>` would run with (minus hydra.*)."""
-    from bnrepro.rundir import register_resolvers
-
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=list(overrides))

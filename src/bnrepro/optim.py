@@ -1,8 +1,11 @@
-"""SGD with momentum and weight decay, one learning rate per population member.
+"""SGD with momentum and weight decay, one learning rate (and schedule) per population member.
 
 Same update as torch.optim.SGD (dampening 0, no Nesterov): buf <- mu * buf + (g + wd * w);
-w <- w - lr * buf. Members that have diverged are frozen: their weights and buffers stay as
-they are.
+w <- w - lr_t * buf. Members that have diverged are frozen: their weights and buffers stay as
+they are. The rate decays exponentially and smoothly, lr_t = lr * lr_decay^((t - 1) /
+lr_decay_steps) at step t = 1, 2, ... (Ioffe & Szegedy Sec. 4.2: Inception's rate "was decayed
+exponentially"; lr_decay = 1 keeps it constant). It is a function of the step alone, so a
+resumed run needs no schedule state.
 """
 
 from __future__ import annotations
@@ -19,14 +22,27 @@ def per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 class PopulationSGD:
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: torch.Tensor,
-                 momentum: torch.Tensor, weight_decay: torch.Tensor):
+                 momentum: torch.Tensor, weight_decay: torch.Tensor,
+                 lr_decay: torch.Tensor | None = None, lr_decay_steps: torch.Tensor | None = None):
         self.params = [p for p in params if p.requires_grad]
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.base_lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.lr = lr  # the rate of the current step (set_step)
+        # log(lr_decay) / lr_decay_steps per member, in float64 so that thousands of steps
+        # of decay do not accumulate float32 rounding; None when no member decays.
+        self.log_decay_per_step = None
+        if lr_decay is not None and bool((lr_decay != 1).any()):
+            self.log_decay_per_step = lr_decay.double().log() / lr_decay_steps.double()
         # Skipping the terms that are zero for every member saves whole passes over the weights,
         # which is most of the optimizer's cost (it is memory-bound).
         self.use_momentum = bool((momentum != 0).any())
         self.use_weight_decay = bool((weight_decay != 0).any())
         self.buffers = [torch.zeros_like(p) for p in self.params] if self.use_momentum else []
+
+    def set_step(self, step: int) -> None:
+        """Use the rates of training step `step` (1-based) for the next update."""
+        if self.log_decay_per_step is not None:
+            factor = (self.log_decay_per_step * (step - 1)).exp()
+            self.lr = (self.base_lr.double() * factor).to(self.base_lr.dtype)
 
     @torch.no_grad()
     def step(self, active: torch.Tensor) -> None:

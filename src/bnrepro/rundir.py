@@ -11,8 +11,6 @@ import functools
 import hashlib
 import time
 
-from omegaconf import OmegaConf
-
 MAX_NAME = 150  # file systems cap a name at 255 bytes; long override lists are shortened
 
 
@@ -35,10 +33,3 @@ def fresh_suffix(fresh: bool) -> str:
 def _process_timestamp() -> str:
     """One per process, however often (and with whatever config) the run dir is resolved."""
     return time.strftime("_%Y-%m-%d_%H-%M-%S")
-
-
-def register_resolvers() -> None:
-    """Make ${bnrepro.run_subdir:...} and ${bnrepro.fresh_suffix:...} known to OmegaConf."""
-    if not OmegaConf.has_resolver("bnrepro.run_subdir"):
-        OmegaConf.register_new_resolver("bnrepro.run_subdir", run_subdir)
-        OmegaConf.register_new_resolver("bnrepro.fresh_suffix", fresh_suffix)

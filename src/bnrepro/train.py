@@ -24,13 +24,14 @@ from tqdm import tqdm
 
 from bnrepro import checkpoint, runlock
 from bnrepro.atomic import atomic_write_json
+from bnrepro.augment import BatchAugment
 from bnrepro.cnn import CNN
+from bnrepro.config import register_resolvers
 from bnrepro.data import InputTransform, load_dataset
 from bnrepro.evaluation import Evaluator
 from bnrepro.loggers import make_sink
 from bnrepro.models import MLP
 from bnrepro.optim import PopulationSGD
-from bnrepro.rundir import register_resolvers
 from bnrepro.sampling import EpochSampler, validation_split
 from bnrepro.store import RunStore, read_summary
 from bnrepro.validation import ConfigError, validate
@@ -38,19 +39,25 @@ from bnrepro.validation import ConfigError, validate
 register_resolvers()  # before Hydra composes a config: hydra.run.dir uses them
 
 # Keys that may differ between members of one population; everything else must match.
-MEMBER_KEYS = ("seed", "optim.lr", "optim.momentum", "optim.weight_decay", "model.dropout")
+# `variant` is a label some experiments give their runs (e.g. fig2_cifar's "BN-x5").
+MEMBER_KEYS = ("seed", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.lr_decay",
+               "optim.lr_decay_steps", "model.dropout", "augment.crop_padding", "augment.flip",
+               "variant")
 
 
 def axes(cfg: DictConfig) -> dict:
-    """The sweep axes of a run, as recorded in summary.json and sent to wandb."""
-    return {"dataset": cfg.dataset.name, "norm": cfg.model.norm,
+    """The sweep axes of a run, as recorded in summary.json and sent to wandb (plus the
+    experiment's variant label, where it gives one)."""
+    variant = {"variant": cfg.variant} if cfg.get("variant") else {}
+    return {"dataset": cfg.dataset.name, **variant, "norm": cfg.model.norm,
             "activation": cfg.model.activation, "lr": cfg.optim.lr,
             "dropout": cfg.model.dropout, "seed": cfg.seed}
 
 
 def run_name(cfg: DictConfig) -> str:
     a = axes(cfg)
-    return (f"{a['dataset']}-{a['norm']}-{a['activation']}-lr{a['lr']:g}"
+    variant = f"{a['variant']}-" if "variant" in a else ""
+    return (f"{a['dataset']}-{variant}{a['norm']}-{a['activation']}-lr{a['lr']:g}"
             f"-do{a['dropout']:g}-s{a['seed']}")
 
 
@@ -157,13 +164,15 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
 
     model = build_model(cfgs, ds.image_shape).to(device)
     per_member = {key: torch.tensor([float(c.optim[key]) for c in cfgs], device=device)
-                  for key in ("lr", "momentum", "weight_decay")}
+                  for key in ("lr", "momentum", "weight_decay", "lr_decay", "lr_decay_steps")}
     optimizer = PopulationSGD(model.parameters(), **per_member)
     sampler = EpochSampler(len(train_index), cfg.trainer.batch_size, [c.seed for c in cfgs])
+    augment = BatchAugment([c.seed for c in cfgs], [c.augment.crop_padding for c in cfgs],
+                           [c.augment.flip for c in cfgs])
     start_step = 0
     summaries = [new_summary(c, P) for c in cfgs]
     if saved[0] is not None:
-        start_step = checkpoint.restore(saved, model, optimizer, sampler)
+        start_step = checkpoint.restore(saved, model, optimizer, sampler, augment)
         summaries = [dict(s["summary"], population_size=P, resumed_from_step=start_step)
                      for s in saved]
 
@@ -239,7 +248,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
             if not alive.any():
                 break
             index = train_index[sampler.next().to(device)]
-            x, y = transform(ds.train_images[index]), ds.train_labels[index]
+            x, y = transform(augment(ds.train_images[index])), ds.train_labels[index]
             logits = model(x)
             loss = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
             diverged = alive & ~(loss.detach() <= cfg.trainer.divergence_loss)  # NaN too
@@ -252,6 +261,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
                     break
             optimizer.zero_grad()
             torch.where(alive, loss, 0.0).sum().backward()
+            optimizer.set_step(step)
             optimizer.step(alive)
             loss_sum += loss.detach()
             correct_sum += (logits.detach().argmax(-1) == y).float().mean(1)
@@ -262,7 +272,8 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
                 # are where the train-loss sums are empty, so nothing else needs saving.
                 if checkpoint_every and step < max_steps and \
                         step // checkpoint_every > last_checkpoint // checkpoint_every:
-                    checkpoint.save(run_dirs, cfgs, step, model, optimizer, sampler, summaries)
+                    checkpoint.save(run_dirs, cfgs, step, model, optimizer, sampler, augment,
+                                    summaries)
                     last_checkpoint = step
     except BaseException as err:  # record why, keep what was logged, then let it propagate
         status, reason = ("interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
@@ -284,8 +295,8 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
         # After the summaries: the final checkpoint is what tells a rerun that nothing is left
         # to do, and it is written whatever checkpoint_every says (0 = no intermediate ones).
         if status == "completed":
-            checkpoint.save(run_dirs, cfgs, max_steps, model, optimizer, sampler, summaries,
-                            finished=True)
+            checkpoint.save(run_dirs, cfgs, max_steps, model, optimizer, sampler, augment,
+                            summaries, finished=True)
     return summaries
 
 

@@ -45,6 +45,14 @@ def config_problems(cfg: DictConfig) -> list[str]:
     check("optim.lr", _number(o.lr) and o.lr > 0, "must be > 0")
     check("optim.momentum", _number(o.momentum) and 0 <= o.momentum < 1, "must be in [0, 1)")
     check("optim.weight_decay", _number(o.weight_decay) and o.weight_decay >= 0, "must be >= 0")
+    check("optim.lr_decay", _number(o.lr_decay) and 0 < o.lr_decay <= 1,
+          "must be in (0, 1] (1 = constant rate)")
+    check("optim.lr_decay_steps", _number(o.lr_decay_steps) and o.lr_decay_steps > 0,
+          "must be > 0")
+    a = cfg.augment
+    check("augment.crop_padding", _integer(a.crop_padding) and a.crop_padding >= 0,
+          "must be an integer >= 0 (0 = no random crops)")
+    check("augment.flip", isinstance(a.flip, bool), "must be true or false")
     check("model.dropout", _number(cfg.model.dropout) and 0 <= cfg.model.dropout < 1,
           "must be in [0, 1)")
     check("model.init_std", cfg.model.init_std is None or

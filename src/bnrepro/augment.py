@@ -1,0 +1,61 @@
+"""Training-time augmentation as tensor ops on a population's batch: random crops of a
+zero-padded image and horizontal flips, drawn per member and example from the member's own
+"augment" stream (so a member augments the same way alone or in any population).
+
+Applied to the uint8 images before the input transform, as torchvision's
+RandomCrop(padding=p) + RandomHorizontalFlip would be; evaluation never augments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from bnrepro.seeding import generator
+
+
+class BatchAugment:
+    """Per member k: crop offsets uniform in [-crop_padding[k], crop_padding[k]] pixels on each
+    axis (the padding is black), and a flip with probability 1/2 where flip[k]."""
+
+    def __init__(self, seeds: Sequence[int], crop_padding: Sequence[int], flip: Sequence[bool]):
+        if any(p < 0 for p in crop_padding):
+            raise ValueError(f"augment.crop_padding must be >= 0, got {list(crop_padding)}")
+        self.crop_padding, self.flip = [int(p) for p in crop_padding], [bool(f) for f in flip]
+        self.generators = [generator(s, "augment") for s in seeds]
+
+    @property
+    def active(self) -> bool:
+        return any(self.crop_padding) or any(self.flip)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """images [P, B, C, H, W] -> the same shape, each image cropped and flipped."""
+        if not self.active:
+            return images
+        P, B, C, H, W = images.shape
+        shifts, flips = [], []
+        for g, pad, flip in zip(self.generators, self.crop_padding, self.flip, strict=True):
+            # Draws only what the member uses: its stream does not depend on the others' knobs.
+            shifts.append(torch.randint(-pad, pad + 1, (B, 2), generator=g) if pad
+                          else torch.zeros(B, 2, dtype=torch.long))
+            flips.append(torch.rand(B, generator=g) < 0.5 if flip
+                         else torch.zeros(B, dtype=torch.bool))
+        shift = torch.cat(shifts).to(images.device)
+        flipped = torch.cat(flips).to(images.device)
+        margin = max(self.crop_padding)
+        padded = F.pad(images.reshape(P * B, C, H, W), (margin,) * 4)
+        rows = margin + shift[:, :1] + torch.arange(H, device=images.device)  # [N, H]
+        cols = margin + shift[:, 1:] + torch.arange(W, device=images.device)  # [N, W]
+        cols = torch.where(flipped[:, None], cols.flip(1), cols)
+        n = torch.arange(P * B, device=images.device)
+        out = padded[n[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [N, H, W, C]
+        return out.permute(0, 3, 1, 2).reshape(P, B, C, H, W)
+
+    def member_state(self, k: int) -> torch.Tensor:
+        return self.generators[k].get_state()
+
+    def load_member_states(self, states: Sequence[torch.Tensor]) -> None:
+        for g, state in zip(self.generators, states, strict=True):
+            g.set_state(state)
