@@ -6,7 +6,7 @@ from bnrepro.config import compose_config
 from bnrepro.validation import ConfigError, validate
 
 BAD = [
-    ("model.norm=layer", "model.norm='layer'", "['none', 'bn']"),
+    ("model.norm=layer", "model.norm='layer'", "['none', 'bn', 'noisy_bn'"),
     ("model.activation=tanh", "model.activation='tanh'", "sigmoid"),
     ("optim.lr=0", "optim.lr=0", "must be > 0"),
     ("optim.lr=-0.1", "optim.lr=-0.1", "must be > 0"),

@@ -1,4 +1,5 @@
-"""Independent random streams per run: init, data order and dropout each get their own.
+"""Independent random streams per run: init, data order, dropout and norm noise each get their
+own.
 
 A member of a population draws from exactly the generators it would draw from if it ran
 alone, so its trajectory does not depend on who else is in the population.
@@ -10,7 +11,7 @@ import hashlib
 
 import torch
 
-STREAMS = ("init", "data", "dropout")
+STREAMS = ("init", "data", "dropout", "noise")
 
 
 def stream_seed(seed: int, stream: str) -> int:
