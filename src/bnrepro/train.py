@@ -118,7 +118,7 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path]) -> li
         for k, ckpt in enumerate(saved):
             if ckpt is not None and ckpt["finished"]:
                 summaries[k] = ckpt["summary"]
-                if read_summary(run_dirs[k]) != ckpt["summary"]:
+                if _readable_summary(run_dirs[k]) != ckpt["summary"]:
                     atomic_write_json(run_dirs[k] / "summary.json", ckpt["summary"])
             else:
                 if ckpt is None:  # a fresh start: nothing of an earlier run may be resumed
@@ -130,6 +130,13 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path]) -> li
             for k, summary in zip(members, results, strict=True):
                 summaries[k] = summary
     return summaries
+
+
+def _readable_summary(run_dir: Path) -> dict | None:
+    try:
+        return read_summary(run_dir)
+    except ValueError:  # cut short or damaged: the checkpoint's copy replaces it
+        return None
 
 
 def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
