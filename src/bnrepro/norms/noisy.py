@@ -91,7 +91,9 @@ class NoisyBatchNorm(BatchNorm):
         self.noise = SanturkarNoise(generators, **noise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.mode == "train"):
+        # Noise only where the network trains: module.training (model.eval() in the
+        # evaluator) and BN mode "train" (not Alg. 2's collect pass, not the probes' batch).
+        if not (self.training and self.mode == "train"):
             return super().forward(x)
         if self.where == "after_affine":
             return self.noise.perturb(super().forward(x))
