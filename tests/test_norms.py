@@ -25,7 +25,8 @@ from bnrepro.norms.renorm import BatchRenorm
 from bnrepro.optim import PopulationSGD
 from bnrepro.sampling import EpochSampler, validation_split
 from bnrepro.seeding import generator
-from bnrepro.train import build_model, new_summary
+from bnrepro.store import read_metrics, read_summary
+from bnrepro.train import build_model, new_summary, train_population
 
 # Knobs for the model tests: Batch Renorm relaxes within the few steps a test takes, so its
 # r and d leave (1, 0) and the population has to keep them apart per member.
@@ -84,6 +85,59 @@ def test_per_example_norms_equal_torch_per_member(name, spatial):
                 ref = F.group_norm(x[k], 3, gamma, beta)
             else:
                 ref = F.instance_norm(x[k], weight=gamma, bias=beta)
+            torch.testing.assert_close(y[k], ref, atol=1e-5, rtol=1e-5)
+
+
+# ---- the batch-statistics norms against torch's BN ----
+
+# Each set so that it computes BN's function: noisy BN with zero noise (s = 1, m = 0), Batch
+# Renorm inside its warmup (r_max = 1, d_max = 0), lp2 with eps 0 (its norm is sigma_B).
+BN_LIKE = [
+    ("bn", {"bn_inference": "running"}),
+    ("noisy_bn", {"bn_inference": "running",
+                  "noise": {"n_mu": 0.0, "n_sigma": 1.0, "r_mu": 0.0, "r_sigma": 0.0}}),
+    ("brn", {"brn": {"warmup_steps": 10**6}}),
+    ("lp2", {"bn_eps": 0.0}),
+]
+
+
+def moving_statistics(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(mean, variance, eps) the layer infers with, in torch's running-statistics terms."""
+    if isinstance(layer, BatchRenorm):  # y = (x - mu) / sigma, no eps
+        return layer.running_mean, layer.running_std**2, 0.0
+    if isinstance(layer, LpNorm):  # y = (x - mu) / (n_p + eps), with eps 0 here
+        return layer.running_mean, layer.running_norm**2, 0.0
+    return layer.running_mean, layer.running_var, layer.eps
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+@pytest.mark.parametrize(("name", "knobs"), BN_LIKE)
+def test_bn_family_equals_torch_batch_norm(name, knobs, spatial):
+    """Per member, training equals F.batch_norm on that member's mini-batch and inference
+    equals F.batch_norm on the layer's moving averages. Catches: statistics over the wrong
+    dims (members mixed, positions left out), the unbiased variance in training, noise left
+    on when its distribution is a point mass at (s, m) = (1, 0), Batch Renorm not BN in its
+    warmup, inference on batch statistics or on averages that training did not update."""
+    P, B, C = 3, 6, 4
+    gens = [generator(seed, "noise") for seed in range(P)]
+    layer = randomise(make_norm(name, P, C, spatial, knobs, gens))
+    set_norm_step(layer, 5)
+    eps = knobs.get("bn_eps", 1e-5)
+    x = torch.randn(P, B, C, *((3, 2) if spatial else ())) * 3 + 1
+    y = layer(x)
+    for k in range(P):
+        # torch refuses eps 0 in training; 1e-12 is far below float32 rounding of var ~ 9
+        ref = F.batch_norm(x[k], None, None, layer.weight[k], layer.bias[k], True, 0.0,
+                           eps or 1e-12)
+        torch.testing.assert_close(y[k], ref, atol=1e-5, rtol=1e-5)
+    mean, var, eval_eps = moving_statistics(layer)
+    assert not torch.equal(mean, torch.zeros_like(mean))  # training moved them
+    layer.eval()
+    with bn_mode(layer, "eval"), torch.no_grad():
+        y = layer(x)
+        for k in range(P):
+            ref = F.batch_norm(x[k], mean[k], var[k], layer.weight[k], layer.bias[k], False,
+                               0.0, eval_eps)
             torch.testing.assert_close(y[k], ref, atol=1e-5, rtol=1e-5)
 
 
@@ -464,3 +518,48 @@ def test_knobs_of_other_norms_do_not_change_a_runs_fingerprint():
     gn = compose_config(["experiment=fig1_mnist", "model.norm=gn"])
     assert checkpoint.fingerprint(gn)["model"]["norm_groups"] == 4
     assert "brn" not in checkpoint.fingerprint(gn)["model"]
+
+
+@pytest.mark.parametrize("name", ["brn", "noisy_bn"])
+def test_interrupted_training_resumes_as_if_never_stopped(name, tmp_path, mnist, monkeypatch):
+    """Through the trainer: a population stopped at step 35 and rerun resumes from its
+    step-20 checkpoint and ends with the metrics of a run never stopped. Batch Renorm relaxes
+    between steps 10 and 30, across the checkpoint. Catches: moving averages or noise streams
+    missing from checkpoints, the trainer not calling set_norm_step or calling it with another
+    step (the recorded steps), a schedule that restarts on resume."""
+    cfgs = [compose_config(["experiment=fig1_mnist", f"model.norm={name}", "model.hidden=[16,16]",
+                            "trainer.max_steps=60", "trainer.eval_every=10",
+                            "trainer.checkpoint_every=20", "trainer.population_batches=2",
+                            "probe.num_examples=60", "trainer.progress=false",
+                            "model.brn.warmup_steps=10", "model.brn.relax_steps=20",
+                            f"seed={seed}"]) for seed in (0, 1)]
+    steps: list[int] = []
+    stop = [35]  # once
+
+    def recording(model, step):
+        steps.append(step)
+        if stop and step == stop[0]:
+            stop.clear()
+            raise RuntimeError("stopped for the test")
+        set_norm_step(model, step)
+
+    monkeypatch.setattr("bnrepro.train.set_norm_step", recording)
+    stopped = [tmp_path / f"stopped{k}" for k in range(2)]
+    with pytest.raises(RuntimeError, match="stopped for the test"):
+        train_population(cfgs, stopped)
+    assert steps == list(range(1, 36)) and checkpoint.steps(stopped[0]) == [20]
+    steps.clear()
+    train_population(cfgs, stopped)  # resumes from step 20
+    assert steps == list(range(21, 61))
+    clean = [tmp_path / f"clean{k}" for k in range(2)]
+    train_population(cfgs, clean)
+
+    def without_timing(run_dir):
+        return {k: v for k, v in read_summary(run_dir).items()
+                if k not in ("wall_time_s", "train_time_s", "resumed_from_step")}
+
+    for a, b in zip(stopped, clean, strict=True):
+        assert read_summary(a)["resumed_from_step"] == 20
+        assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+        assert without_timing(a) == without_timing(b)
+    assert len(read_metrics(clean[0])) == 7  # steps 0, 10, ..., 60
