@@ -2,7 +2,7 @@
 
 NORMS says which norms exist and what a model needs to know about each; `make_norm` builds a
 layer. Models never branch on the name. Adding a norm: a class in its family's file, one
-entry below, one line in conf/model/*.yaml.
+entry below, its knobs (if any) in conf/model/norms/default.yaml.
 
 Every layer takes [P, B, F] (fully connected) or [P, B, C, H, W] (conv; one channel is one
 feature), keeps per-member gamma/beta of shape [P, F], and never mixes members.
@@ -65,7 +65,7 @@ NORMS: dict[str, NormSpec] = {
     "gn": NormSpec(build_group_norm, cancels_bias=False, knobs=("norm_groups",)),
     "in": NormSpec(build_instance_norm, cancels_bias=True, conv_only=True),
 }
-# Every norm-specific knob of conf/model/*.yaml (the bn_* keys are shared).
+# Every norm-specific knob of conf/model (norms/default.yaml; norm_groups in each model file).
 NORM_KNOBS = tuple(sorted({knob for spec in NORMS.values() for knob in spec.knobs}))
 
 

@@ -6,9 +6,14 @@ norm instead of the standard deviation:
     n_p = (mean |v|^p)^(1/p) for p = 1, 2;  n_inf = max |v|,
 with v = x - mu_B. "Mean" makes n_p the power mean, whose scale does not grow with the batch:
 n_1 is the mean absolute deviation, n_2 the biased standard deviation (so lp2 is BN up to where
-eps enters), n_inf the largest deviation. The paper says the norm is taken "before shifting the
-mean"; we read that as of the centred values (the l_p analogue of BN's variance), and offer
-the other reading, v = x, as `model.lp.norm_of=raw`.
+eps enters), n_inf the largest deviation. The paper's whole definition (Sec. 3.3): "schemes that
+fix the first order moment of the activations, as BatchNorm does, and then normalizes them by
+the average of their l_p-norm (before shifting the mean), for p = 1, 2, inf". Two things it
+leaves open. "Average of their l_p-norm": we take the power mean above (for p = 1 literally
+the average of |v|; a plain ||v||_p / m would shrink with the batch for p > 1). "Before
+shifting the mean": we read it as the norm of the centred values, taken before beta shifts
+the mean back (the l_p analogue of BN's variance); the literal other reading, the norm of the
+raw x, is `model.lp.norm_of=raw`.
 
 Inference has no batch: like BN with bn_inference=running, it uses moving averages of mu_B and
 n_p (rate bn_momentum), updated in training; no m/(m-1) correction, which is specific to the

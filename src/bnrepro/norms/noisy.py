@@ -1,12 +1,18 @@
 """Noisy BN (Santurkar et al. 2018, App. A.2.1, Alg. 1): BN whose output is perturbed in
 training by noise whose distribution itself changes every step: "covariate shift" on purpose.
 
+The paper (App. A.2.1): "At every time step, our noise model consists of perturbing each
+activation for each sample in a batch with noise i.i.d. from a non-zero mean, non-unit variance
+distribution D_j^t. The distribution D_j^t itself is time varying and its parameters are drawn
+i.i.d from another distribution D_j." Its Alg. 1, line 4 takes a_ij^t <- "Batch-normalized
+activation for unit j and sample i", then:
 Per layer and step t, per unit j:    mu_j ~ U(-n_mu, n_mu),  sigma_j ~ U(1, n_sigma);
 per example i and unit j:           m_ij ~ U(mu_j - r_mu, mu_j + r_mu),  s_ij ~ N(sigma_j, r_sigma);
                                      a_ij <- s_ij * a_ij + m_ij.
-For maps a unit is a channel and height and width count as batch (the paper's convention), so
-"per example" means per (example, position). Paper values: n_mu 0.5, n_sigma 1.25,
-r_mu = r_sigma = 0.1. Two choices the paper leaves open are knobs (conf/model/*.yaml):
+For maps a unit is a channel and height and width count as batch ("For convolutional layers,
+we follow the standard convention of treating the height and width dimensions as part of the
+batch"), so "per example" means per (example, position). Paper values: n_mu 0.5, n_sigma 1.25,
+r_mu = r_sigma = 0.1. Two choices the paper leaves open are knobs (conf/model/norms/):
   sigma_param: std | variance  - whether r_sigma in N(sigma, r_sigma) is a standard deviation
                (our default; the usual reading in ML papers) or a variance.
   where: after_affine | before_affine - whether a is BN's output after gamma/beta (our default:
@@ -17,7 +23,8 @@ with BN mode "train"): the network evaluated is BN's.
 
 Draws come from each member's own "noise" stream, on the CPU (device-independent, as dropout),
 so a member's noise does not depend on its population. `noise_only` puts the same noise on a
-net without BN; the paper reports that such a net does not train.
+net without BN; the paper (Sec. 2.1): "adding the same amount of noise to the activations of
+the standard (non-BatchNorm) network prevents it from training entirely."
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ With r_max = 1, d_max = 0 this is BN; the paper starts there and relaxes them. O
 r_max = 1 and d_max = 0 for `warmup_steps`, then both move linearly to their final values over
 `relax_steps`. The paper's ImageNet run: r_max 1 for 5k steps then up to 3 over 40k steps,
 d_max 0 for 5k steps then up to 5 over 25k steps (separate lengths; ours share one). Our
-default lengths are our own, sized for runs of 5k-50k steps (see conf/model/*.yaml).
+default lengths are our own, sized for runs of 5k-50k steps (see conf/model/norms/default.yaml).
 """
 
 from __future__ import annotations
