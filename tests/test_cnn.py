@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from bnrepro.cnn import CNN, PopulationConv2d
-from bnrepro.norm import BatchNorm
+from bnrepro.norms.batch import BatchNorm
 from bnrepro.optim import PopulationSGD
 
 TINY = {"widths": (4, 8), "classifier_hidden": 16, "image_size": 8}

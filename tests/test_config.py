@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from bnrepro.config import CONF_DIR, compose_config
 from bnrepro.data import DataUnavailableError, InputTransform, load_dataset
-from bnrepro.norm import BatchNorm
+from bnrepro.norms.batch import BatchNorm
 from bnrepro.sampling import EpochSampler
 from bnrepro.train import axes, build_model, run_name
 from tests.conftest import REPO, data_missing

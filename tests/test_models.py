@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from bnrepro.models import MLP, PopulationLinear
-from bnrepro.norm import BatchNorm
+from bnrepro.norms.batch import BatchNorm
 from bnrepro.optim import PopulationSGD
 
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from bnrepro.norm import BatchNorm, bn_mode, estimate_population_statistics
+from bnrepro.norms.batch import BatchNorm, bn_mode, estimate_population_statistics
 
 
 def make_bn(P, F, **kw):

@@ -6,7 +6,7 @@ from bnrepro.config import compose_config
 from bnrepro.validation import ConfigError, validate
 
 BAD = [
-    ("model.norm=layer", "model.norm='layer'", "['none', 'bn']"),
+    ("model.norm=layer", "model.norm='layer'", "['none', 'bn', 'noisy_bn'"),
     ("model.activation=tanh", "model.activation='tanh'", "sigmoid"),
     ("optim.lr=0", "optim.lr=0", "must be > 0"),
     ("optim.lr=-0.1", "optim.lr=-0.1", "must be > 0"),
@@ -28,6 +28,42 @@ def test_bad_value_is_named_with_what_is_allowed(override, names, allowed):
         validate(cfg)
     message = str(err.value)
     assert names in message and allowed in message and "\n" not in message
+
+
+# The norm registry's combinations: a norm the model cannot have, knobs that do not fit it.
+NORM_BAD = [
+    (["model.norm=in"], "model.norm='in'", "conv nets only"),
+    (["model.norm=gn", "model.norm_groups=3"], "model.norm_groups=3", "[100]"),
+    (["model=cnn", "dataset=cifar10-jpeg", "model.norm=gn", "model.norm_groups=32"],
+     "model.norm_groups=32", "[16, 32, 64, 128]"),
+    (["model.norm=brn", "trainer.batch_size=1"], "trainer.batch_size=1", ">= 2"),
+    (["model.norm=lp1", "trainer.batch_size=1"], "trainer.batch_size=1", ">= 2"),
+    (["model.norm=noisy_bn", "trainer.batch_size=1"], "trainer.batch_size=1", ">= 2"),
+    (["model.norm=brn", "model.brn.r_max=0.5"], "model.brn.r_max=0.5", ">= 1"),
+    (["model.norm=noisy_bn", "model.noise.sigma_param=var"], "model.noise.sigma_param='var'",
+     "['std', 'variance']"),
+    (["model.norm=noise_only", "model.noise.n_sigma=0.5"], "model.noise.n_sigma=0.5", ">= 1"),
+    (["model.norm=lp2", "model.lp.norm_of=both"], "model.lp.norm_of='both'", "centered"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "names", "allowed"), NORM_BAD)
+def test_bad_norm_combination_is_refused_in_one_line(overrides, names, allowed):
+    cfg = compose_config(["experiment=fig1_mnist", *overrides])
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    message = str(err.value)
+    assert names in message and allowed in message and "\n" not in message
+
+
+@pytest.mark.parametrize("overrides", [["model.norm=ln", "trainer.batch_size=1"],
+                                       ["model.norm=noise_only", "trainer.batch_size=1"],
+                                       ["model.norm=in", "model=cnn", "dataset=cifar10-jpeg"],
+                                       ["model.norm=gn", "model.norm_groups=4"],
+                                       ["model.norm=brn", "model.noise.sigma_param=var"]])
+def test_good_norm_combinations_pass(overrides):
+    """Per-example norms need no batch; a knob only the other norms read is not checked."""
+    validate(compose_config(["experiment=fig1_mnist", *overrides]))
 
 
 def test_the_shipped_configs_are_valid():

@@ -30,6 +30,8 @@ from bnrepro.atomic import atomic_torch_save, remove_stale_temporaries
 from bnrepro.augment import BatchAugment
 from bnrepro.config import resolved_without
 from bnrepro.models import PopulationDropout
+from bnrepro.norms import unused_knobs
+from bnrepro.norms.noisy import SanturkarNoise
 from bnrepro.optim import PopulationSGD
 from bnrepro.sampling import EpochSampler
 
@@ -52,8 +54,9 @@ class ResumeMismatchError(ValueError):
 
 
 def fingerprint(cfg: DictConfig) -> dict:
-    """The part of a config that determines a run's trajectory."""
-    return resolved_without(cfg, RESUME_INSENSITIVE)
+    """The part of a config that determines a run's trajectory (the knobs of norms other than
+    its own do not: runs saved before a norm's knobs existed still resume)."""
+    return resolved_without(cfg, (*RESUME_INSENSITIVE, *unused_knobs(cfg.model)))
 
 
 def _with_added_keys(saved: dict, current: dict) -> dict:
@@ -86,6 +89,15 @@ def _dropout_generators(model: nn.Module) -> list[list[torch.Generator]]:
     return [m.generators for m in model.modules() if isinstance(m, PopulationDropout)]
 
 
+def _noise_generators(model: nn.Module) -> list[list[torch.Generator]]:
+    """The noisy norms' streams, each list once: a model's noisy layers share one."""
+    found: dict[int, list[torch.Generator]] = {}
+    for m in model.modules():
+        if isinstance(m, SanturkarNoise):
+            found.setdefault(id(m.generators), m.generators)
+    return list(found.values())
+
+
 def _trained_names(model: nn.Module) -> list[str]:
     """Names of the parameters PopulationSGD updates, in its order."""
     return [name for name, p in model.named_parameters() if p.requires_grad]
@@ -97,7 +109,7 @@ def save(run_dirs: Sequence[Path], cfgs: Sequence[DictConfig], step: int, model:
     """Commit the population's state at `step` (see the module docstring). `finished` marks
     the state at the end of training: a rerun then has nothing left to do."""
     state = model.state_dict()
-    dropout = _dropout_generators(model)
+    dropout, noise = _dropout_generators(model), _noise_generators(model)
     momentum_names = _trained_names(model) if optimizer.buffers else []
     population = [str(Path(d).resolve()) for d in run_dirs]
     for k, run_dir in enumerate(run_dirs):
@@ -112,6 +124,7 @@ def save(run_dirs: Sequence[Path], cfgs: Sequence[DictConfig], step: int, model:
             "sampler": sampler.member_state(k),
             "dropout_rng": [gens[k].get_state() for gens in dropout],
             "augment_rng": augment.member_state(k),
+            "noise_rng": [gens[k].get_state() for gens in noise],
             "summary": dict(summaries[k]),
         }, path(run_dir, step), durable=True)
     for run_dir in run_dirs:  # every member has the new step: the old ones can go
@@ -201,4 +214,7 @@ def restore(checkpoints: Sequence[dict], model: nn.Module, optimizer: Population
     for j, gens in enumerate(_dropout_generators(model)):
         for g, c in zip(gens, checkpoints, strict=True):
             g.set_state(c["dropout_rng"][j])
+    for j, gens in enumerate(_noise_generators(model)):
+        for g, c in zip(gens, checkpoints, strict=True):
+            g.set_state(c["noise_rng"][j])
     return checkpoints[0]["step"]

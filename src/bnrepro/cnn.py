@@ -8,7 +8,7 @@ torch call on a view, with no copies between layers.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ from bnrepro.models import (
     PopulationLinear,
     check_norm_and_activation,
 )
-from bnrepro.norm import BatchNorm
+from bnrepro.norms import head_norm, make_norm, norm_spec
 from bnrepro.seeding import generator
 
 
@@ -59,6 +59,11 @@ class PopulationConv2d(nn.Module):
         return unfold(F.conv2d(fold(x), weight, bias, padding=self.padding, groups=P), P)
 
 
+def stage_widths(widths: Sequence[int], width_multiplier: float) -> list[int]:
+    """Output channels of each stage: `widths` scaled, rounded, at least 1."""
+    return [max(1, round(w * width_multiplier)) for w in widths]
+
+
 def _per_stage(value: Sequence[int] | int, stages: int, name: str) -> list[int]:
     values = [value] * stages if isinstance(value, int) else list(value)
     if len(values) != stages or min(values) < 1:
@@ -68,11 +73,14 @@ def _per_stage(value: Sequence[int] | int, stages: int, name: str) -> list[int]:
 
 
 class CNN(nn.Module):
-    """Per stage: `convs_per_stage` x (conv3x3 -> [BN] -> activation), then 2x2 max-pool;
-    then flatten -> linear -> [BN] -> activation -> dropout -> linear to the classes.
+    """Per stage: `convs_per_stage` x (conv3x3 -> [norm] -> activation), then 2x2 max-pool;
+    then flatten -> linear -> [norm] -> activation -> dropout -> linear to the classes.
 
-    With BN the conv and hidden-linear biases are dropped, as BN's mean subtraction cancels
-    them (paper Sec. 3.2); each feature map gets one gamma/beta. Dropout is only in the head.
+    `norm` names a layer of the registry (bnrepro.norms), built with the knobs of `norm_cfg`
+    (the model config node; None: the layers' defaults); a conv-only norm (IN) leaves the
+    hidden linear layer without one (norms.head_norm). Where the norm cancels a bias (BN: its
+    mean subtraction, paper Sec. 3.2) the conv and hidden-linear biases are dropped; each
+    feature map gets one gamma/beta. Dropout is only in the head.
     Weights start as N(0, std^2) with std = init_std, or, when init_std is None, He's
     sqrt(2 / fan_in) (fan_in = in_channels * k * k for convs), which keeps ReLU nets trainable
     without BN. `image_size` (H or (H, W)) sets the flattened size; pooling floors odd sizes.
@@ -83,16 +91,15 @@ class CNN(nn.Module):
                  dropout: Sequence[float] | float = 0.0, init_std: float | None = None,
                  widths: Sequence[int] = (64, 128, 256),
                  convs_per_stage: Sequence[int] | int = 1, width_multiplier: float = 1.0,
-                 classifier_hidden: int = 256, bn_eps: float = 1e-5, bn_momentum: float = 0.1,
-                 bn_inference: str = "population",
+                 classifier_hidden: int = 256, norm_cfg: Mapping | None = None,
                  image_size: int | Sequence[int] = 32):
         super().__init__()
         check_norm_and_activation(norm, activation)
-        P, bn = len(seeds), norm == "bn"
+        P = len(seeds)
         self.population_size = P
         self.activation = ACTIVATIONS[activation]
-        stage_widths = [max(1, round(w * width_multiplier)) for w in widths]
-        depths = _per_stage(convs_per_stage, len(stage_widths), "convs_per_stage")
+        stages = stage_widths(widths, width_multiplier)
+        depths = _per_stage(convs_per_stage, len(stages), "convs_per_stage")
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
 
         channels = [in_channels]
@@ -100,23 +107,23 @@ class CNN(nn.Module):
         # Floats one example produces at the widest layer, over all members (sizes eval chunks):
         # each stage's first conv output, at the stage's full resolution.
         self.widest_activation = P * classifier_hidden
-        for w, depth in zip(stage_widths, depths, strict=True):
+        for w, depth in zip(stages, depths, strict=True):
             self.widest_activation = max(self.widest_activation, P * w * height * width)
             channels += [w] * depth
             self.stage_ends.append(len(channels) - 2)
             height, width = height // 2, width // 2
             if min(height, width) < 1:
                 raise ValueError(f"image_size={image_size!r} is too small for "
-                                 f"{len(stage_widths)} pooling stages")
-        self.convs = nn.ModuleList(PopulationConv2d(P, a, b, bias=not bn)
+                                 f"{len(stages)} pooling stages")
+        conv_bias, fc_norm = not norm_spec(norm).cancels_bias, head_norm(norm)
+        self.convs = nn.ModuleList(PopulationConv2d(P, a, b, bias=conv_bias)
                                    for a, b in zip(channels[:-1], channels[1:], strict=True))
-        self.conv_norms = nn.ModuleList(
-            BatchNorm(P, c, bn_eps, bn_momentum, bn_inference) if bn else nn.Identity()
-            for c in channels[1:])
+        noise = [generator(s, "noise") for s in seeds]  # read by noisy norms only
+        self.conv_norms = nn.ModuleList(make_norm(norm, P, c, True, norm_cfg, noise)
+                                        for c in channels[1:])
         self.hidden = PopulationLinear(P, channels[-1] * height * width, classifier_hidden,
-                                       bias=not bn)
-        self.hidden_norm = BatchNorm(P, classifier_hidden, bn_eps, bn_momentum,
-                                     bn_inference) if bn else nn.Identity()
+                                       bias=not norm_spec(fc_norm).cancels_bias)
+        self.hidden_norm = make_norm(fc_norm, P, classifier_hidden, False, norm_cfg, noise)
         probabilities = torch.as_tensor(dropout, dtype=torch.float).expand(P)
         self.dropout = PopulationDropout(probabilities, [generator(s, "dropout") for s in seeds])
         self.head = PopulationLinear(P, classifier_hidden, num_classes, bias=True)
@@ -134,7 +141,7 @@ class CNN(nn.Module):
                 shared: bool = False) -> torch.Tensor:
         """x [P, B, C, H, W] (or [B, C, H, W] fed to every member when `shared`) -> [P, B, K].
 
-        Appends the input to each nonlinearity (after BN) to `preactivations` when given:
+        Appends the input to each nonlinearity (after the norm) to `preactivations` when given:
         [P, B, C, H, W] per conv, then [P, B, classifier_hidden].
         """
         P = self.population_size

@@ -21,7 +21,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from bnrepro.data import Dataset, InputTransform
-from bnrepro.norm import bn_mode, estimate_population_statistics
+from bnrepro.norms import norm_spec
+from bnrepro.norms.batch import bn_mode, estimate_population_statistics
 from bnrepro.probes import ProbeCollector
 from bnrepro.sampling import fixed_subset
 
@@ -78,7 +79,9 @@ class Evaluator:
             self.probe_sets["act_train"] = (
                 images(train_index[fixed_subset(len(train_index), size, seed=1)]), "batch",
                 self.batch_size)
-        self.population_statistics = cfg.model.norm == "bn" and \
+        # Alg. 2 for the norms it applies to (BN, noisy BN); the others infer with moving
+        # averages (Batch Renorm, l_p) or need no batch (LN, GN, IN, none).
+        self.population_statistics = norm_spec(cfg.model.norm).population_statistics and \
             cfg.model.bn_inference == "population"
 
     @torch.no_grad()

@@ -6,21 +6,19 @@ about as much Python overhead as one. P = 1 is an ordinary single model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from bnrepro.norm import BatchNorm
+from bnrepro.norms import make_norm, norm_spec
 from bnrepro.seeding import generator
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
-NORMS = ("none", "bn")
 
 
 def check_norm_and_activation(norm: str, activation: str) -> None:
-    if norm not in NORMS:
-        raise ValueError(f"model.norm must be one of {NORMS}, got {norm!r}")
+    norm_spec(norm)  # raises, naming model.norm and the registry's names
     if activation not in ACTIVATIONS:
         raise ValueError(f"model.activation must be one of {sorted(ACTIVATIONS)}, got "
                          f"{activation!r}")
@@ -65,27 +63,29 @@ class PopulationDropout(nn.Module):
 
 
 class MLP(nn.Module):
-    """Fully-connected net: hidden layers x -> [BN] -> activation -> [dropout], then 10-way linear.
+    """Fully-connected net: hidden layers x -> [norm] -> activation -> [dropout], then 10-way
+    linear. `norm` names a layer of the registry (bnrepro.norms), built with the knobs of
+    `norm_cfg` (the model config node; None: the layers' defaults).
 
-    With BN the affine bias is dropped, since BN's mean subtraction cancels it and beta takes
-    its role (paper Sec. 3.2). Weights start as N(0, init_std^2), "small random Gaussian".
+    When the norm cancels a bias (BN: its mean subtraction does, and beta takes the bias's
+    role, paper Sec. 3.2) the affine bias is dropped. Weights start as N(0, init_std^2),
+    "small random Gaussian".
     """
 
     def __init__(self, seeds: Sequence[int], in_features: int, hidden: Sequence[int],
                  num_classes: int = 10, norm: str = "none", activation: str = "sigmoid",
                  dropout: Sequence[float] | float = 0.0, init_std: float = 0.1,
-                 bn_eps: float = 1e-5, bn_momentum: float = 0.1,
-                 bn_inference: str = "population"):
+                 norm_cfg: Mapping | None = None):
         super().__init__()
         check_norm_and_activation(norm, activation)
         P = len(seeds)
         self.activation = ACTIVATIONS[activation]
         widths = [in_features, *hidden]
-        self.hidden = nn.ModuleList(PopulationLinear(P, a, b, bias=norm == "none")
-                                    for a, b in zip(widths[:-1], widths[1:], strict=True))
-        self.norms = nn.ModuleList(
-            BatchNorm(P, w, bn_eps, bn_momentum, bn_inference) if norm == "bn" else nn.Identity()
-            for w in hidden)
+        self.hidden = nn.ModuleList(
+            PopulationLinear(P, a, b, bias=not norm_spec(norm).cancels_bias)
+            for a, b in zip(widths[:-1], widths[1:], strict=True))
+        noise = [generator(s, "noise") for s in seeds]  # read by noisy norms only
+        self.norms = nn.ModuleList(make_norm(norm, P, w, False, norm_cfg, noise) for w in hidden)
         probabilities = torch.as_tensor(dropout, dtype=torch.float).expand(P)
         self.dropout = PopulationDropout(probabilities, [generator(s, "dropout") for s in seeds])
         self.head = PopulationLinear(P, widths[-1], num_classes, bias=True)

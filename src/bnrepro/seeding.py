@@ -1,4 +1,4 @@
-"""Independent random streams per run: init, data order, dropout, augmentation.
+"""Independent random streams per run: init, data order, dropout, augmentation, norm noise.
 
 A member of a population draws from exactly the generators it would draw from if it ran
 alone, so its trajectory does not depend on who else is in the population.
@@ -10,7 +10,7 @@ import hashlib
 
 import torch
 
-STREAMS = ("init", "data", "dropout", "augment")
+STREAMS = ("init", "data", "dropout", "augment", "noise")
 
 
 def stream_seed(seed: int, stream: str) -> int:

@@ -31,6 +31,7 @@ from bnrepro.data import InputTransform, load_dataset
 from bnrepro.evaluation import Evaluator
 from bnrepro.loggers import make_sink
 from bnrepro.models import MLP
+from bnrepro.norms import set_norm_step
 from bnrepro.optim import PopulationSGD
 from bnrepro.sampling import EpochSampler, validation_split
 from bnrepro.store import RunStore, read_summary
@@ -70,8 +71,7 @@ def resolve_device(name: str) -> torch.device:
 def build_model(cfgs: Sequence[DictConfig], image_shape: tuple[int, ...]) -> torch.nn.Module:
     m = cfgs[0].model
     common = dict(norm=m.norm, activation=m.activation, dropout=[c.model.dropout for c in cfgs],
-                  init_std=m.init_std, bn_eps=m.bn_eps, bn_momentum=m.bn_momentum,
-                  bn_inference=m.bn_inference)
+                  init_std=m.init_std, norm_cfg=m)
     seeds = [c.seed for c in cfgs]
     if m.kind == "mlp":
         return MLP(seeds, math.prod(image_shape), list(m.hidden), 10, **common)
@@ -249,6 +249,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
                 break
             index = train_index[sampler.next().to(device)]
             x, y = transform(augment(ds.train_images[index])), ds.train_labels[index]
+            set_norm_step(model, step)  # Batch Renorm's r_max/d_max schedule
             logits = model(x)
             loss = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
             diverged = alive & ~(loss.detach() <= cfg.trainer.divergence_loss)  # NaN too

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from bnrepro.cnn import stage_widths
 from bnrepro.data import SPECS
 from bnrepro.evaluation import PROBE_NETWORKS
-from bnrepro.models import ACTIVATIONS, NORMS
-from bnrepro.norm import INFERENCE
+from bnrepro.models import ACTIVATIONS
+from bnrepro.norms import NORMS, head_norm
+from bnrepro.norms.batch import INFERENCE
+from bnrepro.norms.lp import NORM_OF
+from bnrepro.norms.noisy import SIGMA_PARAMS, WHERE
 
 MODEL_KINDS = ("mlp", "cnn")
 LOGGERS = ("none", "wandb")
@@ -34,7 +38,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
 
     one_of("dataset.name", tuple(SPECS))
     one_of("model.kind", MODEL_KINDS)
-    one_of("model.norm", NORMS)
+    one_of("model.norm", tuple(NORMS))
     one_of("model.activation", tuple(ACTIVATIONS))
     one_of("model.bn_inference", INFERENCE)
     one_of("logger.kind", LOGGERS)
@@ -57,7 +61,9 @@ def config_problems(cfg: DictConfig) -> list[str]:
           "must be in [0, 1)")
     check("model.init_std", cfg.model.init_std is None or
           (_number(cfg.model.init_std) and cfg.model.init_std > 0), "must be > 0 (or null)")
-    min_batch = 2 if cfg.model.norm == "bn" else 1  # BN needs two examples for a variance
+    spec = NORMS.get(cfg.model.norm)
+    # A norm with batch statistics needs two examples for a spread (BN: a variance).
+    min_batch = 2 if spec is not None and spec.batch_statistics else 1
     check("trainer.batch_size", _integer(t.batch_size) and t.batch_size >= min_batch,
           f"must be an integer >= {min_batch}")
     check("trainer.max_steps", _integer(t.max_steps) and t.max_steps >= 1,
@@ -76,10 +82,52 @@ def config_problems(cfg: DictConfig) -> list[str]:
           f"each one of {list(PROBE_NETWORKS)}")
     check("trainer.eval_memory_mb", _number(t.eval_memory_mb) and t.eval_memory_mb > 0,
           "must be > 0")
+    if spec is not None:
+        problems += _norm_problems(cfg.model, spec.knobs)
     n_train = SPECS.get(cfg.dataset.name, (None, 0))[1]
     check("dataset.val_size", _integer(cfg.dataset.val_size) and _integer(t.batch_size) and
           1 <= cfg.dataset.val_size <= n_train - t.batch_size,
           f"must be an integer in [1, {n_train} - trainer.batch_size]")
+    return problems
+
+
+def _norm_problems(model: DictConfig, knobs: tuple[str, ...]) -> list[str]:
+    """The chosen norm's own knobs, and whether it fits the model's layers."""
+    problems = []
+
+    def check(key: str, ok: bool, allowed: str) -> None:
+        if not ok:
+            problems.append(f"model.{key}={_value(model, key)!r} is not allowed: {allowed}")
+
+    if NORMS[model.norm].conv_only and model.kind != "cnn":
+        check("norm", False, f"it normalises over positions: conv nets only (model.kind="
+                              f"{model.kind!r})")
+    if "norm_groups" in knobs:
+        widths = list(model.hidden) if model.kind == "mlp" else []
+        if model.kind == "cnn":
+            widths = stage_widths(model.widths, model.width_multiplier)
+            if head_norm(model.norm) == model.norm:  # the hidden linear layer has it too
+                widths.append(model.classifier_hidden)
+        groups = model.get("norm_groups")
+        check("norm_groups", _integer(groups) and groups >= 1 and
+              all(w % groups == 0 for w in widths),
+              f"must be an integer >= 1 dividing every normalised width {sorted(set(widths))}")
+    if "brn" in knobs:
+        b = model.brn
+        check("brn.r_max", _number(b.r_max) and b.r_max >= 1, "must be >= 1")
+        check("brn.d_max", _number(b.d_max) and b.d_max >= 0, "must be >= 0")
+        for key in ("warmup_steps", "relax_steps"):
+            check(f"brn.{key}", _integer(b[key]) and b[key] >= 0, "must be an integer >= 0")
+    if "noise" in knobs:
+        n = model.noise
+        for key in ("n_mu", "r_mu", "r_sigma"):
+            check(f"noise.{key}", _number(n[key]) and n[key] >= 0, "must be >= 0")
+        check("noise.n_sigma", _number(n.n_sigma) and n.n_sigma >= 1, "must be >= 1")
+        check("noise.sigma_param", n.sigma_param in SIGMA_PARAMS,
+              f"choose one of {list(SIGMA_PARAMS)}")
+        check("noise.where", n.where in WHERE, f"choose one of {list(WHERE)}")
+    if "lp" in knobs:
+        check("lp.norm_of", model.lp.norm_of in NORM_OF, f"choose one of {list(NORM_OF)}")
     return problems
 
 

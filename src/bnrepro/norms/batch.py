@@ -26,7 +26,17 @@ MODES = ("train", "batch", "collect", "eval")
 INFERENCE = ("running", "population")
 
 
-class BatchNorm(nn.Module):
+class ModalNorm(nn.Module):
+    """A norm that uses batch statistics in training, so it follows `bn_mode` (MODES) rather
+    than module.train()/eval(): BN, noisy BN, Batch Renorm, l_p normalisation. Those without
+    Alg. 2 treat collect as batch. Layers that normalise each example on its own (LN, GN, IN)
+    are not modal: they ignore bn_mode."""
+
+    mode: str
+    ghost_batch: int
+
+
+class BatchNorm(ModalNorm):
     def __init__(self, population_size: int, num_features: int, eps: float = 1e-5,
                  momentum: float = 0.1, inference: str = "population"):
         super().__init__()
@@ -101,13 +111,18 @@ def batch_norms(model: nn.Module) -> list[BatchNorm]:
     return [m for m in model.modules() if isinstance(m, BatchNorm)]
 
 
+def modal_norms(model: nn.Module) -> list[ModalNorm]:
+    return [m for m in model.modules() if isinstance(m, ModalNorm)]
+
+
 @contextmanager
 def bn_mode(model: nn.Module, mode: str, ghost_batch: int = 0) -> Iterator[None]:
-    """Temporarily put every BN layer of `model` in `mode` (see MODES); `ghost_batch` is the
-    mini-batch size of the batch and collect modes (0: the whole input is one batch)."""
+    """Temporarily put every modal norm of `model` (BN and the other norms with batch
+    statistics) in `mode` (see MODES); `ghost_batch` is the mini-batch size of the batch and
+    collect modes (0: the whole input is one batch)."""
     if mode not in MODES:
         raise ValueError(f"BN mode must be one of {MODES}, got {mode!r}")
-    layers = batch_norms(model)
+    layers = modal_norms(model)
     previous = [(bn.mode, bn.ghost_batch) for bn in layers]
     for bn in layers:
         bn.mode, bn.ghost_batch = mode, ghost_batch

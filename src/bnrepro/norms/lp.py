@@ -1,0 +1,87 @@
+"""l_p normalisation (Santurkar et al. 2018, Sec. 3.3), per member of a population.
+
+Per feature, over the mini-batch (and positions for maps), like BN but dividing by a mean l_p
+norm instead of the standard deviation:
+    y = gamma * (x - mu_B) / (n_p + eps) + beta,
+    n_p = (mean |v|^p)^(1/p) for p = 1, 2;  n_inf = max |v|,
+with v = x - mu_B. "Mean" makes n_p the power mean, whose scale does not grow with the batch:
+n_1 is the mean absolute deviation, n_2 the biased standard deviation (so lp2 is BN up to where
+eps enters), n_inf the largest deviation. The paper's whole definition (Sec. 3.3): "schemes that
+fix the first order moment of the activations, as BatchNorm does, and then normalizes them by
+the average of their l_p-norm (before shifting the mean), for p = 1, 2, inf". Two things it
+leaves open. "Average of their l_p-norm": we take the power mean above (for p = 1 literally
+the average of |v|; a plain ||v||_p / m would shrink with the batch for p > 1). "Before
+shifting the mean": we read it as the norm of the centred values, taken before beta shifts
+the mean back (the l_p analogue of BN's variance); the literal other reading, the norm of the
+raw x, is `model.lp.norm_of=raw`.
+
+Inference has no batch: like BN with bn_inference=running, it uses moving averages of mu_B and
+n_p (rate bn_momentum), updated in training; no m/(m-1) correction, which is specific to the
+variance. Alg. 2 (averaged mini-batch statistics) is not used here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from bnrepro.norms.batch import ModalNorm
+from bnrepro.norms.minibatch import minibatches, per_feature
+from bnrepro.norms.site import Site
+
+NORM_OF = ("centered", "raw")
+
+
+def mean_lp_norm(v: torch.Tensor, p: float, dim: tuple[int, ...]) -> torch.Tensor:
+    """(mean |v|^p)^(1/p) over `dim` (kept), or max |v| for p = inf."""
+    if math.isinf(p):
+        return v.abs().amax(dim=dim, keepdim=True)
+    if p == 1:
+        return v.abs().mean(dim=dim, keepdim=True)
+    return v.abs().pow(p).mean(dim=dim, keepdim=True).pow(1 / p)
+
+
+class LpNorm(ModalNorm):
+    def __init__(self, population_size: int, num_features: int, p: float, eps: float = 1e-5,
+                 momentum: float = 0.1, norm_of: str = "centered"):
+        super().__init__()
+        if norm_of not in NORM_OF:
+            raise ValueError(f"model.lp.norm_of must be one of {NORM_OF}, got {norm_of!r}")
+        shape = (population_size, num_features)
+        self.p, self.eps, self.momentum, self.norm_of = p, eps, momentum, norm_of
+        self.weight = nn.Parameter(torch.ones(shape))  # gamma
+        self.bias = nn.Parameter(torch.zeros(shape))  # beta
+        self.register_buffer("running_mean", torch.zeros(shape))
+        self.register_buffer("running_norm", torch.ones(shape))
+        self.mode, self.ghost_batch = "train", 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "eval":
+            y = (x - per_feature(self.running_mean, x)) / \
+                (per_feature(self.running_norm, x) + self.eps)
+            return y * per_feature(self.weight, x) + per_feature(self.bias, x)
+        groups = minibatches(self, x)  # [P, batches, m, C, S]
+        P, C = groups.shape[0], groups.shape[3]
+        mean = groups.mean(dim=(2, 4), keepdim=True)
+        centered = groups - mean
+        norm = mean_lp_norm(centered if self.norm_of == "centered" else groups, self.p, (2, 4))
+        y = centered / (norm + self.eps)
+        y = y * self.weight.view(P, 1, 1, C, 1) + self.bias.view(P, 1, 1, C, 1)
+        if self.mode == "train":
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.view(P, C), self.momentum)
+                self.running_norm.lerp_(norm.view(P, C), self.momentum)
+        return y.reshape(x.shape)
+
+
+def lp_builder(p: float) -> Callable[[Site], LpNorm]:
+    """The builder of l_p normalisation for one p (lp1, lp2, lpinf in the registry)."""
+
+    def build(site: Site) -> LpNorm:
+        return LpNorm(site.population_size, site.num_features, p, **site.knobs(
+            eps="bn_eps", momentum="bn_momentum", norm_of="lp.norm_of"))
+
+    return build

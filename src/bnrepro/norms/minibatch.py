@@ -1,0 +1,29 @@
+"""The mini-batches a modal norm (see batch.ModalNorm) takes its statistics from."""
+
+from __future__ import annotations
+
+import torch
+
+from bnrepro.norms.batch import ModalNorm
+
+
+def minibatches(layer: ModalNorm, x: torch.Tensor) -> torch.Tensor:
+    """x [P, N, C, ...] -> [P, N // m, m, C, S] (S positions per map, 1 for fully connected).
+
+    In train mode the whole input is one mini-batch (m = N); in batch and collect modes each
+    group of `ghost_batch` examples is one, as a training mini-batch of that size would be.
+    Statistics are then taken over dims (2, 4): examples and positions (Sec. 3.2).
+    """
+    P, N, C = x.shape[:3]
+    m = (layer.ghost_batch or N) if layer.mode in ("batch", "collect") else N
+    positions = x[0, 0, 0].numel()
+    if N % m or m * positions < 2:
+        raise ValueError(f"{type(layer).__name__} in mode {layer.mode!r} needs mini-batches of "
+                         f"at least 2 values per feature that divide the input, got {N} "
+                         f"examples in groups of {m}")
+    return x.reshape(P, N // m, m, C, positions)
+
+
+def per_feature(stat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A [P, C] statistic or parameter viewed to broadcast over x [P, B, C, ...]."""
+    return stat.view(*stat.shape[:1], 1, stat.shape[1], *[1] * (like.dim() - 3))
