@@ -79,10 +79,12 @@ def plot(runs: list[Run], out_dir: Path) -> dict:
         ax.set(title=f"({letter}) {STYLE[norm][0]}: input to a sigmoid",
                xlabel="training steps", ylim=(-2.5, 2.5))
         ax.axhline(0, color="0.85", lw=0.8, zorder=0)
-        ax.legend(loc="lower right", fontsize=7, title="15/50/85th percentiles",
-                  title_fontsize=7)
     axes[1].set_ylabel(f"last hidden layer, unit {runs[0].config.probe.unit} (seed 0)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    handles, labels = axes[2 if axes[2].get_visible() else 1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.66, 0.0), ncols=2,
+               fontsize=8, title="(b, c): 15th, 50th (dark) and 85th percentiles",
+               title_fontsize=8, frameon=False)
     atomic_save_figure(fig, out_dir / "fig1_mnist")
     plt.close(fig)
 

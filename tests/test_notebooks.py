@@ -24,7 +24,7 @@ def run_cell(source: str, namespace: dict):
 
 def test_fig1_explore_runs(run_train, tmp_path, mirror, monkeypatch):
     run_train("-m", "experiment=fig1_mnist", "debug=smoke", "seed=0",
-              f"hydra.sweep.dir={tmp_path}")
+              f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${model.norm}")
     monkeypatch.setenv("FIG1_RUNS", str(tmp_path))
     notebook = json.loads((REPO / "notebooks" / "fig1_explore.ipynb").read_text())
     namespace: dict = {}
@@ -35,18 +35,18 @@ def test_fig1_explore_runs(run_train, tmp_path, mirror, monkeypatch):
     # the table holds each run's summary, not just its labels
     table = namespace["table"].set_index("norm")
     for norm in ("bn", "none"):
-        summary = read_summary(tmp_path / f"model.norm={norm},seed=0")
+        summary = read_summary(tmp_path / norm)
         for key in ("best_val_acc", "test_acc_at_best_val", "final_test_acc"):
             assert table.loc[norm, key] == summary[key], (norm, key)
     # one panel per (norm, layer), each with the three percentile curves of every evaluation
     axes = namespace["fig"].axes
     assert len(axes) == 2 * 3
-    steps = [r["step"] for r in read_metrics(tmp_path / "model.norm=bn,seed=0")]
+    steps = [r["step"] for r in read_metrics(tmp_path / "bn")]
     for ax in axes:
         assert len(ax.lines) == 3 and all(list(line.get_xdata()) == steps for line in ax.lines)
     # the drift table equals the drift recomputed from the logged percentiles
     drift = outputs[-1]
-    rows = read_metrics(tmp_path / "model.norm=none,seed=0")
+    rows = read_metrics(tmp_path / "none")
     for layer in (1, 2, 3):
         ranges = [max(r[f"act/h{layer}/q{q}"] for r in rows) -
                   min(r[f"act/h{layer}/q{q}"] for r in rows) for q in (15, 50, 85)]

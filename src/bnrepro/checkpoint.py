@@ -32,7 +32,6 @@ from bnrepro.optim import PopulationSGD
 from bnrepro.sampling import EpochSampler
 
 FILE_PATTERN = re.compile(r"checkpoint-(\d+)\.pt")
-FINAL_STATUSES = ("completed", "diverged")
 # Keys that may change between a run and its resumption without changing its trajectory.
 RESUME_INSENSITIVE = ("fresh", "trainer.progress", "trainer.resume", "trainer.checkpoint_every",
                       "trainer.device", "trainer.eval_memory_mb", "logger", "dataset.root",
