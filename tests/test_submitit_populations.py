@@ -14,13 +14,18 @@ from submitit.local.local import LocalJobEnvironment
 from bnrepro.config import CONF_DIR
 from bnrepro.rundir import register_resolvers
 from bnrepro.store import read_summary
-from tests.test_resume import RUN, start, wait_for, without_timing
+from tests.test_resume import start, wait_for, without_timing
 
 # Both populations run at once as two processes on this 2-core machine: one thread each.
 # Both launchers get the same thread count, so the arithmetic, hence metrics.jsonl, is the same.
 SWEEP = ["-m", "experiment=fig1_mnist", "debug=smoke", "model.norm=bn,none", "seed=0,1",
          "trainer.threads=1"]
 LOCAL = "hydra/launcher=population_local"
+# Fig. 1's net with dropout (its RNG must resume too), checkpointed every 100 of 400 steps:
+# long enough to be caught between its first checkpoint and its end, short enough to be cheap.
+PREEMPTED = ["experiment=fig1_mnist", "model.norm=bn", "model.dropout=0.2",
+             "trainer.max_steps=400", "trainer.eval_every=100", "trainer.checkpoint_every=100",
+             "trainer.population_batches=4", "probe.num_examples=200", "trainer.progress=false"]
 
 
 def submitit_jobs(sweep_dir: Path) -> list[Path]:
@@ -59,11 +64,11 @@ def test_a_preempted_job_is_requeued_and_ends_as_an_uninterrupted_run(run_train,
     SLURM sends it before the time limit, the local executor at timeout_min) after its first
     checkpoint: submitit calls PopulationJob.checkpoint() and requeues the job, which resumes
     both members from their checkpoints."""
-    args = {name: ["-m", *RUN, "model.norm=bn", "seed=0,1", f"hydra.sweep.dir={tmp_path / name}",
+    args = {name: ["-m", *PREEMPTED, "seed=0,1", f"hydra.sweep.dir={tmp_path / name}",
                    "hydra.sweep.subdir=s${seed}"] for name in ("requeued", "clean")}
     dirs = {name: [tmp_path / name / f"s{s}" for s in (0, 1)] for name in args}
     launcher = start([*args["requeued"], LOCAL])
-    wait_for(launcher, dirs["requeued"][-1], step=375, checkpointed=True)
+    wait_for(launcher, dirs["requeued"][-1], step=100, checkpointed=True)
     # The process training the population holds its run directories, and says so in .lock.
     task = json.loads((dirs["requeued"][0] / ".lock").read_text())["pid"]
     assert task != launcher.pid
@@ -76,7 +81,7 @@ def test_a_preempted_job_is_requeued_and_ends_as_an_uninterrupted_run(run_train,
     assert "Caught signal SIGUSR2" in log and f"Requeued job {job.name}" in log, log
     assert log.count("Starting with JobEnvironment") == 2, log  # the same job ran twice
     for run_dir in dirs["requeued"]:
-        assert read_summary(run_dir)["resumed_from_step"] in (250, 500, 750)
+        assert read_summary(run_dir)["resumed_from_step"] in (100, 200, 300)
     run_train(*args["clean"], "hydra/launcher=population")  # never interrupted, in-process
     assert_same_runs(dirs["requeued"], dirs["clean"])
 

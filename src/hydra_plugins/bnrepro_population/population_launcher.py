@@ -50,9 +50,12 @@ def population_key(cfg: DictConfig) -> str:
     return json.dumps(resolved_without(cfg, MEMBER_KEYS), sort_keys=True, default=str)
 
 
-def _prepare_job(cfg: DictConfig) -> tuple[DictConfig, Path]:
-    """A task that trains nothing: Hydra has made the job's directory and .hydra/ files."""
-    return cfg, Path(HydraConfig.get().runtime.output_dir).resolve()
+def _prepare_job(cfg: DictConfig, resolve: bool = False) -> tuple[DictConfig, Path]:
+    """A task that trains nothing: Hydra has made the job's directory and .hydra/ files.
+    `resolve`: return a resolved copy of the config (for a submitit job), resolved here,
+    while this job's HydraConfig is the current one (`${hydra:...}` means this job)."""
+    return (_resolved(cfg) if resolve else cfg,
+            Path(HydraConfig.get().runtime.output_dir).resolve())
 
 
 def _outcomes(train: Callable[[], list[dict]], size: int, what: str) -> list[Outcome]:
@@ -66,7 +69,8 @@ def _outcomes(train: Callable[[], list[dict]], size: int, what: str) -> list[Out
 
 def _resolved(cfg: DictConfig) -> DictConfig:
     """A copy with every interpolation resolved, for another process: the job then trains the
-    values this process checked (${oc.env:...} read here), and needs no resolver of ours."""
+    values this process checked (${oc.env:...} read here), and needs no resolver of ours or
+    HydraConfig of its own."""
     cfg = copy.deepcopy(cfg)
     with read_write(cfg):
         OmegaConf.resolve(cfg)
@@ -127,7 +131,8 @@ class PopulationLauncher(Launcher):
         for i, overrides in enumerate(job_overrides):
             idx = initial_job_idx + i
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            prepared[i] = self._run(overrides, idx, _prepare_job, configure_logging=False)
+            task = partial(_prepare_job, resolve=self.executor != "inprocess")
+            prepared[i] = self._run(overrides, idx, task, configure_logging=False)
         # 2. Check every job before training any; hold the good ones' directories meanwhile.
         results: dict[int, JobReturn] = {}
         held = []
@@ -206,7 +211,7 @@ class PopulationLauncher(Launcher):
         populations = []
         for batch in batches:
             cfgs, dirs = self._members(prepared, batch)
-            populations.append(PopulationJob([_resolved(c) for c in cfgs], dirs, Path.cwd()))
+            populations.append(PopulationJob(cfgs, dirs, Path.cwd()))  # cfgs: resolved
         # One array on SLURM (array_parallelism caps how many run at once); local: processes.
         jobs = executor.submit_array(populations)
         for n, (batch, job) in enumerate(zip(batches, jobs, strict=True)):
