@@ -50,7 +50,8 @@ def test_each_population_is_one_submitit_job_with_the_in_process_metrics(run_tra
         assert summary["status"] == "completed" and summary["population_size"] == 2
         assert (run_dir / ".hydra" / "config.yaml").is_file()
     jobs = submitit_jobs(tmp_path / "submitit")
-    assert len(jobs) == 2
+    assert len(jobs) == 2  # one per population, not one per run
+    assert not (tmp_path / "inprocess" / ".submitit").exists()  # the default submits nothing
     for job in jobs:  # the launcher names each job's logs
         assert (job / f"{job.name}_0_result.pkl").is_file()
         assert str(job / f"{job.name}_0_log.out") in result.stdout + result.stderr
