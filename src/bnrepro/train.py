@@ -277,8 +277,9 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
                                     summaries)
                     last_checkpoint = step
     except BaseException as err:  # record why, keep what was logged, then let it propagate
-        status, reason = ("interrupted" if isinstance(err, KeyboardInterrupt) else "failed",
-                          f"{type(err).__name__}: {err}")
+        # SystemExit: submitit exits a preempted or timed-out job this way, to requeue it.
+        stopped = isinstance(err, KeyboardInterrupt | SystemExit)
+        status, reason = ("interrupted" if stopped else "failed", f"{type(err).__name__}: {err}")
         raise
     finally:
         for k in range(P):

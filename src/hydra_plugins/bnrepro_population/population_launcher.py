@@ -9,23 +9,37 @@ with the basic launcher.
 Every job is checked before any trains (its config values, the checkpoint in its directory,
 no other process training in it): a bad job fails alone with one `error:` line, and the
 others train. Hydra then reports the failed jobs when the sweep ends.
+
+Where populations train is `executor`: `inprocess` (default) trains them one after another in
+the launching process; `local` and `slurm` submit each population as one submitit job
+(`population_job.PopulationJob`) and wait for them all. Preparing, checking and grouping are
+the same for every executor; a submitted job takes its run directories' locks itself.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+if TYPE_CHECKING:
+    import submitit
 
 log = logging.getLogger(__name__)
+
+EXECUTORS = ("inprocess", "local", "slurm")
+Outcome = tuple[JobStatus, Any]  # a member's JobReturn status and value
 
 
 def population_key(cfg: DictConfig) -> str:
@@ -36,16 +50,57 @@ def population_key(cfg: DictConfig) -> str:
     return json.dumps(resolved_without(cfg, MEMBER_KEYS), sort_keys=True, default=str)
 
 
-def _prepare_job(cfg: DictConfig) -> tuple[DictConfig, Path]:
-    """A task that trains nothing: Hydra has made the job's directory and .hydra/ files."""
-    return cfg, Path(HydraConfig.get().runtime.output_dir)
+def _prepare_job(cfg: DictConfig, resolve: bool = False) -> tuple[DictConfig, Path]:
+    """A task that trains nothing: Hydra has made the job's directory and .hydra/ files.
+    `resolve`: return a resolved copy of the config (for a submitit job), resolved here,
+    while this job's HydraConfig is the current one (`${hydra:...}` means this job)."""
+    return (_resolved(cfg) if resolve else cfg,
+            Path(HydraConfig.get().runtime.output_dir).resolve())
+
+
+def _outcomes(train: Callable[[], list[dict]], size: int, what: str) -> list[Outcome]:
+    """Each member's outcome of one population; a failure fails this population only."""
+    try:
+        return [(JobStatus.COMPLETED, s["best_val_acc"]) for s in train()]
+    except Exception as err:
+        log.error(f"{what} of {size} failed: {type(err).__name__}: {err}")
+        return [(JobStatus.FAILED, err)] * size
+
+
+def _resolved(cfg: DictConfig) -> DictConfig:
+    """A copy with every interpolation resolved, for another process: the job then trains the
+    values this process checked (${oc.env:...} read here), and needs no resolver of ours or
+    HydraConfig of its own."""
+    cfg = copy.deepcopy(cfg)
+    with read_write(cfg):
+        OmegaConf.resolve(cfg)
+    return cfg
 
 
 class PopulationLauncher(Launcher):
-    def __init__(self, max_population: int = 64) -> None:
+    def __init__(self, max_population: int = 64, executor: str = "inprocess",
+                 submitit_folder: str = ".submitit/%j", timeout_min: int = 60,
+                 max_num_timeout: int = 3, cpus_per_task: int | None = None,
+                 gpus_per_node: int | None = None, mem_gb: float | None = None,
+                 name: str = "bnrepro", partition: str | None = None,
+                 signal_delay_s: int = 120, array_parallelism: int = 256,
+                 additional_parameters: Any = None) -> None:
         if max_population < 1:
             raise ValueError(f"hydra.launcher.max_population must be >= 1, got {max_population}")
-        self.max_population = max_population
+        if executor not in EXECUTORS:
+            raise ValueError(f"hydra.launcher.executor={executor!r} is not allowed: choose one "
+                             f"of {list(EXECUTORS)}")
+        self.max_population, self.executor = max_population, executor
+        self.submitit_folder, self.max_num_timeout = submitit_folder, max_num_timeout
+        if OmegaConf.is_config(additional_parameters):
+            additional_parameters = OmegaConf.to_container(additional_parameters, resolve=True)
+        # Names as submitit's AutoExecutor takes them: generic ones apply to every cluster,
+        # slurm_* ones to SLURM only (the local executor ignores them). None means unset.
+        self.submitit_parameters = dict(
+            timeout_min=timeout_min, cpus_per_task=cpus_per_task, gpus_per_node=gpus_per_node,
+            mem_gb=mem_gb, name=name, slurm_partition=partition,
+            slurm_signal_delay_s=signal_delay_s, slurm_array_parallelism=array_parallelism,
+            slurm_additional_parameters=additional_parameters or None)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -67,7 +122,7 @@ class PopulationLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:
         from bnrepro import runlock
-        from bnrepro.train import JOB_ERRORS, prepare
+        from bnrepro.train import JOB_ERRORS, prepare, train_population
 
         setup_globals()
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -76,27 +131,42 @@ class PopulationLauncher(Launcher):
         for i, overrides in enumerate(job_overrides):
             idx = initial_job_idx + i
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            prepared[i] = self._run(overrides, idx, _prepare_job, configure_logging=False)
+            task = partial(_prepare_job, resolve=self.executor != "inprocess")
+            prepared[i] = self._run(overrides, idx, task, configure_logging=False)
         # 2. Check every job before training any; hold the good ones' directories meanwhile.
         results: dict[int, JobReturn] = {}
         held = []
-        for i, ret in prepared.items():
-            cfg, run_dir = ret.return_value
-            try:
-                runlock.acquire(run_dir)
-            except JOB_ERRORS as err:
-                results[i] = self._failed(ret, err)
-                continue
-            held.append(run_dir)
-            try:
-                prepare(cfg, run_dir)
-            except JOB_ERRORS as err:
-                results[i] = self._failed(ret, err)
         try:
-            return self._train_checked(job_overrides, prepared, results)
+            for i, ret in prepared.items():
+                cfg, run_dir = ret.return_value
+                try:
+                    runlock.acquire(run_dir)
+                except JOB_ERRORS as err:
+                    results[i] = self._failed(ret, err)
+                    continue
+                held.append(run_dir)
+                try:
+                    prepare(cfg, run_dir)
+                except JOB_ERRORS as err:
+                    results[i] = self._failed(ret, err)
+            batches = self._populations(prepared, results)
+            log.info(f"Launching {len(job_overrides)} jobs as {len(batches)} population(s) "
+                     f"of sizes {[len(b) for b in batches]}")
+            # 3. Train; a failure fails its own population only.
+            if self.executor == "inprocess":
+                outcomes = [_outcomes(partial(train_population, *self._members(prepared, b)),
+                                      len(b), "population") for b in batches]
         finally:
             for run_dir in held:
                 runlock.release(run_dir)
+        if self.executor != "inprocess":
+            # After the release: each job takes its directories' locks in its own process.
+            outcomes = self._submit(batches, prepared)
+        for batch, batch_outcomes in zip(batches, outcomes, strict=True):
+            for i, (status, value) in zip(batch, batch_outcomes, strict=True):
+                results[i] = prepared[i]
+                results[i].status, results[i].return_value = status, value
+        return [results[i] for i in range(len(job_overrides))]
 
     @staticmethod
     def _failed(ret: JobReturn, err: Exception) -> JobReturn:
@@ -104,30 +174,48 @@ class PopulationLauncher(Launcher):
         ret.status, ret.return_value = JobStatus.FAILED, err
         return ret
 
-    def _train_checked(self, job_overrides: Sequence[Sequence[str]],
-                       prepared: dict[int, JobReturn], results: dict[int, JobReturn]
-                       ) -> Sequence[JobReturn]:
-        from bnrepro.train import train_population
-
-        # 3. Group by architecture; cut groups into populations of at most max_population.
+    def _populations(self, prepared: dict[int, JobReturn], results: dict[int, JobReturn]
+                     ) -> list[list[int]]:
+        """The checked jobs grouped by architecture, cut into populations of max_population."""
         groups: dict[str, list[int]] = {}
         for i, ret in prepared.items():
             if i not in results:
                 groups.setdefault(population_key(ret.return_value[0]), []).append(i)
-        batches = [members[s:s + self.max_population] for members in groups.values()
-                   for s in range(0, len(members), self.max_population)]
-        log.info(f"Launching {len(job_overrides)} jobs as {len(batches)} population(s) "
-                 f"of sizes {[len(b) for b in batches]}")
-        # 4. Train; a failure fails its own population only.
+        return [members[s:s + self.max_population] for members in groups.values()
+                for s in range(0, len(members), self.max_population)]
+
+    @staticmethod
+    def _members(prepared: dict[int, JobReturn], batch: list[int]
+                 ) -> tuple[list[DictConfig], list[Path]]:
+        cfgs, dirs = zip(*(prepared[i].return_value for i in batch), strict=True)
+        return list(cfgs), list(dirs)
+
+    def submitit_executor(self) -> submitit.Executor:
+        """The submitit executor of `executor` (local or slurm), with this launcher's knobs."""
+        import submitit
+
+        executor = submitit.AutoExecutor(
+            folder=self.submitit_folder, cluster=self.executor,
+            **{f"{self.executor}_max_num_timeout": self.max_num_timeout})
+        executor.update_parameters(**self.submitit_parameters)
+        return executor
+
+    def _submit(self, batches: list[list[int]], prepared: dict[int, JobReturn]
+                ) -> list[list[Outcome]]:
+        """One submitit job per population; wait for them all."""
+        if not batches:
+            return []
+        from hydra_plugins.bnrepro_population.population_job import PopulationJob
+
+        executor = self.submitit_executor()
+        populations = []
         for batch in batches:
-            cfgs, dirs = zip(*(prepared[i].return_value for i in batch), strict=True)
-            try:
-                summaries = train_population(list(cfgs), list(dirs))
-                outcomes = [(JobStatus.COMPLETED, s["best_val_acc"]) for s in summaries]
-            except Exception as err:
-                log.error(f"population of {len(batch)} failed: {type(err).__name__}: {err}")
-                outcomes = [(JobStatus.FAILED, err)] * len(batch)
-            for i, (status, value) in zip(batch, outcomes, strict=True):
-                results[i] = prepared[i]
-                results[i].status, results[i].return_value = status, value
-        return [results[i] for i in range(len(job_overrides))]
+            cfgs, dirs = self._members(prepared, batch)
+            populations.append(PopulationJob(cfgs, dirs, Path.cwd()))  # cfgs: resolved
+        # One array on SLURM (array_parallelism caps how many run at once); local: processes.
+        jobs = executor.submit_array(populations)
+        for n, (batch, job) in enumerate(zip(batches, jobs, strict=True)):
+            log.info(f"population {n + 1} of {len(jobs)} ({len(batch)} runs) is submitit job "
+                     f"{job.job_id}; its logs: {job.paths.stdout} and {job.paths.stderr}")
+        return [_outcomes(job.result, len(batch), f"population of submitit job {job.job_id}")
+                for batch, job in zip(batches, jobs, strict=True)]
