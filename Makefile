@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: help setup test test-all reproduce fig1 sweep-mnist sweep-cifar bench lint format clean
+.PHONY: help setup test test-all reproduce fig1 sweep-mnist fig2 fig2-lr sweep-cifar bench lint \
+	format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -28,7 +29,7 @@ test-all: test  ## every test, slow ones included
 
 # Finished runs are not retrained (they resume as done), so an interrupted `make reproduce`
 # picks up where it stopped.
-reproduce: fig1 sweep-mnist sweep-cifar  ## every figure and table in results/ (trains what it needs)
+reproduce: fig1 sweep-mnist fig2  ## every figure and table in results/ (trains what it needs)
 
 fig1: setup  ## Fig. 1: BN vs no-BN, 3 seeds x 50k steps, then the figure
 	$(PY) -m bnrepro.train -m experiment=fig1_mnist
@@ -38,7 +39,19 @@ sweep-mnist: setup  ## the 144-run MNIST grid, aggregated into results/sweep_mni
 	$(PY) -m bnrepro.train -m experiment=sweep_mnist
 	$(PY) scripts/aggregate.py runs/sweep_mnist --out results
 
-# CPU-sized slice of the CIFAR grid: true CIFAR-10 when it can be loaded, else the JPEG mirror
+# CIFAR runs use true CIFAR-10 when it can be loaded, else the JPEG mirror (labelled
+# cifar10-jpeg everywhere: those are not CIFAR-10 numbers).
+CIFAR := $$($(PY) -m bnrepro.data cifar10 cifar10-jpeg)
+
+fig2: setup  ## Figs. 2-3: Baseline vs BN variants on CIFAR, 7 variants x 3 seeds (CPU profile)
+	@ds=$(CIFAR) && \
+	$(PY) -m bnrepro.train -m experiment=fig2_cifar dataset=$$ds && \
+	$(PY) scripts/plot_fig2.py runs/fig2_$$ds --lr-runs runs/fig2_lr_$$ds --out results
+
+fig2-lr: setup  ## how fig2's base rate was chosen: the Baseline at 4 rates (not in reproduce)
+	@ds=$(CIFAR) && $(PY) -m bnrepro.train -m experiment=fig2_cifar_lr dataset=$$ds
+
+# CPU-sized slice of the CIFAR grid (not in `make reproduce` any more: fig2 replaces it): true CIFAR-10 when it can be loaded, else the JPEG mirror
 # (labelled cifar10-jpeg everywhere). The full grid: `python -m bnrepro.train -m
 # experiment=sweep_cifar` (108 runs; model=cnn_paper for the GPU-sized net).
 CIFAR_SLICE ?= seed=0 optim.lr=0.01,0.1,1.0 model.dropout=0.0,0.5 model.width_multiplier=0.5 \

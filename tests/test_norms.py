@@ -12,6 +12,7 @@ from torch import nn
 from torch.func import functional_call
 
 from bnrepro import checkpoint
+from bnrepro.augment import BatchAugment
 from bnrepro.cnn import CNN
 from bnrepro.config import compose_config
 from bnrepro.data import Dataset, InputTransform
@@ -493,17 +494,18 @@ def test_noise_streams_resume_from_a_checkpoint(tmp_path):
         model = build_model(cfgs, (1, 28, 28))
         optimizer = PopulationSGD(model.parameters(), torch.full((2,), 0.1), torch.zeros(2),
                                   torch.zeros(2))
-        return model, optimizer, EpochSampler(1000, 20, [0, 1])
+        return model, optimizer, EpochSampler(1000, 20, [0, 1]), BatchAugment([0, 1], [0, 0],
+                                                                             [False, False])
 
-    model, optimizer, sampler = population()
+    model, optimizer, sampler, augment = population()
     model(x)  # one step's noise drawn before the checkpoint
     dirs = [tmp_path / "a", tmp_path / "b"]
-    checkpoint.save(dirs, cfgs, 1, model, optimizer, sampler,
+    checkpoint.save(dirs, cfgs, 1, model, optimizer, sampler, augment,
                     [new_summary(c, 2) for c in cfgs])
     expected = model(x)
-    resumed, optimizer2, sampler2 = population()
+    resumed, optimizer2, sampler2, augment2 = population()
     checkpoint.restore([checkpoint.load(d, c) for d, c in zip(dirs, cfgs, strict=True)],
-                       resumed, optimizer2, sampler2)
+                       resumed, optimizer2, sampler2, augment2)
     torch.testing.assert_close(resumed(x), expected, atol=0, rtol=0)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bnrepro import checkpoint
+from bnrepro.optim import PopulationSGD
 from bnrepro.store import read_metrics, read_summary
 from tests.conftest import REPO
 
@@ -174,3 +175,38 @@ def test_the_same_command_finds_the_same_directory(tmp_path, mirror):
     assert start([*args, "fresh=true"], cwd=tmp_path).wait() == 0
     assert mtimes(run_dirs[0]) == before
     assert len(list((tmp_path / "runs").rglob("summary.json"))) == 2
+
+
+def test_schedules_and_augmentation_resume_as_if_never_stopped(tmp_path, mirror, monkeypatch):
+    """A population whose members decay their rates differently and crop/flip differently,
+    stopped after its step-20 checkpoint and rerun, ends byte-identical to a run never
+    stopped. Catches augmentation streams missing from checkpoints and a schedule that
+    restarts (or is shifted) on resume."""
+    from bnrepro.config import compose_config
+    from bnrepro.train import train_population
+
+    cfgs = [compose_config(["experiment=fig1_mnist", "debug=smoke", "model.norm=bn",
+                            "optim.momentum=0.9", f"optim.lr_decay={decay}",
+                            "optim.lr_decay_steps=10", f"optim.weight_decay={wd}",
+                            f"augment.crop_padding={pad}", "augment.flip=true", f"seed={seed}",
+                            "trainer.max_steps=60", "trainer.eval_every=10",
+                            "trainer.checkpoint_every=20", "trainer.progress=false"])
+            for decay, wd, pad, seed in [(0.5, 1e-3, 2, 0), (0.8, 0.0, 1, 1)]]
+    real_step = PopulationSGD.set_step
+
+    def stopping(self, step):
+        if step == 35:
+            raise RuntimeError("stopped for the test")
+        real_step(self, step)
+
+    stopped = [tmp_path / f"stopped{k}" for k in range(2)]
+    with monkeypatch.context() as patch:
+        patch.setattr(PopulationSGD, "set_step", stopping)
+        with pytest.raises(RuntimeError, match="stopped for the test"):
+            train_population(cfgs, stopped)
+    assert checkpoint.steps(stopped[0]) == [20]
+    train_population(cfgs, stopped)
+    clean = [tmp_path / f"clean{k}" for k in range(2)]
+    train_population(cfgs, clean)
+    assert read_summary(stopped[0])["resumed_from_step"] == 20
+    assert_same_runs(stopped, clean)

@@ -93,3 +93,26 @@ def test_wandb_failure_does_not_stop_training(run_train, tmp_path, mirror):
     assert result.stderr.count("wandb disabled for this run") == 1
     assert read_summary(tmp_path / "run")["status"] == "completed"
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [0, 20, 40]
+
+
+def test_test_every_skips_the_test_set_between_and_changes_nothing_else(tmp_path, mirror):
+    """trainer.test_every: the test set at multiples of it and at the end only; validation,
+    training and selection as with the test set at every evaluation."""
+    from bnrepro.config import compose_config
+    from bnrepro.store import read_metrics
+    from bnrepro.train import train_population
+
+    base = ["experiment=fig1_mnist", "debug=smoke", "trainer.max_steps=50",
+            "trainer.eval_every=10"]
+    every = train_population([compose_config(base)], [tmp_path / "every"])[0]
+    sparse = train_population([compose_config([*base, "trainer.test_every=20"])],
+                              [tmp_path / "sparse"])[0]
+    rows_every, rows_sparse = read_metrics(tmp_path / "every"), read_metrics(tmp_path / "sparse")
+    assert [r["step"] for r in rows_sparse if "test/acc" in r] == [0, 20, 40, 50]
+    for a, b in zip(rows_every, rows_sparse, strict=True):
+        assert {k: v for k, v in a.items() if not k.startswith("test/")} == \
+            {k: v for k, v in b.items() if not k.startswith("test/")}
+        if "test/acc" in b:
+            assert a["test/acc"] == b["test/acc"]
+    assert sparse["final_test_acc"] == every["final_test_acc"]
+    assert sparse["best_val_step"] == every["best_val_step"]

@@ -85,9 +85,9 @@ class Evaluator:
             cfg.model.bn_inference == "population"
 
     @torch.no_grad()
-    def __call__(self, model: nn.Module) -> list[dict[str, float]]:
-        """Per member: val/loss, val/acc, test/loss, test/acc and the probes. Leaves model in
-        eval mode."""
+    def __call__(self, model: nn.Module, with_test: bool = True) -> list[dict[str, float]]:
+        """Per member: val/loss, val/acc, test/loss and test/acc (unless not `with_test`) and
+        the probes. Leaves model in eval mode."""
         model.eval()
         chunk = examples_per_chunk(model, self.memory_mb)
         if self.population_statistics:
@@ -97,9 +97,11 @@ class Evaluator:
                 self.batch_size, lambda x: model(x, shared=True))
         with bn_mode(model, "eval"):
             val = loss_and_accuracy(model, self.val_x, self.val_y, chunk)
-            test = loss_and_accuracy(model, self.test_x, self.test_y, chunk)
-        rows = [{"val/loss": vl, "val/acc": va, "test/loss": tl, "test/acc": ta}
-                for vl, va, tl, ta in zip(*val, *test, strict=True)]
+            rows = [{"val/loss": vl, "val/acc": va} for vl, va in zip(*val, strict=True)]
+            if with_test:
+                for row, tl, ta in zip(rows, *loss_and_accuracy(model, self.test_x, self.test_y,
+                                                                chunk), strict=True):
+                    row |= {"test/loss": tl, "test/acc": ta}
         for prefix, (x, mode, batch) in self.probe_sets.items():
             collector = ProbeCollector(self.cfg.probe.unit, self.cfg.probe.quantiles, len(x),
                                        prefix)

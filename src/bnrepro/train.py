@@ -195,9 +195,11 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
             summaries[k] |= {"status": "diverged", "diverged_at_step": step, "reason": reason}
             alive[k] = False
 
+    test_every = cfg.trainer.test_every or eval_every
+
     def log_evaluation(step: int, steps_averaged: int) -> str:
         eval_start = time.perf_counter()
-        rows = evaluate(model)
+        rows = evaluate(model, with_test=step % test_every == 0 or step == max_steps)
         model.train()
         # An update that exploded shows here first, before any row of it is logged: weights
         # that are no longer finite, or a validation loss past the divergence bound.
@@ -220,10 +222,11 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
             stores[k].log(row)
             sinks[k].log(row, step=step)
             s |= {"steps_done": step, "final_val_acc": row["val/acc"],
-                  "final_test_acc": row["test/acc"]}
+                  "final_test_acc": row.get("test/acc")}
             if s["best_val_acc"] is None or row["val/acc"] > s["best_val_acc"]:
+                # None where that evaluation skipped the test set (trainer.test_every)
                 s |= {"best_val_acc": row["val/acc"], "best_val_step": step,
-                      "test_acc_at_best_val": row["test/acc"]}
+                      "test_acc_at_best_val": row.get("test/acc")}
         loss_sum.zero_()
         correct_sum.zero_()
         seconds["eval"] += time.perf_counter() - eval_start

@@ -68,6 +68,9 @@ def config_problems(cfg: DictConfig) -> list[str]:
           f"must be an integer >= {min_batch}")
     check("trainer.max_steps", _integer(t.max_steps) and t.max_steps >= 1,
           "must be an integer >= 1")
+    check("trainer.test_every", t.get("test_every") is None or (
+        _integer(t.test_every) and t.test_every >= 1 and _integer(t.eval_every)
+        and t.test_every % t.eval_every == 0), "must be null or a multiple of trainer.eval_every")
     check("trainer.eval_every", _integer(t.eval_every) and 1 <= t.eval_every <= t.max_steps,
           f"must be an integer in [1, trainer.max_steps={t.max_steps}]")
     check("trainer.checkpoint_every", _integer(t.checkpoint_every) and t.checkpoint_every >= 0,
