@@ -46,7 +46,7 @@ RESUME_INSENSITIVE = ("fresh", "trainer.progress", "trainer.resume", "trainer.ch
 # checkpoint that lacks one matches a config holding that value, so an upgrade of the harness
 # does not orphan the runs already on disk.
 ADDED_KEYS = {"optim.lr_decay": 1.0, "optim.lr_decay_steps": None, "augment.crop_padding": 0,
-              "augment.flip": False}
+              "augment.flip": False, "trainer.flush_denormal": False}
 
 
 class ResumeMismatchError(ValueError):

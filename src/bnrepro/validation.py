@@ -68,6 +68,8 @@ def config_problems(cfg: DictConfig) -> list[str]:
           f"must be an integer >= {min_batch}")
     check("trainer.max_steps", _integer(t.max_steps) and t.max_steps >= 1,
           "must be an integer >= 1")
+    check("trainer.flush_denormal", isinstance(t.get("flush_denormal"), bool),
+          "must be true or false")
     check("trainer.test_every", t.get("test_every") is None or (
         _integer(t.test_every) and t.test_every >= 1 and _integer(t.eval_every)
         and t.test_every % t.eval_every == 0), "must be null or a multiple of trainer.eval_every")
