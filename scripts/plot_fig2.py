@@ -546,7 +546,9 @@ def analyse(root: Path, out: Path, lr_root: Path | None = None) -> dict[str, Any
                         "chance": CHANCE, "chance_margin": CHANCE_MARGIN,
                         "far_fewer_factor": FAR_FEWER_FACTOR,
                         "plateau_max_gain": PLATEAU_MAX_GAIN},
-        "plateau": plateau, "variants": table, "claims": claim_rows, "lr_selection": lr_info,
+        "plateau": plateau, "variants": table,
+        "mean_curves": {v: {str(k): float(x) for k, x in c.mean(axis=1).items()}
+                        for v, c in curves.items()}, "claims": claim_rows, "lr_selection": lr_info,
         "paper_imagenet": {k: {"steps_to_72.2": a, "max_acc": b} for k, (a, b) in PAPER.items()}})
     atomic_write_json(Path(f"{stem}.json"), numbers)
     return numbers
