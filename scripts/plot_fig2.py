@@ -377,7 +377,7 @@ def lr_selection(lr_root: Path, dataset: str, base_lr: float, out: Path
 
 def plot(curves: dict[str, pd.DataFrame], table: dict[str, dict[str, Any]], target: float,
          dataset: str, out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(11, 5))
     for variant, curve in curves.items():
         v, color = table[variant], COLORS.get(variant)
         mean = curve.mean(axis=1)
@@ -393,9 +393,9 @@ def plot(curves: dict[str, pd.DataFrame], table: dict[str, dict[str, Any]], targ
     ax.set(xlabel="training steps", ylabel="validation accuracy",
            title=f"Fig. 2 on {dataset}: validation accuracy vs training steps")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8,
-              title="mean over seeds, band min..max; o = first reaches target; diverged "
-                    f"seeds score {CHANCE:g} after divergence", title_fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False,
+              title="mean over seeds, band min..max;\no = mean first reaches the target;\n"
+                    f"diverged seeds score {CHANCE:g} after divergence", title_fontsize=7)
     fig.tight_layout()
     atomic_save_figure(fig, out / f"fig2_{dataset}")
     plt.close(fig)
