@@ -573,8 +573,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{numbers['target_step_of_baseline_mean']}); Baseline gain over the last "
           f"{1 - PLATEAU_FROM:.0%} of steps {numbers['plateau']['mean_curve_gain']:+.4f}")
     for variant, v in numbers["variants"].items():
+        median = v["steps_to_target_median"]
+        median = median if median == "never" else f"{median:g}"
         print(f"  {variant:<16} n={v['seeds']} diverged={v['diverged']} steps to target "
-              f"{v['steps_to_target_median']} ({v['never']} never) max val acc "
+              f"{median} ({v['never']} never) max val acc "
               f"{v['max_val_acc_mean']:.4f} test@best val {v['test_acc_at_best_val_mean']:.4f}")
     for c in numbers["claims"]:
         print(f"  [{c['verdict']}] {c['claim']}")
