@@ -43,12 +43,12 @@ sweep-mnist: setup  ## the 144-run MNIST grid, aggregated into results/sweep_mni
 # cifar10-jpeg everywhere: those are not CIFAR-10 numbers).
 CIFAR := $$($(PY) -m bnrepro.data cifar10 cifar10-jpeg)
 
-fig2: setup  ## Figs. 2-3: Baseline vs BN variants on CIFAR, 7 variants x 3 seeds (CPU profile)
+fig2: setup fig2-lr  ## Figs. 2-3: Baseline vs BN variants on CIFAR, 7 variants x 3 seeds (CPU)
 	@ds=$(CIFAR) && \
 	$(PY) -m bnrepro.train -m experiment=fig2_cifar dataset=$$ds && \
 	$(PY) scripts/plot_fig2.py runs/fig2_$$ds --lr-runs runs/fig2_lr_$$ds --out results
 
-fig2-lr: setup  ## how fig2's base rate was chosen: the Baseline at 4 rates (not in reproduce)
+fig2-lr: setup  ## fig2's base rate: the Baseline at 4 candidate rates, picked on validation
 	@ds=$(CIFAR) && $(PY) -m bnrepro.train -m experiment=fig2_cifar_lr dataset=$$ds
 
 # CPU-sized slice of the CIFAR grid (not in `make reproduce` any more: fig2 replaces it): true CIFAR-10 when it can be loaded, else the JPEG mirror
