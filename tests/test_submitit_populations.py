@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from submitit.local.local import LocalJobEnvironment
 
 from bnrepro.config import CONF_DIR
-from bnrepro.rundir import register_resolvers
+from bnrepro.config import register_resolvers
 from bnrepro.store import read_summary
 from tests.test_resume import start, wait_for, without_timing
 
