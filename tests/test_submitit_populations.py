@@ -11,8 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from submitit.local.local import LocalJobEnvironment
 
-from bnrepro.config import CONF_DIR
-from bnrepro.config import register_resolvers
+from bnrepro.config import CONF_DIR, register_resolvers
 from bnrepro.store import read_summary
 from tests.test_resume import start, wait_for, without_timing
 
