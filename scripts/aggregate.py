@@ -56,6 +56,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from bnrepro.atomic import atomic_save_figure, atomic_write  # noqa: E402
+from bnrepro.config import flatten  # noqa: E402
 from bnrepro.store import read_config, read_metrics, read_summary  # noqa: E402
 
 AXES = ["dataset", "norm", "activation", "lr", "dropout", "seed"]  # summary["axes"]
@@ -110,17 +111,6 @@ def drift(metrics: pd.DataFrame, layer: int) -> float:
         return float("nan")
     values = metrics[columns].astype(float)
     return float((values.max() - values.min()).mean())
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested config dict -> {dotted key: leaf value}; lists are leaves."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def read_run(run_dir: Path) -> tuple[dict, dict[str, Any], pd.DataFrame]:

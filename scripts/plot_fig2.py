@@ -50,6 +50,7 @@ import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
+from bnrepro.config import flatten  # noqa: E402
 from bnrepro.store import read_config, read_metrics, read_summary  # noqa: E402
 
 EXPERIMENT, LR_EXPERIMENT = "fig2_cifar", "fig2_cifar_lr"  # config `name` of the runs
@@ -91,16 +92,6 @@ RANK = {"holds": 0, "mixed": 1, "does not hold": 2, "not measured": 3}
 
 class Fig2Error(Exception):
     """Bad input: reported as one `error:` line, exit code 2."""
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def matches(key: str, patterns: tuple[str, ...]) -> bool:

@@ -4,7 +4,6 @@ with --where. Most tests build run stores by hand (the trainer's store interface
 number is known; one trains real runs end to end."""
 
 import functools
-import importlib.util
 import io
 import json
 import math
@@ -18,7 +17,7 @@ from omegaconf import OmegaConf
 
 from bnrepro.config import compose_config
 from bnrepro.store import read_metrics, read_summary
-from tests.conftest import REPO
+from tests.conftest import load_script
 
 THRESHOLDS = (0.3, 0.6, 0.99)  # reached early, reached later on val than on test, never
 STATUS_ORDER = ["completed", "diverged", "failed", "interrupted", "running"]
@@ -26,14 +25,7 @@ MNIST = ["experiment=sweep_mnist", "model.dropout=0.0"]
 CIFAR = ["experiment=sweep_cifar", "dataset=cifar10-jpeg", "model.dropout=0.0"]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("aggregate", REPO / "scripts" / "aggregate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-aggregate = load_script()
+aggregate = load_script("aggregate")
 
 
 @functools.cache

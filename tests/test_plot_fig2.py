@@ -6,7 +6,6 @@ COPY of the real run store."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -20,7 +19,7 @@ import pytest
 import yaml
 
 from bnrepro.data import DataUnavailableError, load_dataset
-from tests.conftest import REPO, data_missing
+from tests.conftest import REPO, data_missing, load_script
 
 DATASET = "cifar10-jpeg"
 TINY = ["model.width_multiplier=0.25", "trainer.max_steps=20", "trainer.eval_every=10",
@@ -28,14 +27,7 @@ TINY = ["model.width_multiplier=0.25", "trainer.max_steps=20", "trainer.eval_eve
         "fig2_baseline.crop_padding=0"]  # same for every variant: only the run time changes
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("plot_fig2", REPO / "scripts" / "plot_fig2.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-plot_fig2 = load_script()
+plot_fig2 = load_script("plot_fig2")
 
 
 @pytest.fixture(scope="session")
