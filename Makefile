@@ -57,7 +57,7 @@ fig2-lr: setup  ## fig2's base rate: the Baseline at 4 candidate rates, picked o
 CIFAR_SLICE ?= seed=0 optim.lr=0.01,0.1,1.0 model.dropout=0.0,0.5 model.width_multiplier=0.5 \
 	trainer.max_steps=400 trainer.eval_every=200 trainer.checkpoint_every=400
 sweep-cifar: setup  ## CPU-sized CIFAR grid (cnn quick profile), aggregated into results/
-	@ds=$$($(PY) -m bnrepro.data cifar10 cifar10-jpeg) && \
+	@ds=$(CIFAR) && \
 	$(PY) -m bnrepro.train -m experiment=sweep_cifar dataset=$$ds $(CIFAR_SLICE) && \
 	$(PY) scripts/aggregate.py runs/sweep_$$ds --out results \
 		--where model.width_multiplier=0.5 --where trainer.max_steps=400

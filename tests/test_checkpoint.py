@@ -85,3 +85,24 @@ def test_a_member_saved_without_momentum_restores_into_a_population_with_momentu
         assert torch.equal(buf[1], torch.full_like(buf[1], 7.0)), name
     for name, t in model2.state_dict().items():
         assert torch.equal(t[0], saved["model"][name]), name
+
+
+def test_a_checkpoint_from_before_added_keys_resumes_only_at_their_old_values(tmp_path):
+    """Runs saved before optim.lr_decay, augment.* and trainer.flush_denormal existed still
+    resume (an upgrade must not orphan them), but not into a config that sets one of them to
+    a value that trains differently. Catches a strict comparison and one that accepts any
+    value for the added keys."""
+    cfgs, model, optimizer, sampler, augment, summaries = population([0.0])
+    checkpoint.save([tmp_path], cfgs, 500, model, optimizer, sampler, augment, summaries)
+    file = checkpoint.path(tmp_path, 500)
+    saved = torch.load(file, weights_only=True)
+    for dotted in checkpoint.ADDED_KEYS:
+        section, leaf = dotted.split(".")
+        del saved["config"][section][leaf]
+    del saved["config"]["augment"]  # the whole group is new
+    torch.save(saved, file)
+    assert checkpoint.load(tmp_path, cfgs[0])["step"] == 500
+    decaying = compose_config(["experiment=fig1_mnist", "model.hidden=[8,8]", "seed=0",
+                               "optim.momentum=0.0", "optim.lr_decay=0.5"])
+    with pytest.raises(checkpoint.ResumeMismatchError, match="lr_decay"):
+        checkpoint.load(tmp_path, decaying)

@@ -65,13 +65,16 @@ def _with_added_keys(saved: dict, current: dict) -> dict:
     saved = copy.deepcopy(saved)
     for dotted, neutral in ADDED_KEYS.items():
         *parents, leaf = dotted.split(".")
-        old, new = saved, current
+        new = current
         for part in parents:
-            old, new = old.setdefault(part, {}), new.get(part, {})
-        if leaf not in old and leaf in new:
+            new = new.get(part, {})
+        if leaf not in new:
+            continue  # the current config lacks it too: nothing to fill in
+        old = saved
+        for part in parents:
+            old = old.setdefault(part, {})
+        if leaf not in old:
             old[leaf] = new[leaf] if neutral is None or new[leaf] == neutral else neutral
-    if not saved.get("augment"):
-        saved.pop("augment", None)
     return saved
 
 
