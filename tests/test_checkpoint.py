@@ -6,9 +6,10 @@ import torch
 from bnrepro import checkpoint
 from bnrepro.augment import BatchAugment
 from bnrepro.config import compose_config
+from bnrepro.models import build_model
 from bnrepro.optim import PopulationSGD
 from bnrepro.sampling import EpochSampler
-from bnrepro.train import build_model, new_summary
+from bnrepro.train import new_summary
 
 
 def population(momenta: list[float]):

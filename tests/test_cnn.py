@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnrepro.cnn import CNN, PopulationConv2d
+from bnrepro.models import CNN, PopulationConv2d
 from bnrepro.norms.batch import BatchNorm
 from bnrepro.optim import PopulationSGD
 

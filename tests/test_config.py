@@ -9,9 +9,10 @@ from omegaconf import OmegaConf
 
 from bnrepro.config import CONF_DIR, compose_config
 from bnrepro.data import DataUnavailableError, InputTransform, load_dataset
+from bnrepro.models import build_model
 from bnrepro.norms.batch import BatchNorm
 from bnrepro.sampling import EpochSampler
-from bnrepro.train import axes, build_model, run_name
+from bnrepro.train import axes, run_name
 from tests.conftest import REPO, data_missing
 
 PAPER = REPO.parent / "shared" / "papers" / "ioffe-szegedy-2015-batch-norm.txt"

@@ -6,8 +6,8 @@ import torch
 from bnrepro.config import compose_config
 from bnrepro.data import InputTransform
 from bnrepro.evaluation import Evaluator, examples_per_chunk
+from bnrepro.models import build_model
 from bnrepro.sampling import EpochSampler, fixed_subset, validation_split
-from bnrepro.train import build_model
 
 QUANTILES = torch.tensor([0.15, 0.5, 0.85])
 

@@ -13,11 +13,10 @@ from torch.func import functional_call
 
 from bnrepro import checkpoint
 from bnrepro.augment import BatchAugment
-from bnrepro.cnn import CNN
 from bnrepro.config import compose_config
 from bnrepro.data import Dataset, InputTransform
 from bnrepro.evaluation import Evaluator
-from bnrepro.models import MLP
+from bnrepro.models import CNN, MLP, build_model
 from bnrepro.norms import NORMS, NormSpec, make_norm, set_norm_step
 from bnrepro.norms.batch import BatchNorm, bn_mode
 from bnrepro.norms.lp import LpNorm
@@ -27,7 +26,7 @@ from bnrepro.optim import PopulationSGD
 from bnrepro.sampling import EpochSampler, validation_split
 from bnrepro.seeding import generator
 from bnrepro.store import read_metrics, read_summary
-from bnrepro.train import build_model, new_summary, train_population
+from bnrepro.train import new_summary, train_population
 
 # Knobs for the model tests: Batch Renorm relaxes within the few steps a test takes, so its
 # r and d leave (1, 0) and the population has to keep them apart per member.

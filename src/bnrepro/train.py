@@ -7,7 +7,6 @@ learning rate, momentum, weight decay, dropout, data order and run directory.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -25,12 +24,11 @@ from tqdm import tqdm
 from bnrepro import checkpoint, runlock
 from bnrepro.atomic import atomic_write_json
 from bnrepro.augment import BatchAugment
-from bnrepro.cnn import CNN
 from bnrepro.config import register_resolvers
 from bnrepro.data import InputTransform, load_dataset
 from bnrepro.evaluation import Evaluator
 from bnrepro.loggers import make_sink
-from bnrepro.models import MLP
+from bnrepro.models import build_model
 from bnrepro.norms import set_norm_step
 from bnrepro.optim import PopulationSGD
 from bnrepro.sampling import EpochSampler, validation_split
@@ -66,21 +64,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def build_model(cfgs: Sequence[DictConfig], image_shape: tuple[int, ...]) -> torch.nn.Module:
-    m = cfgs[0].model
-    common = dict(norm=m.norm, activation=m.activation, dropout=[c.model.dropout for c in cfgs],
-                  init_std=m.init_std, norm_cfg=m)
-    seeds = [c.seed for c in cfgs]
-    if m.kind == "mlp":
-        return MLP(seeds, math.prod(image_shape), list(m.hidden), 10, **common)
-    if m.kind == "cnn":
-        return CNN(seeds, image_shape[0], 10, widths=list(m.widths),
-                   convs_per_stage=m.convs_per_stage, width_multiplier=m.width_multiplier,
-                   classifier_hidden=m.classifier_hidden, image_size=tuple(image_shape[1:]),
-                   **common)
-    raise ConfigError(f"model.kind={m.kind!r} is not allowed: choose one of ['mlp', 'cnn']")
 
 
 def new_summary(cfg: DictConfig, population_size: int) -> dict:

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from bnrepro.cnn import stage_widths
 from bnrepro.data import SPECS
 from bnrepro.evaluation import PROBE_NETWORKS
-from bnrepro.models import ACTIVATIONS
-from bnrepro.norms import NORMS, head_norm
+from bnrepro.models import ACTIVATIONS, MODELS
+from bnrepro.norms import NORMS
 from bnrepro.norms.batch import INFERENCE
 from bnrepro.norms.lp import NORM_OF
 from bnrepro.norms.noisy import SIGMA_PARAMS, WHERE
 
-MODEL_KINDS = ("mlp", "cnn")
 LOGGERS = ("none", "wandb")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -37,7 +35,7 @@ def config_problems(cfg: DictConfig) -> list[str]:
         check(key, _value(cfg, key) in allowed, f"choose one of {list(allowed)}")
 
     one_of("dataset.name", tuple(SPECS))
-    one_of("model.kind", MODEL_KINDS)
+    one_of("model.kind", tuple(MODELS))
     one_of("model.norm", tuple(NORMS))
     one_of("model.activation", tuple(ACTIVATIONS))
     one_of("model.bn_inference", INFERENCE)
@@ -104,15 +102,14 @@ def _norm_problems(model: DictConfig, knobs: tuple[str, ...]) -> list[str]:
         if not ok:
             problems.append(f"model.{key}={_value(model, key)!r} is not allowed: {allowed}")
 
-    if NORMS[model.norm].conv_only and model.kind != "cnn":
+    spec = MODELS.get(model.kind)
+    if spec is None:
+        return problems  # model.kind itself is reported
+    if NORMS[model.norm].conv_only and not spec.conv:
         check("norm", False, f"it normalises over positions: conv nets only (model.kind="
                               f"{model.kind!r})")
     if "norm_groups" in knobs:
-        widths = list(model.hidden) if model.kind == "mlp" else []
-        if model.kind == "cnn":
-            widths = stage_widths(model.widths, model.width_multiplier)
-            if head_norm(model.norm) == model.norm:  # the hidden linear layer has it too
-                widths.append(model.classifier_hidden)
+        widths = spec.normalised_widths(model)
         groups = model.get("norm_groups")
         check("norm_groups", _integer(groups) and groups >= 1 and
               all(w % groups == 0 for w in widths),

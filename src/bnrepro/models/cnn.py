@@ -1,9 +1,4 @@
-"""VGG-style convolutional nets with a leading population dimension (see models.py).
-
-Activations are [P, B, C, H, W] at every module boundary, but are laid out in memory as
-[B, P*C, H, W]: the population is folded into channels, so each conv, pool and BN layer is one
-torch call on a view, with no copies between layers.
-"""
+"""VGG-style convolutional nets with a leading population dimension (models.layers)."""
 
 from __future__ import annotations
 
@@ -14,49 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnrepro.models import (
+from bnrepro.models.layers import (
     ACTIVATIONS,
+    PopulationConv2d,
     PopulationDropout,
     PopulationLinear,
     check_norm_and_activation,
+    fold,
+    unfold,
 )
 from bnrepro.norms import head_norm, make_norm, norm_spec
 from bnrepro.seeding import generator
-
-
-def fold(x: torch.Tensor) -> torch.Tensor:
-    """[P, B, C, H, W] -> [B, P*C, H, W] (a view when x came from `unfold`)."""
-    return x.transpose(0, 1).reshape(x.shape[1], -1, *x.shape[3:])
-
-
-def unfold(y: torch.Tensor, population_size: int) -> torch.Tensor:
-    """[B, P*C, H, W] -> [P, B, C, H, W], a view."""
-    B, PC = y.shape[:2]
-    return y.view(B, population_size, PC // population_size, *y.shape[2:]).transpose(0, 1)
-
-
-class PopulationConv2d(nn.Module):
-    """Per-member 2-D convolution: x [P, B, C, H, W] -> [P, B, out, H', W'], stride 1."""
-
-    def __init__(self, population_size: int, in_channels: int, out_channels: int,
-                 kernel_size: int = 3, padding: int = 1, *, bias: bool):
-        super().__init__()
-        shape = (population_size, out_channels, in_channels, kernel_size, kernel_size)
-        self.weight = nn.Parameter(torch.empty(shape))
-        self.bias = nn.Parameter(torch.zeros(population_size, out_channels)) if bias else None
-        self.padding = padding
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [P, B, C, H, W], or [B, C, H, W] shared by all members."""
-        P, n_out, n_in, k, _ = self.weight.shape
-        weight = self.weight.reshape(P * n_out, n_in, k, k)
-        bias = None if self.bias is None else self.bias.reshape(-1)
-        if x.dim() == 4:
-            # Shared input: one ungrouped conv whose P*out filters all read the same x,
-            # so x is never copied P times.
-            return unfold(F.conv2d(x, weight, bias, padding=self.padding), P)
-        # Grouped conv with groups=P: group p sees only member p's channels and filters.
-        return unfold(F.conv2d(fold(x), weight, bias, padding=self.padding, groups=P), P)
 
 
 def stage_widths(widths: Sequence[int], width_multiplier: float) -> list[int]:

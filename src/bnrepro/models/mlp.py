@@ -1,8 +1,4 @@
-"""Networks with a leading population dimension: P independent models evaluated as one.
-
-Weights are [P, in, out] and applied with batched matrix products, so P small networks cost
-about as much Python overhead as one. P = 1 is an ordinary single model.
-"""
+"""The fully-connected net of Fig. 1, with a leading population dimension (models.layers)."""
 
 from __future__ import annotations
 
@@ -11,55 +7,14 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from bnrepro.models.layers import (
+    ACTIVATIONS,
+    PopulationDropout,
+    PopulationLinear,
+    check_norm_and_activation,
+)
 from bnrepro.norms import make_norm, norm_spec
 from bnrepro.seeding import generator
-
-ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
-
-
-def check_norm_and_activation(norm: str, activation: str) -> None:
-    norm_spec(norm)  # raises, naming model.norm and the registry's names
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"model.activation must be one of {sorted(ACTIVATIONS)}, got "
-                         f"{activation!r}")
-
-
-class PopulationLinear(nn.Module):
-    """y = x W + b per member: x [P, B, in] -> [P, B, out]."""
-
-    def __init__(self, population_size: int, in_features: int, out_features: int, bias: bool):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(population_size, in_features, out_features))
-        self.bias = nn.Parameter(torch.zeros(population_size, 1, out_features)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x [P, B, in], or [B, in] shared by all members (one GEMM, no P copies of x)."""
-        if x.dim() == 2:
-            P, n_in, n_out = self.weight.shape
-            y = (x @ self.weight.transpose(0, 1).reshape(n_in, P * n_out)).view(-1, P, n_out)
-            y = y.transpose(0, 1)
-            return y if self.bias is None else y + self.bias
-        if self.bias is None:
-            return torch.bmm(x, self.weight)
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-class PopulationDropout(nn.Module):
-    """Inverted dropout with a probability and a random stream per member."""
-
-    def __init__(self, probabilities: torch.Tensor, generators: Sequence[torch.Generator]):
-        super().__init__()
-        self.register_buffer("keep", 1 - probabilities.float())
-        self.generators = list(generators)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or bool((self.keep == 1).all()):
-            return x
-        # Drawn on the generators' device (CPU), so masks are the same on every device.
-        noise = torch.stack([torch.rand(x.shape[1:], generator=g) for g in self.generators])
-        noise = noise.to(x.device)
-        keep = self.keep.view(-1, *[1] * (x.dim() - 1))
-        return x * (noise < keep) / keep
 
 
 class MLP(nn.Module):

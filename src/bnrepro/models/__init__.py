@@ -1,0 +1,73 @@
+"""The networks behind `model.kind=<name>`, all with a leading population dimension.
+
+MODELS says which models exist and what the rest of the harness needs to know about each;
+`build_model` builds one for a population of configs. Nothing else branches on the kind.
+Adding a model: its module here, one entry below, and its config file in conf/model/.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from bnrepro.models.cnn import CNN, stage_widths
+from bnrepro.models.layers import (
+    ACTIVATIONS,
+    PopulationConv2d,
+    PopulationDropout,
+    PopulationLinear,
+    check_norm_and_activation,
+)
+from bnrepro.models.mlp import MLP
+from bnrepro.norms import head_norm
+
+__all__ = ["ACTIVATIONS", "CNN", "MLP", "MODELS", "ModelSpec", "PopulationConv2d",
+           "PopulationDropout", "PopulationLinear", "build_model", "check_norm_and_activation"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    # (model config node, per-member keyword arguments, input image shape) -> module
+    build: Callable[[Mapping, dict, tuple[int, ...]], nn.Module]
+    conv: bool  # has conv layers, so conv-only norms (IN) apply
+    # Widths that model.norm normalises (model.norm_groups must divide each of them).
+    normalised_widths: Callable[[Mapping], list[int]]
+
+
+def _build_mlp(m: Mapping, common: dict, image_shape: tuple[int, ...]) -> nn.Module:
+    return MLP(in_features=math.prod(image_shape), hidden=list(m.hidden), num_classes=10,
+               **common)
+
+
+def _build_cnn(m: Mapping, common: dict, image_shape: tuple[int, ...]) -> nn.Module:
+    return CNN(in_channels=image_shape[0], num_classes=10, widths=list(m.widths),
+               convs_per_stage=m.convs_per_stage, width_multiplier=m.width_multiplier,
+               classifier_hidden=m.classifier_hidden, image_size=tuple(image_shape[1:]),
+               **common)
+
+
+def _cnn_widths(m: Mapping) -> list[int]:
+    widths = stage_widths(m.widths, m.width_multiplier)
+    if head_norm(m.norm) == m.norm:  # the hidden linear layer has the norm too
+        widths.append(m.classifier_hidden)
+    return widths
+
+
+MODELS: dict[str, ModelSpec] = {
+    "mlp": ModelSpec(_build_mlp, conv=False, normalised_widths=lambda m: list(m.hidden)),
+    "cnn": ModelSpec(_build_cnn, conv=True, normalised_widths=_cnn_widths),
+}
+
+
+def build_model(cfgs: Sequence[Mapping], image_shape: tuple[int, ...]) -> nn.Module:
+    """One model for the population `cfgs` (configs that share `model` but for the member keys:
+    seed and dropout here) on images of `image_shape` (C, H, W)."""
+    m = cfgs[0].model
+    if m.kind not in MODELS:
+        raise ValueError(f"model.kind must be one of {list(MODELS)}, got {m.kind!r}")
+    common = dict(seeds=[c.seed for c in cfgs], norm=m.norm, activation=m.activation,
+                  dropout=[c.model.dropout for c in cfgs], init_std=m.init_std, norm_cfg=m)
+    return MODELS[m.kind].build(m, common, tuple(image_shape))
