@@ -8,8 +8,8 @@ PY := $(VENV)/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: help setup test test-all reproduce fig1 sweep-mnist fig2 fig2-lr sweep-cifar bench lint \
-	format clean
+.PHONY: help setup test test-all reproduce fig1 sweep-mnist fig2 fig2-lr depth sweep-cifar bench \
+	lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -50,6 +50,11 @@ fig2: setup fig2-lr  ## Figs. 2-3: Baseline vs BN variants on CIFAR, 7 variants 
 
 fig2-lr: setup  ## fig2's base rate: the Baseline at 4 candidate rates, picked on validation
 	@ds=$(CIFAR) && $(PY) -m bnrepro.train -m experiment=fig2_cifar_lr dataset=$$ds
+
+depth: setup  ## De & Smith: ResNets of depth 8-32, BN / no norm / SkipInit x 3 seeds (CPU)
+	@ds=$(CIFAR) && \
+	$(PY) -m bnrepro.train -m experiment=depth_cifar dataset=$$ds && \
+	$(PY) scripts/plot_depth.py runs/depth_$$ds --out results
 
 # CPU-sized slice of the CIFAR grid (not in `make reproduce` any more: fig2 replaces it): true CIFAR-10 when it can be loaded, else the JPEG mirror
 # (labelled cifar10-jpeg everywhere). The full grid: `python -m bnrepro.train -m

@@ -9,6 +9,16 @@ Inputs are prepared once and fed to every member (shared):
                     computes) on `probe.num_examples` fixed validation images;
     `act_train/...` the training network N_BN^tr on as many fixed training images, in
                     mini-batches of `trainer.batch_size`, each normalised by its own statistics.
+- for models with residual blocks (MODELS[kind].residual) and probe.residual_variance:
+    `resid/b{i}/...` De & Smith's branch/skip variances per block i (from 1), see
+                    residual_variance.py: the training network (as `act_train`: the same
+                    fixed training images, probe.num_examples rounded down to whole
+                    mini-batches of trainer.batch_size, each mini-batch normalised by its own
+                    statistics, nothing updated, no dropout); per member and block, the
+                    variance over all those images, channels and positions of the skip term
+                    s(x_l) and of the branch term alpha_l * f(x_l), and var_ratio =
+                    var_branch / var_skip. Step 0's evaluation gives the values at
+                    initialisation.
 Forward passes run in chunks sized from `trainer.eval_memory_mb` and the model's widest layer,
 so a wide CNN population never materialises thousands of examples' activations at once.
 """
@@ -21,9 +31,11 @@ from omegaconf import DictConfig
 from torch import nn
 
 from bnrepro.data import Dataset, InputTransform
+from bnrepro.models import MODELS
 from bnrepro.norms import norm_spec
 from bnrepro.norms.batch import bn_mode, estimate_population_statistics
 from bnrepro.probes import ProbeCollector
+from bnrepro.residual_variance import ResidualMoments
 from bnrepro.sampling import fixed_subset
 
 PROBE_NETWORKS = {"inference": "act", "training": "act_train"}  # probe.networks -> key prefix
@@ -74,11 +86,16 @@ class Evaluator:
         if "inference" in cfg.probe.networks:
             self.probe_sets["act"] = (self.val_x[fixed_subset(len(self.val_x), num_probe)
                                                  .to(device)], "eval", 0)
+        size = max(1, num_probe // self.batch_size) * self.batch_size  # whole mini-batches
+        train_probe = None  # the training network's probe images, made when first needed
         if "training" in cfg.probe.networks:
-            size = max(1, num_probe // self.batch_size) * self.batch_size  # whole mini-batches
-            self.probe_sets["act_train"] = (
-                images(train_index[fixed_subset(len(train_index), size, seed=1)]), "batch",
-                self.batch_size)
+            train_probe = images(train_index[fixed_subset(len(train_index), size, seed=1)])
+            self.probe_sets["act_train"] = (train_probe, "batch", self.batch_size)
+        self.residual_x = None
+        spec = MODELS.get(cfg.model.kind)
+        if cfg.probe.get("residual_variance", True) and spec is not None and spec.residual:
+            self.residual_x = train_probe if train_probe is not None else images(
+                train_index[fixed_subset(len(train_index), size, seed=1)])
         # Alg. 2 for the norms it applies to (BN, noisy BN); the others infer with moving
         # averages (Batch Renorm, l_p) or need no batch (LN, GN, IN, none).
         self.population_statistics = norm_spec(cfg.model.norm).population_statistics and \
@@ -112,4 +129,17 @@ class Evaluator:
                     collector.add(preactivations)
             for row, probes in zip(rows, collector.result(), strict=True):
                 row |= probes
+        if self.residual_x is not None:
+            for row, variances in zip(rows, self.residual_variances(model), strict=True):
+                row |= variances
         return rows
+
+    @torch.no_grad()
+    def residual_variances(self, model: nn.Module) -> list[dict[str, float]]:
+        """resid/b{i}/var_skip, var_branch, var_ratio per member (module docstring)."""
+        moments = ResidualMoments()
+        with bn_mode(model, "batch", self.batch_size):
+            for part in self.residual_x.split(examples_per_chunk(model, self.memory_mb,
+                                                                 self.batch_size)):
+                model(part, shared=True, moments=moments)
+        return moments.result()

@@ -21,11 +21,14 @@ class Run:
     metrics: pd.DataFrame  # one row per logged step
 
 
-def find_runs(roots: Iterable[str | Path], statuses: tuple[str, ...] = ("completed",)) -> list[Run]:
+def find_runs(roots: Iterable[str | Path], statuses: tuple[str, ...] = ("completed",),
+              keep_empty: bool = False) -> list[Run]:
     """Every run directory below `roots` whose summary status is in `statuses`.
 
     Runs that are missing files or have another status are skipped with one warning that
-    names them, so a figure never silently mixes in a half-finished run.
+    names them, so a figure never silently mixes in a half-finished run. A run with no logged
+    evaluation is skipped too, unless `keep_empty` (a run that diverged at its very first
+    evaluation has none, and a figure may need to count it as a failure).
     """
     runs, skipped = [], []
     for root in roots:
@@ -38,7 +41,7 @@ def find_runs(roots: Iterable[str | Path], statuses: tuple[str, ...] = ("complet
             except (OSError, ValueError) as err:
                 skipped.append(f"{run_dir} ({type(err).__name__})")
                 continue
-            if summary.get("status") not in statuses or metrics.empty:
+            if summary.get("status") not in statuses or (metrics.empty and not keep_empty):
                 skipped.append(f"{run_dir} (status {summary.get('status')})")
                 continue
             runs.append(Run(run_dir, config, summary, metrics))

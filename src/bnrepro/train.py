@@ -189,7 +189,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
         model.train()
         # An update that exploded shows here first, before any row of it is logged: weights
         # that are no longer finite, or a validation loss past the divergence bound.
-        finite = torch.stack([p.detach().flatten(1).isfinite().all(1)
+        finite = torch.stack([p.detach().reshape(P, -1).isfinite().all(1)  # [P] ones too
                               for p in model.parameters()]).all(0).tolist()
         exploded = [k for k in alive.nonzero().flatten().tolist()
                     if not finite[k] or not rows[k]["val/loss"] <= cfg.trainer.divergence_loss]

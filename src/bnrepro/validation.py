@@ -85,6 +85,9 @@ def config_problems(cfg: DictConfig) -> list[str]:
           f"each one of {list(PROBE_NETWORKS)}")
     check("trainer.eval_memory_mb", _number(t.eval_memory_mb) and t.eval_memory_mb > 0,
           "must be > 0")
+    if (model_spec := MODELS.get(cfg.model.kind)) is not None:
+        for key, ok, allowed in model_spec.checks(cfg.model):
+            check(f"model.{key}", ok, allowed)
     if spec is not None:
         problems += _norm_problems(cfg.model, spec.knobs)
     n_train = SPECS.get(cfg.dataset.name, (None, 0))[1]

@@ -22,10 +22,12 @@ from bnrepro.models.layers import (
     check_norm_and_activation,
 )
 from bnrepro.models.mlp import MLP
+from bnrepro.models.resnet import RESIDUAL_SCALES, STAGES, ResNet, blocks_per_stage
 from bnrepro.norms import head_norm
 
 __all__ = ["ACTIVATIONS", "CNN", "MLP", "MODELS", "ModelSpec", "PopulationConv2d",
-           "PopulationDropout", "PopulationLinear", "build_model", "check_norm_and_activation"]
+           "PopulationDropout", "PopulationLinear", "ResNet", "build_model",
+           "check_norm_and_activation"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,12 @@ class ModelSpec:
     conv: bool  # has conv layers, so conv-only norms (IN) apply
     # Widths that model.norm normalises (model.norm_groups must divide each of them).
     normalised_widths: Callable[[Mapping], list[int]]
+    # The model's own config checks: (key under model., ok, what is allowed) per key
+    # (validation.py turns a failed one into a ConfigError naming model.<key>).
+    checks: Callable[[Mapping], list[tuple[str, bool, str]]] = lambda m: []
+    # Has residual blocks: every evaluation measures their branch/skip variances
+    # (residual_variance.py, probe.residual_variance).
+    residual: bool = False
 
 
 def _build_mlp(m: Mapping, common: dict, image_shape: tuple[int, ...]) -> nn.Module:
@@ -49,6 +57,24 @@ def _build_cnn(m: Mapping, common: dict, image_shape: tuple[int, ...]) -> nn.Mod
                **common)
 
 
+def _build_resnet(m: Mapping, common: dict, image_shape: tuple[int, ...]) -> nn.Module:
+    return ResNet(in_channels=image_shape[0], num_classes=10, depth=m.depth,
+                  widths=list(m.widths), width_multiplier=m.width_multiplier,
+                  residual_scale=m.residual_scale, image_size=tuple(image_shape[1:]), **common)
+
+
+def _resnet_checks(m: Mapping) -> list[tuple[str, bool, str]]:
+    try:
+        blocks_per_stage(m.get("depth"))
+        depth_ok = True
+    except ValueError:
+        depth_ok = False
+    return [("depth", depth_ok, "must be 6n + 2 with n >= 1 (8, 14, 20, 32, 56, 110, ...)"),
+            ("residual_scale", m.get("residual_scale") in RESIDUAL_SCALES,
+             f"choose one of {list(RESIDUAL_SCALES)}"),
+            ("widths", len(m.get("widths") or ()) == STAGES, f"must give {STAGES} stage widths")]
+
+
 def _cnn_widths(m: Mapping) -> list[int]:
     widths = stage_widths(m.widths, m.width_multiplier)
     if head_norm(m.norm) == m.norm:  # the hidden linear layer has the norm too
@@ -59,6 +85,8 @@ def _cnn_widths(m: Mapping) -> list[int]:
 MODELS: dict[str, ModelSpec] = {
     "mlp": ModelSpec(_build_mlp, conv=False, normalised_widths=lambda m: list(m.hidden)),
     "cnn": ModelSpec(_build_cnn, conv=True, normalised_widths=_cnn_widths),
+    "resnet": ModelSpec(_build_resnet, conv=True, checks=_resnet_checks, residual=True,
+                        normalised_widths=lambda m: stage_widths(m.widths, m.width_multiplier)),
 }
 
 

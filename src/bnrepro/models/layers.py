@@ -79,15 +79,16 @@ def unfold(y: torch.Tensor, population_size: int) -> torch.Tensor:
 
 
 class PopulationConv2d(nn.Module):
-    """Per-member 2-D convolution: x [P, B, C, H, W] -> [P, B, out, H', W'], stride 1."""
+    """Per-member 2-D convolution: x [P, B, C, H, W] -> [P, B, out, H', W'] (H' = H with the
+    defaults; about H / stride with a stride)."""
 
     def __init__(self, population_size: int, in_channels: int, out_channels: int,
-                 kernel_size: int = 3, padding: int = 1, *, bias: bool):
+                 kernel_size: int = 3, padding: int = 1, *, bias: bool, stride: int = 1):
         super().__init__()
         shape = (population_size, out_channels, in_channels, kernel_size, kernel_size)
         self.weight = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.zeros(population_size, out_channels)) if bias else None
-        self.padding = padding
+        self.padding, self.stride = padding, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [P, B, C, H, W], or [B, C, H, W] shared by all members."""
@@ -97,6 +98,6 @@ class PopulationConv2d(nn.Module):
         if x.dim() == 4:
             # Shared input: one ungrouped conv whose P*out filters all read the same x,
             # so x is never copied P times.
-            return unfold(F.conv2d(x, weight, bias, padding=self.padding), P)
+            return unfold(F.conv2d(x, weight, bias, self.stride, self.padding), P)
         # Grouped conv with groups=P: group p sees only member p's channels and filters.
-        return unfold(F.conv2d(fold(x), weight, bias, padding=self.padding, groups=P), P)
+        return unfold(F.conv2d(fold(x), weight, bias, self.stride, self.padding, groups=P), P)

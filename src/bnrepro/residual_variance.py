@@ -1,0 +1,72 @@
+"""De & Smith's (2020) measure of how much a residual block changes its input.
+
+A residual block computes x_{l+1} = s_l(x_l) + alpha_l * f_l(x_l): the skip path s_l (the
+identity, or at a stage's first block a strided 1x1 conv) plus the scaled residual branch.
+De & Smith (arXiv 2002.10444, Sec. 2, Fig. 2) compare the variance of the two terms at
+initialisation: with batch normalisation the branch's variance stays about 1 while the skip's
+grows by about 1 per block, so their ratio falls like 1/l ("batch normalization downscales
+the residual branch relative to the skip connection, by a normalizing factor on the order of
+the square root of the network depth"); without normalisation both grow together.
+
+`ResidualMoments` receives, per block and per chunk of examples, the two terms the block adds
+(skip = s_l(x_l), branch = alpha_l * f_l(x_l), each [P, B, C, H, W]) and keeps float64 sums of
+their values and squares per member. `result` gives per member and block i (from 1):
+  resid/b{i}/var_skip   = variance of all values of s_l(x_l) over the examples, channels and
+                          positions (one pooled population variance, E[v^2] - E[v]^2);
+  resid/b{i}/var_branch = the same for alpha_l * f_l(x_l);
+  resid/b{i}/var_ratio  = var_branch / var_skip.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PREFIX = "resid"
+
+
+class ResidualMoments:
+    """Pooled first and second moments of each block's skip and branch terms, per member."""
+
+    def __init__(self) -> None:
+        self._block = 0  # index of the next block within the current forward pass
+        self.sums: list[torch.Tensor] = []  # per block [2 (skip, branch), 3 (n, sum, sum sq), P]
+
+    def start_pass(self) -> None:
+        """Call before each forward pass: the model reports its blocks in order, from 0."""
+        self._block = 0
+
+    @torch.no_grad()
+    def add(self, skip: torch.Tensor, branch: torch.Tensor) -> None:
+        """One block's two terms for one chunk of examples, [P, B, C, H, W] each."""
+        if self._block == len(self.sums):
+            self.sums.append(torch.zeros(2, 3, skip.shape[0], dtype=torch.float64))
+        stats = []
+        for term in (skip, branch):
+            flat = term.detach().reshape(term.shape[0], -1).double()
+            count = torch.full((flat.shape[0],), float(flat.shape[1]), dtype=torch.float64,
+                               device=flat.device)
+            stats.append(torch.stack([count, flat.sum(1), flat.square().sum(1)]))
+        self.sums[self._block] += torch.stack(stats).cpu()
+        self._block += 1
+
+    def variances(self) -> torch.Tensor:
+        """[blocks, 2 (skip, branch), P] pooled population variances."""
+        sums = torch.stack(self.sums)
+        n, total, squares = sums.unbind(2)
+        mean = total / n
+        return (squares / n - mean.square()).clamp_min(0)
+
+    def result(self) -> list[dict[str, float]]:
+        """Per member: {"resid/b{i}/var_skip", ".../var_branch", ".../var_ratio"}."""
+        if not self.sums:
+            return []
+        var = self.variances()
+        rows: list[dict[str, float]] = [{} for _ in range(var.shape[2])]
+        for i, block in enumerate(var):
+            skip, branch = block[0].tolist(), block[1].tolist()
+            for k, row in enumerate(rows):
+                key = f"{PREFIX}/b{i + 1}/"
+                ratio = branch[k] / skip[k] if skip[k] > 0 else float("nan")
+                row |= {key + "var_skip": skip[k], key + "var_branch": branch[k],
+                        key + "var_ratio": ratio}
+        return rows
