@@ -68,8 +68,8 @@ PLATEAU_FROM = 0.75  # the plateau check compares the end with this fraction of 
 NON_TRAJECTORY_KEYS = ("name", "seed", "fresh", "trainer.progress", "trainer.resume",
                        "trainer.test_every",
                        "trainer.checkpoint_every", "trainer.device", "trainer.threads",
-                       "trainer.eval_memory_mb", "dataset.root", "dataset.mirror", "logger.",
-                       "hydra.")
+                       "trainer.eval_memory_mb", "dataset.root", "dataset.mirror",
+                       "probe.residual_variance", "logger.", "hydra.")
 # Keys a variant sets itself (conf/fig2_variant/): may differ between variants, not within one.
 VARIANT_KEYS = ("variant", "model.norm", "model.activation", "model.dropout", "optim.",
                 "augment.")

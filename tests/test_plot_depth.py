@@ -244,6 +244,14 @@ def test_a_run_that_diverged_before_logging_anything_is_a_failure(store, tmp_pat
     assert row[f"accuracy_seed{config(dead)['seed']}"] == pytest.approx(0.1)
     cell = numbers["variants"]["NoNorm"]["14"]
     assert cell["seeds_with_ratio_at_init"] == 1  # the other seed's step 0 still counts
+    # Both seeds dead before step 0 was logged: no ratios at the only slope depth.
+    for d in run_dirs(root, "NoNorm", 14):
+        edit_run(d, rows=0, status="diverged")
+    table, numbers = run_script(root, tmp_path / "again")
+    assert table.loc[("NoNorm", 14)]["diverged"] == 2
+    claim = next(c for c in numbers["claims"] if c["key"] == "none_not_downscaled")
+    assert claim["verdict"] == "not measured"
+    assert verdicts(numbers)["none_fails"] == "holds"  # dead at once is failing to train
 
 
 @pytest.mark.parametrize(("ratios", "expected"), [
@@ -318,3 +326,14 @@ def test_bad_input_exits_2_with_one_error_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and lines[0].startswith("error:") and "no depth_cifar runs" in lines[0]
+
+
+def test_runs_from_before_the_residual_probe_key_mix_with_new_ones():
+    """probe.residual_variance changes no trajectory: the table scripts must not call a run
+    made before the key existed (its config lacks it) another setup."""
+    aggregate, plot_fig2 = load_script("aggregate"), load_script("plot_fig2")
+    old, new = {"optim.lr": 0.1}, {"optim.lr": 0.1, "probe.residual_variance": True}
+    assert aggregate.differing_keys([old, new]) == {}
+    assert aggregate.differing_keys([old, {"optim.lr": 0.2}]) != {}  # the check does bite
+    assert plot_fig2.matches("probe.residual_variance", plot_fig2.NON_TRAJECTORY_KEYS)
+    assert plot_depth.matches("probe.residual_variance", plot_depth.IGNORED_KEYS)
