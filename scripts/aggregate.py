@@ -76,6 +76,7 @@ SUMMARY_KEYS = ["status", "reason", "steps_done", "max_steps", "diverged_at_step
 STATUSES = ["completed", "diverged", "failed", "interrupted", "running"]  # printing order
 NUM_CLASSES = 10  # mnist, cifar10 and cifar10-jpeg
 CHANCE = 1 / NUM_CLASSES  # the selection score of a seed that did not complete
+CHANCE_MARGIN = 0.1  # 'no learn' = mean val acc below CHANCE + this (--chance-margin)
 UNIT_QUANTILE = re.compile(r"act/h(\d+)/q\d+$")  # the tracked unit's quantiles, not all_q*
 UNREADABLE = (OSError, ValueError, KeyError, yaml.YAMLError, OmegaConfBaseException)
 ABSENT = "(absent)"  # how a config key missing from a run is shown
@@ -347,6 +348,12 @@ def draw_panel(ax: plt.Axes, panel: pd.DataFrame, chosen: pd.DataFrame, scale: N
 
 def plot_heatmap(cells: pd.DataFrame, best: pd.DataFrame, extra: list[str], dataset: str,
                  no_learn_below: float, stem: Path) -> list[Path]:
+    """heatmap_figure, saved as <stem>.png and .pdf."""
+    return save(heatmap_figure(cells, best, extra, dataset, no_learn_below), stem)
+
+
+def heatmap_figure(cells: pd.DataFrame, best: pd.DataFrame, extra: list[str], dataset: str,
+                   no_learn_below: float) -> plt.Figure:
     """Per (norm, extra keys) x activation panel: lr x dropout, coloured by mean final val acc
     over completed seeds; the chosen cells framed."""
     rows, acts = panel_rows(cells, extra), sorted(cells["activation"].unique())
@@ -377,7 +384,7 @@ def plot_heatmap(cells: pd.DataFrame, best: pd.DataFrame, extra: list[str], data
              "Hatched, div k/n: k of n seeds diverged; n=k/n: k of n seeds completed; no learn: "
              f"val < {no_learn_below:g}")
     fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 12)), fontsize=9)
-    return save(fig, stem)
+    return fig
 
 
 def cell_label(cell: dict[str, Any], keys: list[str]) -> str:
@@ -390,6 +397,12 @@ def cell_label(cell: dict[str, Any], keys: list[str]) -> str:
 
 def plot_best_curves(runs: pd.DataFrame, best: pd.DataFrame, curves: dict[str, pd.DataFrame],
                      cell: list[str], dataset: str, stem: Path) -> list[Path]:
+    """best_curves_figure, saved as <stem>.png and .pdf."""
+    return save(best_curves_figure(runs, best, curves, cell, dataset), stem)
+
+
+def best_curves_figure(runs: pd.DataFrame, best: pd.DataFrame, curves: dict[str, pd.DataFrame],
+                       cell: list[str], dataset: str) -> plt.Figure:
     """Test accuracy of each chosen cell: mean over its completed seeds, band = min..max."""
     fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
     done = runs[runs["status"] == "completed"]
@@ -408,7 +421,7 @@ def plot_best_curves(runs: pd.DataFrame, best: pd.DataFrame, curves: dict[str, p
         fig.legend(loc="outside lower center", ncols=1, fontsize=8)
     else:
         ax.text(0.5, 0.5, "no completed runs", transform=ax.transAxes, ha="center")
-    return save(fig, stem)
+    return fig
 
 
 def aggregate_dataset(runs: pd.DataFrame, curves: dict[str, pd.DataFrame], extra: list[str],
@@ -437,6 +450,20 @@ def with_cell_columns(runs: pd.DataFrame, configs: dict[str, dict[str, Any]],
                       runs.drop(columns=AXES)], axis=1)
 
 
+def by_dataset(df: pd.DataFrame, configs: dict[str, dict[str, Any]]
+               ) -> dict[str, tuple[pd.DataFrame, list[str]]]:
+    """Per dataset: its runs with one column per extra cell key (after the axes), and those
+    keys. SystemExit with mixed_experiments_error if runs of a dataset differ in a key that is
+    neither a sweep axis nor tunable (nothing is computed for any dataset then)."""
+    datasets = sorted(df["dataset"].unique())
+    keys = {d: split_keys([configs[r] for r in df.loc[df["dataset"] == d, "run_dir"]])
+            for d in datasets}
+    if refused := {d: keys[d][1] for d in datasets if keys[d][1]}:
+        raise SystemExit(mixed_experiments_error(refused))
+    return {d: (with_cell_columns(df[df["dataset"] == d], configs, keys[d][0]), keys[d][0])
+            for d in datasets}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dirs", nargs="+", type=Path, help="folders to search for runs")
@@ -447,7 +474,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         metavar="KEY=VALUE", help="keep only runs whose config has KEY=VALUE "
                         "(VALUE parsed as YAML; repeatable)")
     parser.add_argument("--name", help="file stem instead of sweep_<dataset>")
-    parser.add_argument("--chance-margin", type=float, default=0.1,
+    parser.add_argument("--chance-margin", type=float, default=CHANCE_MARGIN,
                         help=f"'no learn' = mean val acc below 1/{NUM_CLASSES} + this")
     return parser.parse_args(argv)
 
@@ -462,17 +489,12 @@ def main(argv: list[str] | None = None) -> None:
     df = keep_where(df, configs, args.where)
     if df.empty:
         raise SystemExit("no run matches " + " ".join(f"--where {k}={v}" for k, v in args.where))
-    datasets = sorted(df["dataset"].unique())
-    keys = {d: split_keys([configs[r] for r in df.loc[df["dataset"] == d, "run_dir"]])
-            for d in datasets}
-    if refused := {d: keys[d][1] for d in datasets if keys[d][1]}:
-        raise SystemExit(mixed_experiments_error(refused))  # before anything is written
-    for dataset in datasets:
+    datasets = by_dataset(df, configs)  # refuses mixed experiments before anything is written
+    for dataset, (runs, extra) in datasets.items():
         stem = args.name or f"sweep_{dataset}"
         if args.name and len(datasets) > 1:
             stem = f"{args.name}_{dataset}"
-        runs = with_cell_columns(df[df["dataset"] == dataset], configs, keys[dataset][0])
-        paths = aggregate_dataset(runs, curves, keys[dataset][0], dataset, args.out / stem,
+        paths = aggregate_dataset(runs, curves, extra, dataset, args.out / stem,
                                   1 / NUM_CLASSES + args.chance_margin)
         print("wrote " + ", ".join(map(str, paths)))
 

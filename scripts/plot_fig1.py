@@ -4,8 +4,9 @@
 (b, c) 15/50/85th percentiles of the input to one tracked sigmoid of the last hidden layer,
 without and with BN, over training: solid, the network as it predicts (BN with Alg. 2
 statistics) on fixed validation images; dashed, the training network (each mini-batch of 60
-training images normalised by its own statistics). Writes results/fig1_mnist.{png,pdf} and a
-JSON of the numbers quoted in the README.
+training images normalised by its own statistics). Writes results/fig1_mnist.{png,pdf}, the
+same percentiles for every hidden layer in results/fig1_mnist_layers.{png,pdf}, and a JSON of
+the numbers quoted in the README.
 
     python scripts/plot_fig1.py runs/fig1_mnist [--out results]
 """
@@ -24,29 +25,49 @@ import pandas as pd  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write_json  # noqa: E402
 from bnrepro.runs import Run, find_runs  # noqa: E402
 
+PAPER_ACC_RANGE = (0.7, 1.0)  # Fig. 1(a)'s y axis
 STYLE = {"none": ("Without BN", "tab:red"), "bn": ("With BN", "tab:blue")}
 # probe key prefix -> (label, line style, colour of the 15/85th and of the 50th percentile)
 NETWORKS = {"act": ("inference net, validation images", "-", "0.55", "0.0"),
             "act_train": ("training net, mini-batches of 60", "--", "tab:cyan", "tab:blue")}
 
 
+def metric_table(runs: list[Run], column: str) -> pd.DataFrame:
+    """A logged metric per (norm, step), one column per seed (steps where no run logged it
+    are left out)."""
+    frames = [r.metrics[["step", column]].assign(norm=r.config.model.norm, seed=r.config.seed)
+              for r in runs]
+    return pd.concat(frames).pivot_table(index=["norm", "step"], columns="seed", values=column)
+
+
 def accuracy_table(runs: list[Run]) -> pd.DataFrame:
     """Test accuracy per (norm, step), one column per seed."""
-    frames = [r.metrics[["step", "test/acc"]].assign(norm=r.config.model.norm, seed=r.config.seed)
-              for r in runs]
-    return pd.concat(frames).pivot_table(index=["norm", "step"], columns="seed",
-                                         values="test/acc")
+    return metric_table(runs, "test/acc")
 
 
-def last_layer_quantiles(run: Run, prefix: str = "act") -> tuple[pd.DataFrame, list[str]]:
-    """The tracked unit's logged percentiles (q15, q50, q85) in the last hidden layer."""
-    head = f"{prefix}/h{len(run.config.model.hidden)}/q"
+def layer_quantiles(run: Run, layer: int, prefix: str = "act", pooled: bool = False
+                    ) -> tuple[pd.DataFrame, list[str]]:
+    """Hidden layer `layer`'s (1-based) logged percentiles (q15, q50, q85) per step: of the
+    tracked unit, or with `pooled` of all the layer's units together (all_q15, ...)."""
+    head = f"{prefix}/h{layer}/{'all_' * pooled}q"
     columns = sorted(c for c in run.metrics.columns
                      if c.startswith(head) and c[len(head):].isdigit())
     return run.metrics.set_index("step")[columns], columns
 
 
-def plot(runs: list[Run], out_dir: Path) -> dict:
+def last_layer_quantiles(run: Run, prefix: str = "act") -> tuple[pd.DataFrame, list[str]]:
+    """The tracked unit's logged percentiles (q15, q50, q85) in the last hidden layer."""
+    return layer_quantiles(run, len(run.config.model.hidden), prefix)
+
+
+def seed0_runs(runs: list[Run]) -> dict[str, Run]:
+    """norm -> its run of the lowest seed (seed 0 in a full store): the 'typical unit' runs."""
+    return {r.config.model.norm: r for r in sorted(runs, key=lambda r: r.config.seed)[::-1]}
+
+
+def figure(runs: list[Run]) -> plt.Figure:
+    """Fig. 1: (a) test accuracy per norm, mean over seeds, band min..max; (b, c) the last
+    hidden layer's tracked unit, 15/50/85th percentiles, without and with BN (lowest seed)."""
     acc = accuracy_table(runs)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={"width_ratios": [1.3, 1, 1]})
     ax = axes[0]
@@ -58,13 +79,15 @@ def plot(runs: list[Run], out_dir: Path) -> dict:
         ax.plot(table.index, table.mean(axis=1), color=color,
                 label=f"{label} ({table.shape[1]} seed{'s' * (table.shape[1] > 1)})")
         ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.2)
-    ax.set(xlabel="training steps", ylabel="test accuracy", ylim=(0.7, 1.0),
-           title="(a) MNIST test accuracy")
+    # The paper's range, 0.7..1; short runs that never get there keep the data's own range.
+    if acc.mean(axis=1).max() > PAPER_ACC_RANGE[0]:  # a seed-mean curve gets there
+        ax.set_ylim(PAPER_ACC_RANGE)
+    ax.set(xlabel="training steps", ylabel="test accuracy", title="(a) MNIST test accuracy")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
 
     # (b, c): one typical unit, as in the paper: the tracked unit of seed 0's network.
-    seed0 = {r.config.model.norm: r for r in sorted(runs, key=lambda r: r.config.seed)[::-1]}
+    seed0 = seed0_runs(runs)
     for ax, norm, letter in ((axes[1], "none", "b"), (axes[2], "bn", "c")):
         if norm not in seed0:
             ax.set_visible(False)
@@ -85,9 +108,48 @@ def plot(runs: list[Run], out_dir: Path) -> dict:
     fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.66, 0.0), ncols=2,
                fontsize=8, title="(b, c): 15th, 50th (dark) and 85th percentiles",
                title_fontsize=8, frameon=False)
-    atomic_save_figure(fig, out_dir / "fig1_mnist")
-    plt.close(fig)
+    return fig
 
+
+def layers_figure(runs: list[Run], prefix: str = "act") -> plt.Figure:
+    """Every hidden layer, not only the last: one panel per (norm, layer) for the lowest
+    seed's run. Lines: the tracked unit's 15th, 50th (dark) and 85th percentiles; shaded: the
+    15th..85th percentiles of all the layer's units pooled (`prefix`: act = the inference
+    network on validation images, act_train = the training network on its mini-batches)."""
+    seed0 = seed0_runs(runs)
+    norms = [n for n in STYLE if n in seed0]
+    layers = len(runs[0].config.model.hidden)
+    fig, axes = plt.subplots(len(norms), layers, figsize=(3.6 * layers, 2.8 * len(norms)),
+                             sharex=True, sharey=True, squeeze=False)
+    for row, norm in enumerate(norms):
+        run = seed0[norm]
+        for layer in range(1, layers + 1):
+            ax = axes[row, layer - 1]
+            pooled, (low, _, high) = layer_quantiles(run, layer, prefix, pooled=True)
+            ax.fill_between(pooled.index, pooled[low], pooled[high], color=STYLE[norm][1],
+                            alpha=0.2, lw=0, label="all units: 15th..85th")
+            tracked, columns = layer_quantiles(run, layer, prefix)
+            for col, shade in zip(columns, ("0.55", "0.0", "0.55"), strict=True):
+                ax.plot(tracked.index, tracked[col], color=shade, lw=1.1,
+                        label=f"unit {run.config.probe.unit}: 15th, 50th, 85th"
+                        if col.endswith("q50") else None)
+            ax.axhline(0, color="0.85", lw=0.8, zorder=0)
+            ax.set_title(f"{STYLE[norm][0]}: hidden layer {layer}", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("training steps")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("input to the sigmoid")
+    axes[0, -1].legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"Percentiles of each layer's sigmoid input ({NETWORKS[prefix][0]}, seed "
+                 f"{min(r.config.seed for r in seed0.values())})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def numbers(runs: list[Run]) -> dict:
+    """The numbers the README quotes: final test accuracy per norm (mean, min, max over
+    seeds), at fixed steps, the tracked unit's percentiles, and BN's lead over no BN."""
+    acc, seed0 = accuracy_table(runs), seed0_runs(runs)
     numbers = {}
     for norm in acc.index.get_level_values(0).unique():
         table = acc.loc[norm]
@@ -113,8 +175,17 @@ def plot(runs: list[Run], out_dir: Path) -> dict:
         numbers["bn_minus_none"] = {"min": round(float(gap.min()), 4),
                                     "max": round(float(gap.max()), 4),
                                     "fraction_of_evals_bn_ahead": round(float((gap > 0).mean()), 4)}
-    atomic_write_json(out_dir / "fig1_mnist.json", numbers)
     return numbers
+
+
+def plot(runs: list[Run], out_dir: Path) -> dict:
+    """Write fig1_mnist.{png,pdf}, fig1_mnist_layers.{png,pdf} and fig1_mnist.json."""
+    for fig, stem in ((figure(runs), "fig1_mnist"), (layers_figure(runs), "fig1_mnist_layers")):
+        atomic_save_figure(fig, out_dir / stem)
+        plt.close(fig)
+    result = numbers(runs)
+    atomic_write_json(out_dir / "fig1_mnist.json", result)
+    return result
 
 
 def main() -> None:
@@ -127,7 +198,8 @@ def main() -> None:
         raise SystemExit(f"no completed fig1_mnist runs under {', '.join(map(str, args.run_dirs))}"
                          "; train them with `python -m bnrepro.train -m experiment=fig1_mnist`")
     numbers = plot(runs, args.out)
-    print(f"wrote {args.out}/fig1_mnist.png, .pdf, .json from {len(runs)} runs")
+    print(f"wrote {args.out}/fig1_mnist.png, .pdf, .json and fig1_mnist_layers.png, .pdf from "
+          f"{len(runs)} runs")
     for norm in ("none", "bn"):
         if norm in numbers:
             n = numbers[norm]

@@ -337,8 +337,10 @@ def plateau_check(curve: pd.DataFrame, max_steps: int) -> dict[str, Any]:
             "per_seed_gain": {str(s): gain(curve[s]) for s in curve.columns}}
 
 
-def lr_selection(lr_root: Path, dataset: str, base_lr: float, out: Path
-                 ) -> tuple[dict[str, Any], dict[str, str]]:
+def lr_selection(lr_root: Path, dataset: str, base_lr: float
+                 ) -> tuple[dict[str, Any], dict[str, str], pd.DataFrame]:
+    """The base-rate candidates (one row per lr, sorted), the selection's summary and its
+    claim row; warns on stderr when the fig2 Baseline's rate is not the best candidate."""
     runs = load_runs(lr_root, LR_EXPERIMENT)
     if not runs:
         raise Fig2Error(f"no {LR_EXPERIMENT} runs under {lr_root}")
@@ -353,7 +355,6 @@ def lr_selection(lr_root: Path, dataset: str, base_lr: float, out: Path
                      "best_val_step": int(best["step"]), "status": r["status"],
                      "run_dir": str(r["dir"])})
     df = pd.DataFrame(rows).sort_values("lr")
-    atomic_write_text(out / f"fig2_lr_{dataset}.csv", df.to_csv(index=False))
     winner = df.loc[df["best_val_acc"].idxmax()]
     ok = math.isclose(base_lr, winner["lr"], rel_tol=1e-9)
     if not ok:
@@ -369,11 +370,21 @@ def lr_selection(lr_root: Path, dataset: str, base_lr: float, out: Path
                    f"(max val acc {winner['best_val_acc']:.4f}) of "
                    f"{', '.join(f'{x:g}' for x in df['lr'])}",
            "verdict": "holds" if ok else "does not hold"}
-    return info, row
+    return info, row, df
 
 
 def plot(curves: dict[str, pd.DataFrame], table: dict[str, dict[str, Any]], target: float,
          dataset: str, out: Path) -> None:
+    """figure(), saved as <out>/fig2_<dataset>.png and .pdf."""
+    fig = figure(curves, table, target, dataset)
+    atomic_save_figure(fig, out / f"fig2_{dataset}")
+    plt.close(fig)
+
+
+def figure(curves: dict[str, pd.DataFrame], table: dict[str, dict[str, Any]], target: float,
+           dataset: str) -> plt.Figure:
+    """Fig. 2: per variant the validation accuracy over steps, mean over seeds (band
+    min..max), a marker where the mean first reaches the target, the target as a line."""
     fig, ax = plt.subplots(figsize=(11, 5))
     for variant, curve in curves.items():
         v, color = table[variant], COLORS.get(variant)
@@ -394,8 +405,7 @@ def plot(curves: dict[str, pd.DataFrame], table: dict[str, dict[str, Any]], targ
               title="mean over seeds, band min..max;\no = mean first reaches the target;\n"
                     f"diverged seeds score {CHANCE:g} after divergence", title_fontsize=7)
     fig.tight_layout()
-    atomic_save_figure(fig, out / f"fig2_{dataset}")
-    plt.close(fig)
+    return fig
 
 
 def csv_table(table: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -467,7 +477,12 @@ def caption(target: float, target_step: int, dataset: str, max_steps: int) -> st
         "(Inception = our Baseline).")
 
 
-def analyse(root: Path, out: Path, lr_root: Path | None = None) -> dict[str, Any]:
+def analysis(root: Path, lr_root: Path | None = None) -> dict[str, Any]:
+    """Everything Figs. 2-3 and the claims are made of, computed from the runs below root
+    (and the base-rate runs below lr_root), writing nothing: dataset, max_steps, eval steps,
+    per-variant curves (val/acc per step x seed) and table (describe_variant + speed-ups),
+    target and the step where the Baseline mean reaches it, plateau check, claim rows, and
+    with lr_root the lr selection (info, candidates table). Fig2Error on bad input."""
     runs = load_runs(root, EXPERIMENT)
     if not runs:
         raise Fig2Error(f"no {EXPERIMENT} runs (completed or diverged) under {root}; train "
@@ -500,14 +515,26 @@ def analyse(root: Path, out: Path, lr_root: Path | None = None) -> dict[str, Any
         v["speedup_vs_baseline_mean_curves"] = target_step / at if at else None
     plateau = plateau_check(curves["Baseline"], max_steps)
     claim_rows = claims(table, plateau)
-
-    out.mkdir(parents=True, exist_ok=True)
-    lr_info = None
+    lr_info = lr_candidates = None
     if lr_root is not None:
         base_lrs = {float(r["config"]["optim.lr"]) for r in by_variant["Baseline"]}
-        lr_info, row = lr_selection(lr_root, dataset, base_lrs.pop(), out)
+        lr_info, row, lr_candidates = lr_selection(lr_root, dataset, base_lrs.pop())
         claim_rows.append(row)
+    return {"dataset": dataset, "max_steps": max_steps, "steps": steps, "curves": curves,
+            "table": table, "target": target, "target_step": target_step, "plateau": plateau,
+            "claims": claim_rows, "lr_info": lr_info, "lr_candidates": lr_candidates}
 
+
+def analyse(root: Path, out: Path, lr_root: Path | None = None) -> dict[str, Any]:
+    """analysis(), written to `out` (see the module docstring); returns the JSON's numbers."""
+    a = analysis(root, lr_root)
+    dataset, max_steps, steps, curves, table, target, target_step, plateau, claim_rows = (
+        a[k] for k in ("dataset", "max_steps", "steps", "curves", "table", "target",
+                       "target_step", "plateau", "claims"))
+    lr_info = a["lr_info"]
+    out.mkdir(parents=True, exist_ok=True)
+    if a["lr_candidates"] is not None:
+        atomic_write_text(out / f"fig2_lr_{dataset}.csv", a["lr_candidates"].to_csv(index=False))
     plot(curves, table, target, dataset, out)
     stem = out / f"fig2_{dataset}"
     atomic_write_text(Path(f"{stem}.csv"), csv_table(table).to_csv(index=False))
