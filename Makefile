@@ -8,8 +8,8 @@ PY := $(VENV)/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: help setup test test-all reproduce fig1 sweep-mnist fig2 fig2-lr sweep-cifar bench lint \
-	format clean
+.PHONY: help setup test test-all reproduce fig1 sweep-mnist fig2 fig2-lr sweep-cifar bench \
+	notebooks lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -65,12 +65,17 @@ sweep-cifar: setup  ## CPU-sized CIFAR grid (cnn quick profile), aggregated into
 bench: setup  ## ms per step: canonical PyTorch loop vs ours (single and populations)
 	$(PY) scripts/bench.py
 
+# The notebooks' sources are notebooks/*.py (jupytext percent format); executed copies, with
+# their outputs, go to results/notebooks/ (ignored by git). Trains nothing: reads runs/.
+notebooks: setup  ## execute every notebook on runs/ into results/notebooks/*.ipynb
+	$(PY) scripts/run_notebooks.py --out results/notebooks
+
 lint: setup  ## ruff
-	$(PY) -m ruff check src scripts tests
+	$(PY) -m ruff check src scripts tests notebooks
 
 format: setup  ## ruff format + autofix
-	$(PY) -m ruff check --fix src scripts tests
-	$(PY) -m ruff format src scripts tests
+	$(PY) -m ruff check --fix src scripts tests notebooks
+	$(PY) -m ruff format src scripts tests notebooks
 
 clean:  ## remove caches (keeps .venv, data/, runs/ and results/)
 	rm -rf .pytest_cache .ruff_cache outputs multirun
