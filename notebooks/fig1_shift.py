@@ -21,7 +21,6 @@
 # %%
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pandas as pd
 
 from bnrepro.notebook import load_script, say, show, show_table
@@ -102,45 +101,30 @@ if {"bn", "none"} <= set(drift.index):
 # ## Distributional shift: Wasserstein-1 distance of each layer's input distribution
 #
 # Percentiles show three points of a distribution; the Wasserstein-1 distance compares whole
-# distributions. `shift/h{i}/w1_init` is the distance of hidden layer i's input distribution
-# from its distribution at step 0, `shift/h{i}/w1_prev` from the previous evaluation (how
-# much it moves between two evaluations). Lines: mean over seeds; bands: min..max.
+# distributions (`bnrepro.shift`: per unit over the fixed probe examples, averaged over the
+# layer's units). `shift/h{i}/w1_init` is the distance of hidden layer i's input from its
+# distribution at step 0, `shift/h{i}/w1_prev` from the previous evaluation (how much it moves
+# between two evaluations); `_rel` divides by the units' spread, so that layers of different
+# scales compare. `shift/` is the inference network on validation images, `shift_train/` the
+# training network on its mini-batches. Lines: mean over seeds; bands: min..max.
 
 # %%
-SHIFT = {"w1_init": "since step 0", "w1_prev": "since the previous evaluation"}
-shift_layers = [i for i in range(1, layers + 1)
-                if all(f"shift/h{i}/{k}" in r.metrics for r in runs for k in SHIFT)]
-if not shift_layers:
+shift = pd.concat([plot_fig1.shift_table(runs, p) for p in plot_fig1.SHIFT_NETWORKS],
+                  ignore_index=True)
+if shift.empty:
     say("These runs do not log the distributional-shift measures (`shift/h{i}/w1_init`, "
         "`shift/h{i}/w1_prev`): they were trained before the trainer recorded them. Retrain "
         "them (`make fig1`) to see this section.")
-else:
-    fig, axes = plt.subplots(len(SHIFT), len(shift_layers), squeeze=False, sharex=True,
-                             figsize=(3.8 * len(shift_layers), 2.9 * len(SHIFT)))
-    final = []
-    for row, (key, label) in enumerate(SHIFT.items()):
-        for col, i in enumerate(shift_layers):
-            ax = axes[row, col]
-            values = plot_fig1.metric_table(runs, f"shift/h{i}/{key}")
-            for norm in values.index.get_level_values(0).unique():
-                name, color = plot_fig1.STYLE.get(norm, (norm, None))
-                v = values.loc[norm].dropna(how="all")
-                ax.plot(v.index, v.mean(axis=1), color=color, label=name)
-                ax.fill_between(v.index, v.min(axis=1), v.max(axis=1), color=color, alpha=0.2)
-                final.append({"measure": key, "layer": i, "norm": norm,
-                              "mean_over_evaluations": v.mean(axis=1).mean(),
-                              "at_last_evaluation": v.mean(axis=1).iloc[-1]})
-            ax.set_title(f"hidden layer {i}: W1 {label}", fontsize=9)
-            ax.set_xlabel("training steps" if row == len(SHIFT) - 1 else "")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("Wasserstein-1 distance")
-    axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    show(fig, "shift")
-    final = pd.DataFrame(final)  # seed means
-    show_table(final, "shift")
-    moves = final[final["measure"] == "w1_prev"].groupby("norm")["mean_over_evaluations"].mean()
-    if {"bn", "none"} <= set(moves.index):
-        say(f"Between two evaluations, a layer's input distribution moves by W1 "
-            f"{moves['none']:.4f} without BN and {moves['bn']:.4f} with BN (mean over "
-            f"evaluations, seeds and layers {', '.join(map(str, shift_layers))}).")
+for prefix, network in plot_fig1.SHIFT_NETWORKS.items():
+    if (fig := plot_fig1.shift_figure(runs, prefix)) is not None:
+        show(fig, prefix)
+    for measure in ("w1_prev", "w1_prev_rel"):
+        rows = shift[(shift["network"] == prefix) & (shift["measure"] == measure)]
+        moves = rows.groupby("norm")["mean_over_evaluations"].mean()
+        if {"bn", "none"} <= set(moves.index):
+            say(f"{network}: between two evaluations a layer's input distribution moves by "
+                f"{measure} {moves['none']:.4f} without BN and {moves['bn']:.4f} with BN (mean "
+                f"over evaluations, seeds and layers "
+                f"{', '.join(map(str, sorted(set(rows['layer']))))}).")
+if not shift.empty:
+    show_table(shift, "shift")

@@ -6,7 +6,9 @@ without and with BN, over training: solid, the network as it predicts (BN with A
 statistics) on fixed validation images; dashed, the training network (each mini-batch of 60
 training images normalised by its own statistics). Writes results/fig1_mnist.{png,pdf}, the
 same percentiles for every hidden layer in results/fig1_mnist_layers.{png,pdf}, and a JSON of
-the numbers quoted in the README.
+the numbers quoted in the README. Where the runs log the distributional-shift measures
+(bnrepro.shift), also results/fig1_mnist_shift{,_train}.{png,pdf} and their summary in the
+JSON.
 
     python scripts/plot_fig1.py runs/fig1_mnist [--out results]
 """
@@ -30,6 +32,10 @@ STYLE = {"none": ("Without BN", "tab:red"), "bn": ("With BN", "tab:blue")}
 # probe key prefix -> (label, line style, colour of the 15/85th and of the 50th percentile)
 NETWORKS = {"act": ("inference net, validation images", "-", "0.55", "0.0"),
             "act_train": ("training net, mini-batches of 60", "--", "tab:cyan", "tab:blue")}
+# distributional shift (bnrepro.shift): key prefix -> network; measure -> what it compares
+SHIFT_NETWORKS = {"shift": NETWORKS["act"][0], "shift_train": NETWORKS["act_train"][0]}
+SHIFT_MEASURES = {"w1_init": "W1 to step 0", "w1_prev": "W1 to the previous evaluation",
+                  "w1_init_rel": "W1 to step 0 / spread", "w1_prev_rel": "W1 to previous / spread"}
 
 
 def metric_table(runs: list[Run], column: str) -> pd.DataFrame:
@@ -146,6 +152,64 @@ def layers_figure(runs: list[Run], prefix: str = "act") -> plt.Figure:
     return fig
 
 
+def shift_layers(runs: list[Run], prefix: str = "shift") -> dict[str, list[int]]:
+    """measure (of SHIFT_MEASURES) -> the hidden layers for which every run logged
+    `<prefix>/h{i}/<measure>`; measures logged for no layer are left out."""
+    layers = range(1, len(runs[0].config.model.hidden) + 1)
+    logged = {m: [i for i in layers if all(f"{prefix}/h{i}/{m}" in r.metrics for r in runs)]
+              for m in SHIFT_MEASURES}
+    return {m: ls for m, ls in logged.items() if ls}
+
+
+def shift_table(runs: list[Run], prefix: str = "shift") -> pd.DataFrame:
+    """One row per (measure, layer, norm) logged under `prefix`: the seed-mean curve's mean
+    over the evaluations that logged it (w1_prev: all but step 0) and its last value."""
+    rows = []
+    for measure, layers in shift_layers(runs, prefix).items():
+        for layer in layers:
+            values = metric_table(runs, f"{prefix}/h{layer}/{measure}")
+            for norm in values.index.get_level_values(0).unique():
+                mean = values.loc[norm].dropna(how="all").mean(axis=1)
+                rows.append({"network": prefix, "measure": measure, "layer": layer,
+                             "norm": norm, "mean_over_evaluations": float(mean.mean()),
+                             "at_last_evaluation": float(mean.iloc[-1])})
+    return pd.DataFrame(rows, columns=["network", "measure", "layer", "norm",
+                                       "mean_over_evaluations", "at_last_evaluation"])
+
+
+def shift_figure(runs: list[Run], prefix: str = "shift") -> plt.Figure | None:
+    """Distributional shift of each hidden layer's input to the sigmoid (logged under
+    `prefix`; see bnrepro.shift): one row per logged measure, one column per layer, a line per
+    norm (mean over seeds, band min..max). None if the runs logged none."""
+    logged = shift_layers(runs, prefix)
+    if not logged:
+        return None
+    layers = sorted({i for ls in logged.values() for i in ls})
+    fig, axes = plt.subplots(len(logged), len(layers), squeeze=False, sharex=True,
+                             figsize=(3.8 * len(layers), 2.6 * len(logged)))
+    for row, (measure, measured) in enumerate(logged.items()):
+        for col, layer in enumerate(layers):
+            ax = axes[row, col]
+            if layer not in measured:
+                ax.set_visible(False)
+                continue
+            values = metric_table(runs, f"{prefix}/h{layer}/{measure}")
+            for norm in values.index.get_level_values(0).unique():
+                label, color = STYLE.get(norm, (norm, None))
+                v = values.loc[norm].dropna(how="all")
+                ax.plot(v.index, v.mean(axis=1), color=color, label=label)
+                ax.fill_between(v.index, v.min(axis=1), v.max(axis=1), color=color, alpha=0.2)
+            ax.set_title(f"hidden layer {layer}: {SHIFT_MEASURES[measure]}", fontsize=9)
+        axes[row, 0].set_ylabel(measure)
+    for ax in axes[-1]:
+        ax.set_xlabel("training steps")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(f"Distributional shift of each layer's sigmoid input "
+                 f"({SHIFT_NETWORKS[prefix]}; mean over seeds, band min..max)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def numbers(runs: list[Run]) -> dict:
     """The numbers the README quotes: final test accuracy per norm (mean, min, max over
     seeds), at fixed steps, the tracked unit's percentiles, and BN's lead over no BN."""
@@ -179,11 +243,18 @@ def numbers(runs: list[Run]) -> dict:
 
 
 def plot(runs: list[Run], out_dir: Path) -> dict:
-    """Write fig1_mnist.{png,pdf}, fig1_mnist_layers.{png,pdf} and fig1_mnist.json."""
-    for fig, stem in ((figure(runs), "fig1_mnist"), (layers_figure(runs), "fig1_mnist_layers")):
-        atomic_save_figure(fig, out_dir / stem)
-        plt.close(fig)
+    """Write fig1_mnist.{png,pdf}, fig1_mnist_layers.{png,pdf}, where the runs log the shift
+    measures fig1_mnist_shift.{png,pdf} (and _shift_train), and fig1_mnist.json."""
+    figures = {"fig1_mnist": figure(runs), "fig1_mnist_layers": layers_figure(runs)}
+    figures |= {f"fig1_mnist_{p}": shift_figure(runs, p) for p in SHIFT_NETWORKS}
+    for stem, fig in figures.items():
+        if fig is not None:
+            atomic_save_figure(fig, out_dir / stem)
+            plt.close(fig)
     result = numbers(runs)
+    shift = pd.concat([shift_table(runs, p) for p in SHIFT_NETWORKS], ignore_index=True)
+    if len(shift):
+        result["shift"] = shift.round(6).to_dict("records")
     atomic_write_json(out_dir / "fig1_mnist.json", result)
     return result
 

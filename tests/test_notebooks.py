@@ -31,11 +31,12 @@ from omegaconf import OmegaConf
 
 from bnrepro.notebook import RECORD_KEY
 from bnrepro.store import read_metrics, read_summary
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 
 NOTEBOOK_DIR = REPO / "notebooks"
 # notebook -> the fixture giving its papermill parameters (a folder of real runs it reads)
 NOTEBOOKS = {"fig1_shift": "fig1_params", "sweep": "sweep_params", "fig2_cifar": "fig2_params"}
+plot_fig1 = load_script("plot_fig1")
 TINY = ["debug=smoke", "trainer.max_steps=4", "trainer.eval_every=2"]  # 3 evaluations
 MIN_PNG_SIDE = 200  # pixels: a figure, not an icon
 
@@ -206,21 +207,40 @@ def test_fig1_notebook_shows_the_store_numbers(executed):
             assert drift.loc[norm, f"drift_h{layer}"] == pytest.approx(expected, rel=1e-9)
 
     # distributional shift: drawn from the store when the trainer logs it, else said missing
-    if not any(k.startswith("shift/") for k in metrics(dirs[0]).columns):
+    logged = sorted({k.split("/")[0] for k in metrics(dirs[0]).columns
+                     if k.startswith(("shift/", "shift_train/"))})
+    if not logged:
         assert "do not log the distributional-shift measures" in run.text
-        assert "shift" not in run.figures
+        assert not {"shift", "shift_train"} & set(run.figures)
     else:
-        axes = run.figures["shift"]["axes"]  # (since step 0, since the last evaluation) x layer
-        assert len(axes) == 2 * layers and all(len(a["lines"]) == 2 for a in axes)
-        shift = run.table("shift").set_index(["measure", "layer", "norm"])
+        check_shift(run, dirs, logged)
+
+
+def check_shift(run: Executed, dirs: list[Path], networks: list[str]) -> None:
+    """Each network's logged shift measures: a panel per (measure, layer), row-major in
+    plot_fig1.SHIFT_MEASURES order, with a line per norm through every evaluation that logged
+    it; and the table's numbers recomputed from metrics.jsonl (one seed per norm: the seed
+    mean is the run's own value)."""
+    shift = run.table("shift").set_index(["network", "measure", "layer", "norm"])
+    for network in networks:
+        keys = [k for k in metrics(dirs[0]).columns if k.startswith(f"{network}/")]
+        measures = [m for m in plot_fig1.SHIFT_MEASURES if any(k.endswith(f"/{m}") for k in keys)]
+        layers = sorted({int(k.split("/")[1][1:]) for k in keys})
+        axes = run.figures[network]["axes"]
+        assert len(axes) == len(measures) * len(layers)
+        for r, measure in enumerate(measures):
+            for c, layer in enumerate(layers):
+                key = f"{network}/h{layer}/{measure}"
+                counts = [len(metrics(d)[key].dropna()) for d in dirs]
+                assert axes[r * len(layers) + c]["lines"] == counts, key
         for d in dirs:
             m, norm = metrics(d), config(d)["model"]["norm"]
-            for layer in range(1, layers + 1):
-                for measure in ("w1_init", "w1_prev"):
-                    logged = m[f"shift/h{layer}/{measure}"].astype(float).dropna()
-                    row = shift.loc[(measure, layer, norm)]
-                    assert row["mean_over_evaluations"] == pytest.approx(logged.mean(), rel=1e-9)
-                    assert row["at_last_evaluation"] == pytest.approx(logged.iloc[-1], rel=1e-9)
+            for key in keys:
+                _, layer, measure = key.split("/")
+                logged = m[key].astype(float).dropna()
+                row = shift.loc[(network, measure, int(layer[1:]), norm)]
+                assert row["mean_over_evaluations"] == pytest.approx(logged.mean(), rel=1e-9)
+                assert row["at_last_evaluation"] == pytest.approx(logged.iloc[-1], rel=1e-9)
 
 
 def test_sweep_notebook_chooses_on_validation_and_reports_the_store_test_accuracy(executed):
@@ -272,40 +292,37 @@ def test_fig2_notebook_names_the_dataset_and_shows_the_store_target(executed):
 
 
 def test_fig1_notebook_draws_the_shift_measures_when_runs_log_them(fig1_params, tmp_path):
-    """Until the trainer logs shift/h{i}/w1_*, the real store cannot exercise that section:
-    this runs it on a copy of the store with made-up values (step 0 has no previous
-    evaluation: w1_prev is null there) and checks what it draws and says."""
-    store = Path(fig1_params["RUNS"])
-    if any(k.startswith("shift/") for k in metrics(run_dirs(fig1_params)[0]).columns):
+    """Until the trainer logs the shift measures (bnrepro.shift), the real store cannot
+    exercise that section: this runs it on a copy of the store with made-up values of some of
+    them (w1_prev is absent at step 0, as the trainer logs it) and checks what it draws and
+    says."""
+    if any(k.startswith("shift") for k in metrics(run_dirs(fig1_params)[0]).columns):
         pytest.skip("the trainer logs the shift measures: test_fig1_notebook_shows_the_store_"
                     "numbers checks them on real runs")
     copy = tmp_path / "fig1_mnist"
-    shutil.copytree(store, copy, ignore=shutil.ignore_patterns("*.pt", ".lock"))
-    made_up = {}
-    for d in run_dirs({"RUNS": copy}):
-        norm, rows = config(d)["model"]["norm"], read_metrics(d)
-        scale = {"bn": 1.0, "none": 3.0}[norm]
+    shutil.copytree(fig1_params["RUNS"], copy, ignore=shutil.ignore_patterns("*.pt", ".lock"))
+    scales = {"bn": 1.0, "none": 3.0}
+    dirs = run_dirs({"RUNS": copy})
+    for d in dirs:
+        scale, rows = scales[config(d)["model"]["norm"]], read_metrics(d)
         for k, row in enumerate(rows):
             for layer in (1, 2, 3):
                 row[f"shift/h{layer}/w1_init"] = scale * layer * k
-                row[f"shift/h{layer}/w1_prev"] = scale * layer * (k + 1) / 10 if k else None
+                if k:
+                    row[f"shift/h{layer}/w1_prev"] = scale * layer * (k + 1) / 10
+                    row[f"shift_train/h{layer}/w1_prev_rel"] = scale * layer * k / 100
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        made_up[norm] = scale
     run = execute("fig1_shift", {"RUNS": str(copy)}, tmp_path)
-    axes = run.figures["shift"]["axes"]
+    check_shift(run, dirs, ["shift", "shift_train"])
     evaluations = len(rows)
-    assert len(axes) == 2 * 3
-    assert [a["lines"] for a in axes[:3]] == [[evaluations] * 2] * 3  # since step 0
-    assert [a["lines"] for a in axes[3:]] == [[evaluations - 1] * 2] * 3  # since the previous
-    shift = run.table("shift").set_index(["measure", "layer", "norm"])
-    for norm, scale in made_up.items():
-        for layer in (1, 2, 3):
-            prev = [scale * layer * (k + 1) / 10 for k in range(1, evaluations)]
-            assert shift.loc[("w1_prev", layer, norm), "mean_over_evaluations"] == \
-                pytest.approx(np.mean(prev), rel=1e-12)
-            assert shift.loc[("w1_init", layer, norm), "at_last_evaluation"] == \
-                pytest.approx(scale * layer * (evaluations - 1), rel=1e-12)
-    moves = {n: np.mean([s * layer * (k + 1) / 10 for layer in (1, 2, 3)
-                         for k in range(1, evaluations)]) for n, s in made_up.items()}
-    assert (f"moves by W1 {moves['none']:.4f} without BN and {moves['bn']:.4f} with BN"
-            in run.text)
+    axes = run.figures["shift"]["axes"]  # rows: w1_init, w1_prev; columns: layers 1..3
+    assert [a["lines"] for a in axes] == [[evaluations] * 2] * 3 + [[evaluations - 1] * 2] * 3
+    assert len(run.figures["shift_train"]["axes"]) == 3
+    prev = {n: np.mean([s * layer * (k + 1) / 10 for layer in (1, 2, 3)
+                        for k in range(1, evaluations)]) for n, s in scales.items()}
+    assert f"moves by w1_prev {prev['none']:.4f} without BN and {prev['bn']:.4f} with BN" \
+        in run.text
+    rel = {n: np.mean([s * layer * k / 100 for layer in (1, 2, 3)
+                       for k in range(1, evaluations)]) for n, s in scales.items()}
+    assert f"moves by w1_prev_rel {rel['none']:.4f} without BN and {rel['bn']:.4f} with BN" \
+        in run.text
