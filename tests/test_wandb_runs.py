@@ -100,7 +100,9 @@ def test_figures_are_logged_as_images_and_claims_as_a_table_in_the_experiment_gr
     config = {"name": "fig2_cifar", "logger": {"kind": "none"}}  # a run trained without wandb
     store = tmp_path / "store"
     run_id = wandb_figures.publish(True, config, pngs, wandb_dir=store, claims=claims,
-                                   tables={"cells": pd.DataFrame({"lr": [0.1, 1.0]})})
+                                   tables={"cells": pd.DataFrame(
+                                       {"lr": [0.1, 1.0],
+                                        "steps": pd.array([5, None], dtype="Int64")})})
     (folder, records), = wandb_offline.offline_runs(store)
     run = wandb_offline.run_record(records)
     assert (run.run_id, run.run_group, run.job_type, run.project) == \
@@ -115,7 +117,8 @@ def test_figures_are_logged_as_images_and_claims_as_a_table_in_the_experiment_gr
     assert table["columns"] == list(wandb_figures.CLAIM_COLUMNS)
     assert table["data"] == [[c[k] for k in wandb_figures.CLAIM_COLUMNS] for c in claims]
     cells = json.loads((folder / "files" / row["tables/cells.path"]).read_text())
-    assert [r[-1] for r in cells["data"]] == [0.1, 1.0]
+    assert cells["columns"] == ["lr", "steps"]
+    assert cells["data"] == [[0.1, 5], [1.0, None]]  # pandas' NA logged as null
 
 
 def test_figures_are_logged_only_when_asked_and_a_failure_is_one_warning(

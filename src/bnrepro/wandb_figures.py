@@ -100,7 +100,9 @@ def log_figures(images: Iterable[Path], *, group: str | None, wandb_dir: Path,
                     columns=list(CLAIM_COLUMNS),
                     data=[[str(c.get(k, "")) for k in CLAIM_COLUMNS] for c in claims])
             for name, frame in (tables or {}).items():
-                row[f"tables/{name}"] = wandb.Table(dataframe=frame)
+                # pandas' NA/NaN -> None: a wandb.Table column must hold one type or None
+                clean = frame.astype(object).where(frame.notna(), None)
+                row[f"tables/{name}"] = wandb.Table(dataframe=clean)
             run.log(row)
         finally:
             run.finish()
