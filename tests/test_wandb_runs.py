@@ -44,8 +44,11 @@ def test_a_trained_run_holds_its_config_metrics_on_the_step_axis_and_best_summar
     train_population([cfg], [run_dir])
     (_, records), = wandb_offline.offline_runs(run_dir)
 
-    # Config: the run store's resolved config.yaml, key for key, plus the axes block.
-    sent = flatten(wandb_offline.config(records))
+    # Config: the run store's resolved config.yaml, key for key, plus the axes block; nested
+    # as in config.yaml (how wandb-workspaces' Config("model.norm") addresses it).
+    raw = wandb_offline.config(records)
+    assert set(raw) == {*OmegaConf.to_container(cfg), "axes"} and isinstance(raw["model"], dict)
+    sent = flatten(raw)
     stored = flatten(OmegaConf.to_container(read_config(run_dir), resolve=True))
     assert {k: v for k, v in sent.items() if not k.startswith("axes.")} == stored
     axes = read_summary(run_dir)["axes"]
