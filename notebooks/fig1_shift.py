@@ -56,7 +56,7 @@ show_table(table.sort_values(["norm", "seed"], ignore_index=True), "runs")
 
 # %%
 show(plot_fig1.figure(runs), "fig1")
-numbers = plot_fig1.numbers(runs)
+numbers = plot_fig1.fig1_numbers(runs)
 for norm, n in numbers.items():
     if norm in plot_fig1.STYLE:
         say(f"**{plot_fig1.STYLE[norm][0]}**: final test accuracy (step {n['final_step']}) "
@@ -66,6 +66,17 @@ if gap := numbers.get("bn_minus_none"):
     say(f"BN minus no BN, seed-mean test accuracy at each evaluation after step 0: from "
         f"{gap['min']:+.4f} to {gap['max']:+.4f}; BN is ahead at "
         f"{gap['fraction_of_evals_bn_ahead']:.0%} of them.")
+
+# %% [markdown]
+# ## The claims of Sec. 4.1, checked
+#
+# Each verdict is computed from the runs (`scripts/plot_fig1.py`, the same as
+# `results/fig1_mnist_claims.md`) by the rule below the table.
+
+# %%
+claims = pd.DataFrame(plot_fig1.claims(runs, plot_fig1.accuracy_table(runs)))
+show_table(claims[["claim", "paper", "ours", "verdict"]], "claims")
+say(f"Verdict rule: {plot_fig1.VERDICT_RULE}")
 
 # %% [markdown]
 # ## Every hidden layer, not just the last

@@ -28,7 +28,8 @@ evaluated step whose val/acc >= t.
 
 For each dataset D it writes <out>/sweep_D.csv, sweep_D_heatmap.{png,pdf} (colour: mean final
 validation accuracy over completed seeds) and sweep_D_best_curves.{png,pdf} (test accuracy of
-the chosen cells). `--name` replaces the stem `sweep_D`.
+the chosen cells). `--name` replaces the stem `sweep_D`. With --wandb (or
+BNREPRO_WANDB_FIGURES=1) the figures and the per-run table also go to the runs' wandb group.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
+from bnrepro import wandb_figures  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write  # noqa: E402
 from bnrepro.config import flatten  # noqa: E402
 from bnrepro.store import read_config, read_metrics, read_summary  # noqa: E402
@@ -476,6 +478,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", help="file stem instead of sweep_<dataset>")
     parser.add_argument("--chance-margin", type=float, default=CHANCE_MARGIN,
                         help=f"'no learn' = mean val acc below 1/{NUM_CLASSES} + this")
+    wandb_figures.add_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -497,6 +500,10 @@ def main(argv: list[str] | None = None) -> None:
         paths = aggregate_dataset(runs, curves, extra, dataset, args.out / stem,
                                   1 / NUM_CLASSES + args.chance_margin)
         print("wrote " + ", ".join(map(str, paths)))
+        wandb_figures.publish(args.wandb, configs[runs["run_dir"].iloc[0]],
+                              [p for p in paths if p.suffix == ".png"],
+                              tables={"runs": runs.drop(columns="run_dir")},
+                              wandb_dir=args.sweep_dirs[0])
 
 
 if __name__ == "__main__":

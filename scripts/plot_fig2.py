@@ -24,12 +24,15 @@ Definitions (also written into the table caption and the JSON):
 - Plateau check: the Baseline mean curve's gain over the last 25% of steps = its value at
   max_steps minus its (interpolated) value at 0.75 * max_steps.
 
-Claims (results/fig2_<dataset>_claims.md): verdicts are computed, see VERDICT_RULE.
+Claims (results/fig2_<dataset>_claims.md, and .json for scripts/report.py in the format of
+bnrepro.claims): verdicts are computed, see VERDICT_RULE.
 
 Writes to --out: fig2_<dataset>.png/.pdf (Fig. 2), fig2_<dataset>.csv and .md (Fig. 3 table
-and caption), fig2_<dataset>_claims.md, fig2_<dataset>.json (every number the README quotes),
-and with --lr-runs fig2_lr_<dataset>.csv (the base-rate candidates). Bad input (no fig2 runs,
-no Baseline, runs of different setups mixed) prints one `error:` line and exits with 2.
+and caption), fig2_<dataset>_claims.md and _claims.json, fig2_<dataset>.json (every number the
+README quotes), and with --lr-runs fig2_lr_<dataset>.csv (the base-rate candidates). With
+--wandb (or BNREPRO_WANDB_FIGURES=1) the figure and claims also go to the runs' wandb group.
+Bad input (no fig2 runs, no Baseline, runs of different setups mixed) prints one `error:` line
+and exits with 2.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from bnrepro import wandb_figures  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
+from bnrepro.claims import write_claims  # noqa: E402
 from bnrepro.config import flatten  # noqa: E402
 from bnrepro.store import read_config, read_metrics, read_summary  # noqa: E402
 
@@ -88,6 +93,7 @@ VERDICT_RULE = (
     "means. A seed that never reaches the target counts as infinitely many steps. A claim "
     "about two variants takes the worse of the two verdicts.")
 RANK = {"holds": 0, "mixed": 1, "does not hold": 2, "not measured": 3}
+PAPER_SOURCE, OUR_CHECK = "Ioffe & Szegedy (2015)", "ours"  # bnrepro.claims.SOURCES
 
 
 class Fig2Error(Exception):
@@ -237,8 +243,9 @@ def per_seed(v: dict[str, Any], key: str) -> np.ndarray:
 def claims(table: dict[str, dict[str, Any]], plateau: dict[str, Any]) -> list[dict[str, str]]:
     rows = []
 
-    def add(claim: str, paper: str, ours: str, result: str) -> None:
-        rows.append({"claim": claim, "paper": paper, "ours": ours, "verdict": result})
+    def add(claim: str, paper: str, ours: str, result: str, source: str = PAPER_SOURCE) -> None:
+        rows.append({"claim": claim, "paper": paper, "ours": ours, "verdict": result,
+                     "source": source})
 
     def missing(*names: str) -> list[str]:
         return [n for n in names if n not in table]
@@ -249,7 +256,8 @@ def claims(table: dict[str, dict[str, Any]], plateau: dict[str, Any]) -> list[di
         ma, mb = table[a]["steps_to_target_median"], table[b]["steps_to_target_median"]
         means = math.isfinite(ma) and ma * factor <= mb and ma < mb
         ranges = bool(np.isfinite(sa).all() and sa.max() < sb.min())
-        return verdict(means, ranges), f"median {fmt_steps(ma)} vs {fmt_steps(mb)} steps"
+        return verdict(means, ranges), (f"steps to target, median (min..max over seeds): {a} "
+                                         f"{steps_cell(table[a])} vs {b} {steps_cell(table[b])}")
 
     def higher_acc(a: str, b: str) -> tuple[str, str]:
         aa, ab = per_seed(table[a], "max_val_acc"), per_seed(table[b], "max_val_acc")
@@ -322,7 +330,7 @@ def claims(table: dict[str, dict[str, Any]], plateau: dict[str, Any]) -> list[di
         f"{plateau['mean_curve_gain']:+.4f} (seeds {gains.min():+.4f}..{gains.max():+.4f}); "
         f"plateaued = gain < {PLATEAU_MAX_GAIN:g}",
         verdict(plateau["mean_curve_gain"] < PLATEAU_MAX_GAIN,
-                bool((gains < PLATEAU_MAX_GAIN).all())))
+                bool((gains < PLATEAU_MAX_GAIN).all())), OUR_CHECK)
     return rows
 
 
@@ -369,7 +377,7 @@ def lr_selection(lr_root: Path, dataset: str, base_lr: float
            "ours": f"fig2 Baseline lr {base_lr:g}; best candidate lr {winner['lr']:g} "
                    f"(max val acc {winner['best_val_acc']:.4f}) of "
                    f"{', '.join(f'{x:g}' for x in df['lr'])}",
-           "verdict": "holds" if ok else "does not hold"}
+           "verdict": "holds" if ok else "does not hold", "source": OUR_CHECK}
     return info, row, df
 
 
@@ -479,9 +487,10 @@ def caption(target: float, target_step: int, dataset: str, max_steps: int) -> st
 
 def analysis(root: Path, lr_root: Path | None = None) -> dict[str, Any]:
     """Everything Figs. 2-3 and the claims are made of, computed from the runs below root
-    (and the base-rate runs below lr_root), writing nothing: dataset, max_steps, eval steps,
-    per-variant curves (val/acc per step x seed) and table (describe_variant + speed-ups),
-    target and the step where the Baseline mean reaches it, plateau check, claim rows, and
+    (and the base-rate runs below lr_root), writing nothing: runs, dataset, max_steps, eval
+    steps, variants (in VARIANTS order), per-variant curves (val/acc per step x seed) and
+    table (describe_variant + speed-ups), target and the step where the Baseline mean reaches
+    it, plateau check, claim rows (with dataset), the verdict rule with its thresholds, and
     with lr_root the lr selection (info, candidates table). Fig2Error on bad input."""
     runs = load_runs(root, EXPERIMENT)
     if not runs:
@@ -520,18 +529,30 @@ def analysis(root: Path, lr_root: Path | None = None) -> dict[str, Any]:
         base_lrs = {float(r["config"]["optim.lr"]) for r in by_variant["Baseline"]}
         lr_info, row, lr_candidates = lr_selection(lr_root, dataset, base_lrs.pop())
         claim_rows.append(row)
-    return {"dataset": dataset, "max_steps": max_steps, "steps": steps, "curves": curves,
-            "table": table, "target": target, "target_step": target_step, "plateau": plateau,
-            "claims": claim_rows, "lr_info": lr_info, "lr_candidates": lr_candidates}
+    for row in claim_rows:
+        row["dataset"] = dataset
+    rule = (f"{VERDICT_RULE} Thresholds: chance = {CHANCE:g} + margin {CHANCE_MARGIN:g}; far "
+            f"fewer steps = median speed-up >= {FAR_FEWER_FACTOR:g}x; plateaued = Baseline mean "
+            f"gain over the last {1 - PLATEAU_FROM:.0%} of steps < {PLATEAU_MAX_GAIN:g}. Target "
+            f"= {target:.4f} (max over steps of the Baseline's seed-mean validation curve).")
+    return {"runs": runs, "dataset": dataset, "max_steps": max_steps, "steps": steps,
+            "variants": order, "by_variant": by_variant, "curves": curves, "table": table,
+            "target": target, "target_step": target_step, "plateau": plateau,
+            "claims": claim_rows, "verdict_rule": rule, "lr_info": lr_info,
+            "lr_candidates": lr_candidates}
 
 
-def analyse(root: Path, out: Path, lr_root: Path | None = None) -> dict[str, Any]:
-    """analysis(), written to `out` (see the module docstring); returns the JSON's numbers."""
+def analyse(root: Path, out: Path, lr_root: Path | None = None, wandb: bool = False
+            ) -> dict[str, Any]:
+    """analysis(), written to `out` (see the module docstring; with `wandb`, also log the
+    figure and claims to the runs' wandb group, see bnrepro.wandb_figures); return the
+    numbers of fig2_<dataset>.json."""
     a = analysis(root, lr_root)
-    dataset, max_steps, steps, curves, table, target, target_step, plateau, claim_rows = (
-        a[k] for k in ("dataset", "max_steps", "steps", "curves", "table", "target",
-                       "target_step", "plateau", "claims"))
-    lr_info = a["lr_info"]
+    runs, dataset, max_steps, steps, order, by_variant, curves, table = (
+        a[k] for k in ("runs", "dataset", "max_steps", "steps", "variants", "by_variant",
+                       "curves", "table"))
+    target, target_step, plateau, claim_rows, rule, lr_info = (
+        a[k] for k in ("target", "target_step", "plateau", "claims", "verdict_rule", "lr_info"))
     out.mkdir(parents=True, exist_ok=True)
     if a["lr_candidates"] is not None:
         atomic_write_text(out / f"fig2_lr_{dataset}.csv", a["lr_candidates"].to_csv(index=False))
@@ -544,13 +565,16 @@ def analyse(root: Path, out: Path, lr_root: Path | None = None) -> dict[str, Any
                  "| claim | paper (ImageNet) | ours | verdict |", "|---|---|---|---|"]
     claims_md += [f"| {c['claim']} | {c['paper']} | {c['ours']} | {c['verdict']} |"
                   for c in claim_rows]
-    claims_md += ["", f"Verdict rule: {VERDICT_RULE} Thresholds: chance = {CHANCE:g} + margin "
-                  f"{CHANCE_MARGIN:g}; far fewer steps = median speed-up >= "
-                  f"{FAR_FEWER_FACTOR:g}x; plateaued = Baseline mean gain over the last "
-                  f"{1 - PLATEAU_FROM:.0%} of steps < {PLATEAU_MAX_GAIN:g}. Target = "
-                  f"{target:.4f} (max over steps of the Baseline's seed-mean validation curve).",
-                  ""]
+    claims_md += ["", f"Verdict rule: {rule}", ""]
     atomic_write_text(out / f"fig2_{dataset}_claims.md", "\n".join(claims_md))
+    seeds = sorted({len(rs) for rs in by_variant.values()})
+    write_claims(
+        out / f"fig2_{dataset}_claims.json", claim_rows, experiment=EXPERIMENT,
+        title=f"Figs. 2-3: accelerating BN networks (Sec. 4.2), on {dataset}", make="make fig2",
+        setup=f"{dataset}, {max_steps} steps per run, width multiplier "
+              f"{runs[0]['config'].get('model.width_multiplier')}, "
+              f"{'/'.join(map(str, seeds))} seeds per variant, variants {', '.join(order)}",
+        figures=[f"fig2_{dataset}.png"], verdict_rule=rule)
 
     def clean(x: Any) -> Any:  # JSON: inf -> "never", NaN -> null
         if isinstance(x, dict):
@@ -576,6 +600,8 @@ def analyse(root: Path, out: Path, lr_root: Path | None = None) -> dict[str, Any
                         for v, c in curves.items()}, "claims": claim_rows, "lr_selection": lr_info,
         "paper_imagenet": {k: {"steps_to_72.2": a, "max_acc": b} for k, (a, b) in PAPER.items()}})
     atomic_write_json(Path(f"{stem}.json"), numbers)
+    wandb_figures.publish(wandb, runs[0]["config"], [Path(f"{stem}.png")], claims=claim_rows,
+                          wandb_dir=root)
     return numbers
 
 
@@ -585,14 +611,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr-runs", type=Path, default=None,
                         help="the base-rate selection runs, runs/fig2_lr_<dataset>")
     parser.add_argument("--out", type=Path, default=Path("results"))
+    wandb_figures.add_flag(parser)
     args = parser.parse_args(argv)
     try:
-        numbers = analyse(args.run_dir, args.out, args.lr_runs)
+        numbers = analyse(args.run_dir, args.out, args.lr_runs, wandb=args.wandb)
     except Fig2Error as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     d = numbers["dataset"]
-    print(f"wrote {args.out}/fig2_{d}.png, .pdf, .csv, .md, .json, fig2_{d}_claims.md"
+    print(f"wrote {args.out}/fig2_{d}.png, .pdf, .csv, .md, .json, fig2_{d}_claims.md and .json"
           + (f", fig2_lr_{d}.csv" if numbers["lr_selection"] else ""))
     print(f"target {numbers['target']:.4f} (max of the Baseline's seed-mean val acc, step "
           f"{numbers['target_step_of_baseline_mean']}); Baseline gain over the last "

@@ -188,6 +188,14 @@ def test_fig1_notebook_shows_the_store_numbers(executed):
         last = metrics(d).iloc[-1]
         assert f"final test accuracy (step {int(last['step'])}) {last['test/acc']:.4f}" in run.text
 
+    # the claims: the accuracy claim quotes each net's final test accuracy
+    claims = run.table("claims").set_index("claim")
+    higher = claims.loc["BN helps the network achieve higher test accuracy", "ours"]
+    for d in dirs:
+        norm = config(d)["model"]["norm"]
+        acc = f"{metrics(d)['test/acc'].iloc[-1]:.4f}"
+        assert f"{'with BN' if norm == 'bn' else 'without'} {acc}" in higher, (norm, higher)
+
     # one panel per (norm, layer), each with the tracked unit's 3 percentiles at every
     # evaluation and the pooled band
     layers = len(config(dirs[0])["model"]["hidden"])

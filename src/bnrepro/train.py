@@ -166,7 +166,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
               for d, c in zip(run_dirs, cfgs, strict=True)]
     sinks = [make_sink(c, d, run_name(c), c.logger.get("group") or c.name,
                        [f"{k}={v}" for k, v in axes(c).items()],
-                       resume_step=start_step if saved[0] else None)
+                       resume_step=start_step if saved[0] else None, axes=axes(c))
              for c, d in zip(cfgs, run_dirs, strict=True)]
     for store, summary in zip(stores, summaries, strict=True):
         store.write_summary(summary)
