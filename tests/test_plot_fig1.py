@@ -56,7 +56,9 @@ def run(tmp_path: Path, bn_acc: list[list[float]], bn_q50: list[list[float]],
     out = tmp_path / "results"
     plot_fig1.main([str(root), "--out", str(out)])
     claims = read_claims(out / "fig1_mnist_claims.json")
-    assert claims["figures"] == ["fig1_mnist.png"] and (out / "fig1_mnist.png").is_file()
+    # no shift measures logged here: Fig. 1 and every layer's percentiles only
+    assert claims["figures"] == ["fig1_mnist.png", "fig1_mnist_layers.png"]
+    assert all((out / f).is_file() for f in claims["figures"])
     assert (out / "fig1_mnist_claims.md").read_text().count("| BN ") == 3
     return {c["claim"]: c for c in claims["claims"]}
 
