@@ -11,9 +11,9 @@
 # %% [markdown]
 # # Figure 1: does BN speed up training and hold each layer's input distribution still?
 #
-# Ioffe & Szegedy's Fig. 1 trains the same 3 x 100 sigmoid network on MNIST with and without
-# Batch Normalization: (a) test accuracy over training, (b, c) the 15th, 50th and 85th
-# percentiles of the input to one sigmoid of the last hidden layer. Their claim: with BN the
+# Ioffe & Szegedy's Fig. 1 trains the same fully connected sigmoid network on MNIST with and
+# without Batch Normalization: (a) test accuracy over training, (b, c) the 15th, 50th and
+# 85th percentiles of the input to one sigmoid of the last hidden layer. Their claim: with BN the
 # network trains faster and the input distribution moves much less ("internal covariate
 # shift" is reduced). This notebook reads the local run store only (`RUNS`: the runs of
 # `make fig1`, or any folder of `experiment=fig1_mnist` runs), so it works offline.
