@@ -22,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bnrepro.atomic import atomic_write_json, atomic_write_text
+from bnrepro.measures import MEASURES
 
 CONFIG = "config.yaml"
 
@@ -74,9 +75,11 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def is_evaluation(row: dict[str, Any]) -> bool:
-    """Whether a metrics.jsonl row was logged by an evaluation (every one logs val/acc), not
-    by measures alone at a step that is not evaluated (bnrepro.measures)."""
-    return "val/acc" in row
+    """Whether a metrics.jsonl row was logged by an evaluation (of train.py, or the deep
+    linear net's loss rows), not by measures alone at a step that is not evaluated: a
+    measures-only row holds nothing but `step` and keys under a measure's name
+    (bnrepro.measures: ics/..., landscape/...)."""
+    return any(key != "step" and key.split("/")[0] not in MEASURES for key in row)
 
 
 def evaluation_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
