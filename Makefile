@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: help setup test test-all reproduce fig1 sweep-mnist fig2 fig2-lr sweep-cifar bench \
+.PHONY: help setup test test-all reproduce fig1 sweep-mnist fig2 fig2-lr sweep-cifar dln bench \
 	notebooks lint format clean report wandb-workspace
 
 help:  ## list the targets
@@ -70,6 +70,13 @@ report: setup  ## results/REPORT.md: every figure and claim in results/, with it
 # make wandb-workspace ARGS=--dry-run (writes the spec as JSON).
 wandb-workspace: setup  ## save the wandb workspace defined in code, print its URL
 	$(PY) scripts/wandb_workspace.py $(ARGS)
+
+# CPU profile of Santurkar et al.'s deep linear net: 3,000 of the paper's 10,000 full-batch steps
+# (the rest as the paper: conf/dln.yaml). Full size: DLN_PROFILE= make dln
+DLN_PROFILE ?= steps=3000
+dln: setup  ## Santurkar's deep linear net: ICS and landscape, standard vs BN, 2 rates x 3 seeds
+	$(PY) -m bnrepro.train_dln $(DLN_PROFILE)
+	$(PY) scripts/plot_dln.py runs/dln --out results
 
 bench: setup  ## ms per step: canonical PyTorch loop vs ours (single and populations)
 	$(PY) scripts/bench.py

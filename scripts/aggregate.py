@@ -59,7 +59,7 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 from bnrepro import wandb_figures  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write  # noqa: E402
 from bnrepro.config import flatten  # noqa: E402
-from bnrepro.store import read_config, read_metrics, read_summary  # noqa: E402
+from bnrepro.store import evaluation_rows, read_config, read_metrics, read_summary  # noqa: E402
 
 AXES = ["dataset", "norm", "activation", "lr", "dropout", "seed"]  # summary["axes"]
 AXIS_KEYS = {"dataset.name": "dataset", "model.norm": "norm", "model.activation": "activation",
@@ -69,7 +69,7 @@ BASE_CELL = ["norm", "activation", "lr", "dropout"]
 # replicates of one cell. An entry ending in "." covers everything under it.
 NON_TRAJECTORY_KEYS = ("name", "trainer.progress", "trainer.resume", "trainer.checkpoint_every",
                        "trainer.device", "trainer.threads", "trainer.eval_memory_mb",
-                       "dataset.root", "dataset.mirror", "logger.", "hydra.")
+                       "dataset.root", "dataset.mirror", "logger.", "hydra.", "measures.")
 TUNABLE_PREFIXES = ("optim.",)  # besides the axes, the only keys a sweep may vary
 REQUIRED_SUMMARY_KEYS = ["status", "axes", "final_val_acc", "final_test_acc"]
 SUMMARY_KEYS = ["status", "reason", "steps_done", "max_steps", "diverged_at_step",
@@ -130,8 +130,9 @@ def read_run(run_dir: Path) -> tuple[dict, dict[str, Any], pd.DataFrame]:
         raise ValueError("config.yaml holds no config mapping")
     if not (run_dir / "metrics.jsonl").is_file():  # read_metrics would return [] silently
         raise FileNotFoundError("no metrics.jsonl")
-    # One row per step, in order: a resumed run's store drops rows past its checkpoint.
-    return summary, flatten(config), pd.DataFrame(read_metrics(run_dir))
+    # One row per evaluation, in order: a resumed run's store drops rows past its checkpoint;
+    # rows of measured steps that were not evaluated are not curves (bnrepro.measures).
+    return summary, flatten(config), pd.DataFrame(evaluation_rows(read_metrics(run_dir)))
 
 
 def run_row(summary: dict, metrics: pd.DataFrame, thresholds: list[float]) -> dict[str, Any]:

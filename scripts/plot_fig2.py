@@ -56,7 +56,7 @@ from bnrepro import wandb_figures  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
 from bnrepro.claims import write_claims  # noqa: E402
 from bnrepro.config import flatten  # noqa: E402
-from bnrepro.store import read_config, read_metrics, read_summary  # noqa: E402
+from bnrepro.store import evaluation_rows, read_config, read_metrics, read_summary  # noqa: E402
 
 EXPERIMENT, LR_EXPERIMENT = "fig2_cifar", "fig2_cifar_lr"  # config `name` of the runs
 VARIANTS = ["Baseline", "BN-Baseline", "BN-x5", "BN-x30", "BN-x5-Sigmoid", "Baseline-x5",
@@ -74,7 +74,7 @@ NON_TRAJECTORY_KEYS = ("name", "seed", "fresh", "trainer.progress", "trainer.res
                        "trainer.test_every",
                        "trainer.checkpoint_every", "trainer.device", "trainer.threads",
                        "trainer.eval_memory_mb", "dataset.root", "dataset.mirror", "logger.",
-                       "hydra.")
+                       "hydra.", "measures.")
 # Keys a variant sets itself (conf/fig2_variant/): may differ between variants, not within one.
 VARIANT_KEYS = ("variant", "model.norm", "model.activation", "model.dropout", "optim.",
                 "augment.")
@@ -112,7 +112,8 @@ def load_runs(root: Path, experiment: str) -> list[dict[str, Any]]:
         try:
             summary = read_summary(run_dir)
             config = flatten(OmegaConf.to_container(read_config(run_dir), resolve=True))
-            metrics = pd.DataFrame(read_metrics(run_dir))
+            # Evaluations only: a measured step that was not evaluated is no curve point.
+            metrics = pd.DataFrame(evaluation_rows(read_metrics(run_dir)))
         except (OSError, ValueError) as err:
             skipped.append(f"{run_dir} (unreadable: {type(err).__name__})")
             continue

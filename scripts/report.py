@@ -48,6 +48,8 @@ EXPERIMENTS = (
                "make fig2", ("fig2_*_claims.json",), ("fig2_*.png",)),
     Experiment("santurkar", "Internal covariate shift on trial (Santurkar et al. 2018)",
                "make santurkar", ("santurkar*_claims.json",), ("santurkar*.png",)),
+    Experiment("dln", "Deep linear network: ICS and landscape (Santurkar et al. 2018)",
+               "make dln", ("dln_claims.json",), ("dln.png",)),
     Experiment("batchsize", "Batch size: BN and its alternatives (Wu & He 2018)",
                "make batchsize", ("batchsize*_claims.json",), ("batchsize*.png",)),
     Experiment("depth", "Residual depth: BN, no norm, SkipInit (De & Smith 2020)",

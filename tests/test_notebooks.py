@@ -30,7 +30,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from bnrepro.notebook import RECORD_KEY
-from bnrepro.store import read_metrics, read_summary
+from bnrepro.store import evaluation_rows, read_metrics, read_summary
 from tests.conftest import REPO, load_script
 
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -133,7 +133,8 @@ def run_dirs(parameters: dict) -> list[Path]:
 
 
 def metrics(run_dir: Path) -> pd.DataFrame:
-    return pd.DataFrame(read_metrics(run_dir))
+    """The run's evaluations (what the notebooks read through bnrepro.runs.find_runs)."""
+    return pd.DataFrame(evaluation_rows(read_metrics(run_dir)))
 
 
 def config(run_dir: Path) -> dict:
