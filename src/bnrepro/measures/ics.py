@@ -79,7 +79,7 @@ def gradient_ics(loss_fn: LossFn, params: Mapping[str, torch.Tensor],
         loss = loss_fn({**fixed, **below, name: weight})
         (g_shifted,) = torch.autograd.grad(loss.sum(), [weight])
         g = grads[name]
-        results[i] = {"l2": member_norm([g.double() - g_shifted.double()]),
+        results[i] = {"l2": member_norm([g - g_shifted]),
                       "cos": member_cosine([g], [g_shifted])}
     return results
 

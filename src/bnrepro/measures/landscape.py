@@ -11,8 +11,8 @@ Per member:
 - gradient predictiveness (Fig. 4b, a shaded range): ||g - grad L(x_j)||_2 over the points,
   logged as its min and max.
 - "effective" beta-smoothness (Fig. 4c, "the maximum difference (in l2-norm) in gradient
-  over distance moved in that direction"): max_j ||g - grad L(x_j)|| / ||x_t - x_j||, the
-  distance taken from the weights actually reached.
+  over distance moved in that direction"): max_j ||g - grad L(x_j)|| / ||x_t - x_j||, with
+  ||x_t - x_j|| = m_j * eta * ||g||, the length of the step.
 Every trainable parameter moves (BN's gamma and beta too: the landscape is the loss over all
 the weights training updates). L is the step's training loss: its batch, dropout masks and norm
 noise, batch statistics in the norms (replay.py); the data loss, without weight decay. A point
@@ -60,7 +60,7 @@ class Landscape:
     grad_norm: torch.Tensor  # [P] ||g||
     losses: torch.Tensor  # [P, M] L(x_j)
     grad_changes: torch.Tensor  # [P, M] ||g - grad L(x_j)||
-    distances: torch.Tensor  # [P, M] ||x_t - x_j||
+    distances: torch.Tensor  # [P, M] ||x_t - x_j|| = m_j * lr * ||g||
 
     def summary(self) -> dict[str, torch.Tensor]:
         """The per-member numbers the paper plots, [P] each (see the module docstring)."""
@@ -89,7 +89,7 @@ def landscape(loss_fn: LossFn, params: Mapping[str, torch.Tensor],
     if loss is None:
         with torch.no_grad():
             loss = loss_fn(start)
-    losses, grad_changes, distances = [], [], []
+    losses, grad_changes = [], []
     for m in multipliers.tolist():
         step = (lr.double() * m).to(g[0].dtype)
         point = {name: (x - step.view(-1, *[1] * (x.dim() - 1)) * gx).requires_grad_()
@@ -97,15 +97,18 @@ def landscape(loss_fn: LossFn, params: Mapping[str, torch.Tensor],
         point_loss = loss_fn(point)
         point_grads = torch.autograd.grad(point_loss.sum(), list(point.values()))
         losses.append(point_loss.detach().double())
-        grad_changes.append(member_norm([a.double() - b.double()
-                                         for a, b in zip(g, point_grads, strict=True)]))
-        distances.append(member_norm([x.double() - p.detach().double()
-                                      for x, p in zip(start.values(), point.values(),
-                                                      strict=True)]))
-    return Landscape(multipliers=multipliers.double(), loss_at_start=loss.detach().double(),
-                     grad_norm=member_norm(g), losses=torch.stack(losses, 1),
-                     grad_changes=torch.stack(grad_changes, 1),
-                     distances=torch.stack(distances, 1))
+        # The difference in the weights' precision (exact where the values are close), the
+        # norm accumulated in float64.
+        grad_changes.append(member_norm([a - b for a, b in zip(g, point_grads, strict=True)]))
+    grad_norm = member_norm(g)
+    multipliers = multipliers.double()
+    # The length of each step taken: m * lr * ||g|| (what the weights moved by, up to their
+    # rounding, which for steps far below the weights' own precision would be all there is).
+    distances = (lr.double().to(grad_norm.device) * grad_norm)[:, None] * \
+        multipliers.to(grad_norm.device)[None, :]
+    return Landscape(multipliers=multipliers, loss_at_start=loss.detach().double(),
+                     grad_norm=grad_norm, losses=torch.stack(losses, 1),
+                     grad_changes=torch.stack(grad_changes, 1), distances=distances)
 
 
 def run_landscape(ctx: MeasureContext, knobs: Mapping) -> dict[str, torch.Tensor]:
