@@ -22,6 +22,7 @@ from bnrepro.seeding import occasion_generator
 from bnrepro.shift import ShiftTracker, UnitValues, quantile_sketch, sketch_w1
 from bnrepro.store import read_metrics, read_summary
 from bnrepro.train import train_population
+from tests.conftest import REPO
 
 
 def w1_from_cdfs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -342,3 +343,30 @@ def test_a_checkpoint_without_references_resumes_without_w1_init(tmp_path, mnist
     assert "shift/h1/w1_prev" not in rows[30] and "shift/h1/w1_prev" in rows[40]
     assert not any("w1_init" in k for s in (30, 40) for k in rows[s])
     assert math.isfinite(rows[40]["shift_train/h2/w1_prev"])
+
+
+# ---- configuration: a measurement knob, not a trajectory key ----
+
+def test_the_knob_turns_the_shift_off():
+    cfg, ds, transform, train, val, model = evaluator_setup("bn", "probe.shift.enabled=false")
+    evaluate = Evaluator(cfg, ds, transform, train, val, seeds=[0, 1])
+    rows = [evaluate(model, step=s) for s in (0, 10)]
+    assert not any(k.startswith("shift") for r in rows for row in r for k in row)
+    assert evaluate.resumable() == {}
+    assert "act_train/h1/q50" in rows[1][0]  # the probes themselves go on
+
+
+def test_shift_knobs_change_neither_the_run_directory_nor_the_fingerprint():
+    """Runs checkpointed before these knobs existed must resume (no ResumeMismatchError), and
+    turning the measurement off or refining it must find the same run directory."""
+    cfg = compose_config(["experiment=santurkar_mnist"])
+    old = OmegaConf.to_container(cfg, resolve=True)
+    del old["probe"]["shift"], old["probe"]["train_noise"]
+    assert checkpoint.fingerprint(cfg) == checkpoint.fingerprint(OmegaConf.create(old))
+    other = compose_config(["experiment=santurkar_mnist", "probe.shift.levels=7",
+                            "probe.shift.enabled=false", "probe.train_noise=false"])
+    assert checkpoint.fingerprint(other) == checkpoint.fingerprint(cfg)
+    excluded = OmegaConf.load(REPO / "conf" / "train.yaml").hydra.job.config.override_dirname
+    knobs = OmegaConf.load(REPO / "conf" / "probe" / "default.yaml")
+    for key in [f"probe.shift.{k}" for k in knobs.shift] + ["probe.train_noise"]:
+        assert key in excluded.exclude_keys, key
