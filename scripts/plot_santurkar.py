@@ -21,7 +21,7 @@ Definitions (also in the JSON):
   evaluation after its last one.
 - Final test accuracy: test/acc at the last step (chance for a diverged seed). Max validation
   accuracy: over the seed's evaluations.
-- Shift (Figs. 2, 6, 8; src/bnrepro/shift.py): shift_train/h{i}/w1_prev_rel, the per-unit
+- Shift (Figs. 2, 6, 8; src/bnrepro/shift.py): shift/h{i}/w1_prev_rel, the per-unit
   Wasserstein-1 distance of hidden layer i's inputs to the nonlinearity between consecutive
   evaluations, on the training network's fixed probe images, summed over units and divided by
   the summed per-unit standard deviations of the earlier evaluation. A seed's shift of layer i
@@ -30,16 +30,20 @@ Definitions (also in the JSON):
 - Fig. 2 analog: per net and layer, the logged quantiles (act_train/h{i}/q05..q95) of the
   tracked unit ("a random input", Sec. 2) of the lowest seed, over training: shaded fans.
 
-Claims (results/santurkar_claims.md): one block per dataset and learning rate, verdicts by
-VERDICT_RULE with the thresholds below. Writes to --out, per dataset: santurkar_<dataset>.png/
-.pdf (Figs. 1-2 accuracy and shift), santurkar_<dataset>_distributions.png/.pdf (Fig. 2),
-santurkar_<dataset>_lp.png/.pdf and santurkar_<dataset>_lp_distributions.png/.pdf (Figs. 5-6),
-santurkar_<dataset>.csv (one row per lr and norm) and santurkar_<dataset>.json; and
-santurkar_claims.md over all datasets. Bad input prints one `error:` line and exits with 2.
+Claims (results/santurkar_claims.md, and .json for scripts/report.py in the format of
+bnrepro.claims: each claim with its dataset and source): one block per dataset and learning
+rate (the rate is named in the claim), verdicts by VERDICT_RULE with the thresholds below.
 
-Extending (the gradient-ICS and landscape part, Figs. 3-4, a deep linear net): add a function
-to SECTIONS. Each takes a Group (one dataset and learning rate) and the output folder, draws
-what it draws (unless told not to) and returns its numbers and claim rows.
+Writes to --out, per dataset: santurkar_<dataset>.png/.pdf (Figs. 1-2: accuracy and shift),
+santurkar_<dataset>_distributions.png/.pdf (Fig. 2), santurkar_<dataset>_lp.png/.pdf and
+santurkar_<dataset>_lp_distributions.png/.pdf (Figs. 5-6), santurkar_<dataset>.csv (one row
+per lr and norm) and santurkar_<dataset>.json; and santurkar_claims.md and .json over all
+datasets. Bad input prints one `error:` line and exits with 2.
+
+Extending (the gradient-ICS and landscape part, Figs. 3-4; the deep linear net has its own
+scripts/plot_dln.py): add a function to SECTIONS. Each takes one dataset's Groups (one per
+learning rate), the output folder and whether to draw; it returns its numbers, with its claim
+rows under "groups"[i]["claims"] (rows: bnrepro.claims fields).
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
+from bnrepro.claims import write_claims  # noqa: E402
 from bnrepro.config import flatten  # noqa: E402
 from bnrepro.runs import Run, find_runs  # noqa: E402
 
@@ -76,7 +81,8 @@ NETS = {  # model.norm -> (label as in the paper, colour)
 SEC21_NETS, LP_NETS = ("none", "bn", "noisy_bn", "noise_only"), ("none", "bn", "lp1", "lp2",
                                                                   "lpinf")
 LP_NORMS = ("lp1", "lp2", "lpinf")
-NETWORK = "train"  # the training network's probes: shift_train/..., act_train/...
+# The training network's probes (shift/..., act_train/...; the inference network's are
+# shift_inference/..., act/...): the network that trains, noise included.
 SHIFT = "w1_prev_rel"  # the claims' shift measure (module docstring)
 CHANCE = 0.1  # 1 of 10 classes: a diverged seed's accuracy after its last evaluation
 CHANCE_MARGIN = 0.05  # "does not train at all" = max val acc <= CHANCE + CHANCE_MARGIN
@@ -93,6 +99,11 @@ RANK = {"holds": 0, "mixed": 1, "does not hold": 2, "not measured": 3}
 SAME_SETUP = ("name", "trainer.max_steps", "trainer.eval_every", "trainer.batch_size",
               "model.kind", "model.activation", "model.hidden", "model.width_multiplier",
               "optim.momentum", "optim.weight_decay", "probe.num_examples")
+
+
+SANTURKAR, IOFFE = "Santurkar et al. (2018)", "Ioffe & Szegedy (2015)"  # bnrepro.claims SOURCES
+IOFFE_CLAIMS = ("BN reduces internal covariate shift (distributional shift) vs standard",)
+TITLE = "Internal covariate shift on trial: Santurkar et al. (2018), Sec. 2.1 and 3.3"
 
 
 class SanturkarError(Exception):
@@ -132,7 +143,7 @@ def load_groups(roots: Sequence[Path]) -> dict[str, list[Group]]:
         steps = np.array(sorted({int(s) for r in members for s in r.metrics["step"]}))
         columns = {c for r in members for c in r.metrics.columns}
         layers = sorted({int(m[1]) for c in columns
-                         if (m := re.fullmatch(rf"shift_{NETWORK}/h(\d+)/{SHIFT}", c))})
+                         if (m := re.fullmatch(rf"shift/h(\d+)/{SHIFT}", c))})
         groups[dataset] = []
         for lr in sorted({float(r.config.optim.lr) for r in members}, reverse=True):
             nets: dict[str, list[Run]] = {}
@@ -173,7 +184,7 @@ def curve(runs: list[Run], key: str, steps: np.ndarray, after_divergence: float 
 
 
 def shift_key(layer: int, measure: str = SHIFT) -> str:
-    return f"shift_{NETWORK}/h{layer}/{measure}"
+    return f"shift/h{layer}/{measure}"
 
 
 def spread(values: Sequence[float]) -> dict[str, float]:
@@ -246,8 +257,9 @@ def claims(group: Group, table: dict[str, dict]) -> list[dict[str, str]]:
     rows = []
 
     def add(claim: str, paper: str, ours: str, result: str) -> None:
-        rows.append({"claim": claim, "paper": paper, "data": group.label, "ours": ours,
-                     "verdict": result})
+        source = IOFFE if claim in IOFFE_CLAIMS else SANTURKAR
+        rows.append({"claim": f"{claim} (lr {group.lr:g})", "paper": paper, "ours": ours,
+                     "verdict": result, "dataset": group.dataset, "source": source})
 
     def needs(claim: str, paper: str, *norms: str) -> bool:
         if missing := [n for n in norms if n not in table]:
@@ -416,7 +428,7 @@ def shown_layers(layers: list[int]) -> list[int]:
 
 
 def fan_levels(run: Run, layer: int) -> list[int]:
-    head = f"act_{NETWORK}/h{layer}/q"
+    head = f"act_train/h{layer}/q"
     return sorted(int(c[len(head):]) for c in run.metrics.columns
                   if c.startswith(head) and c[len(head):].isdigit())
 
@@ -426,7 +438,7 @@ def distributions_figure(group: Group, nets: Sequence[str], stem: Path, title: s
     quantiles over training, lowest seed: fans 5-95, 15-85, 25-75 and the median."""
     nets = [n for n in nets if n in group.nets]
     hidden = sorted({int(m[1]) for r in group.nets[nets[0]] for c in r.metrics.columns
-                     if (m := re.fullmatch(rf"act_{NETWORK}/h(\d+)/q50", c))})
+                     if (m := re.fullmatch(r"act_train/h(\d+)/q50", c))})
     layers = shown_layers(hidden)
     fig, axes = plt.subplots(max(1, len(layers)), len(nets), figsize=(3.6 * len(nets),
                              2.6 * max(1, len(layers))), squeeze=False, sharex=True)
@@ -435,7 +447,7 @@ def distributions_figure(group: Group, nets: Sequence[str], stem: Path, title: s
         m = run.metrics.set_index("step")
         for i, layer in enumerate(layers):
             ax, levels = axes[i, j], fan_levels(run, layer)
-            head = f"act_{NETWORK}/h{layer}/q"
+            head = f"act_train/h{layer}/q"
             for low, high, alpha in FAN:
                 if low in levels and high in levels:
                     ax.fill_between(m.index, m[f"{head}{low:02d}"], m[f"{head}{high:02d}"],
@@ -515,23 +527,39 @@ def clean(x: Any) -> Any:
     return x
 
 
+def claims_rule() -> str:
+    """The verdict rule and every definition and threshold the verdicts use."""
+    return (f"{VERDICT_RULE} Training accuracy = mean over a seed's evaluations after step 0 "
+            "of the training mini-batch accuracy (a diverged seed scores "
+            f"{CHANCE:g} after it diverged). Shift = {SHIFT} of the training network (W1 "
+            "between consecutive evaluations of each unit's input distribution on fixed probe "
+            "images, summed over units / the summed per-unit std of the earlier one), a seed's "
+            f"mean over its evaluations. Thresholds: about as well = within {ABOUT_AS_WELL:g}; "
+            f"comparably = at most {ABOUT_AS_WELL:g} below BN; marginal = BN's shift at least "
+            f"{MARGINAL:g} x the standard net's; trains at all = max validation accuracy above "
+            f"{CHANCE + CHANCE_MARGIN:g}. Datasets as named in the runs (cifar10-jpeg is the "
+            "JPEG mirror, not CIFAR-10).")
+
+
 def claims_markdown(all_claims: list[dict[str, str]]) -> str:
-    lines = ["# Claims of Santurkar et al. (2018), Sec. 2.1 and 3.3, checked on our runs", "",
-             "| claim | paper | data | ours (mean (min..max) over seeds) | verdict |",
+    lines = [f"# {TITLE}", "",
+             "| claim | paper | dataset | ours (mean (min..max) over seeds) | verdict |",
              "|---|---|---|---|---|"]
-    lines += [f"| {c['claim']} | {c['paper']} | {c['data']} | {c['ours']} | {c['verdict']} |"
-              for c in all_claims]
-    lines += ["", f"Verdict rule: {VERDICT_RULE} Training accuracy = mean over a seed's "
-              "evaluations after step 0 of the training mini-batch accuracy (a diverged seed "
-              f"scores {CHANCE:g} after it diverged). Shift = {SHIFT} of the training network "
-              "(W1 between consecutive evaluations of each unit's input distribution on fixed "
-              "probe images, summed over units / the summed per-unit std of the earlier one), "
-              "a seed's mean over its evaluations. Thresholds: about as well = within "
-              f"{ABOUT_AS_WELL:g}; comparably = at most {ABOUT_AS_WELL:g} below BN; marginal "
-              f"= BN's shift at least {MARGINAL:g} x the standard net's; trains at all = max "
-              f"validation accuracy above {CHANCE + CHANCE_MARGIN:g}. Data: the dataset as "
-              "named in the runs (cifar10-jpeg is the JPEG mirror, not CIFAR-10).", ""]
-    return "\n".join(lines)
+    lines += [f"| {c['claim']} | {c['paper']} | {c['dataset']} | {c['ours']} | "
+              f"{c['verdict']} |" for c in all_claims]
+    return "\n".join([*lines, "", f"Verdict rule: {claims_rule()}", ""])
+
+
+def setup_words(groups: list[Group]) -> str:
+    """The profile the runs used, in words (claims file `setup`)."""
+    runs = [r for rs in groups[0].nets.values() for r in rs]
+    cfg = runs[0].config
+    net = (f"MLP {list(cfg.model.hidden)}" if cfg.model.kind == "mlp" else
+           f"{cfg.model.kind} x{cfg.model.get('width_multiplier', 1):g}")
+    return (f"{groups[0].dataset}: {net} {cfg.model.activation}, {cfg.trainer.max_steps} steps "
+            f"of {cfg.trainer.batch_size}, plain SGD at lr "
+            f"{', '.join(f'{g.lr:g}' for g in groups)}, "
+            f"{len({seed_of(r) for r in runs})} seeds")
 
 
 def analyse(roots: Sequence[Path], out: Path, figures: bool = True) -> dict[str, Any]:
@@ -540,21 +568,29 @@ def analyse(roots: Sequence[Path], out: Path, figures: bool = True) -> dict[str,
     everything: dict[str, Any] = {}
     all_claims = []
     for dataset, dataset_groups in groups.items():
-        numbers = {"dataset": dataset, "learning_rates": [g.lr for g in dataset_groups],
+        numbers = {"dataset": dataset, "setup": setup_words(dataset_groups),
+                   "learning_rates": [g.lr for g in dataset_groups],
                    "eval_steps": [int(s) for s in dataset_groups[0].steps],
                    "definitions": {"doc": __doc__, "verdict_rule": VERDICT_RULE,
                                    "shift": SHIFT, "chance": CHANCE,
                                    "about_as_well": ABOUT_AS_WELL, "marginal": MARGINAL}}
         for section in SECTIONS:
-            numbers[section.__name__.removeprefix("section_")] = section(dataset_groups, out,
-                                                                         figures)
+            part = section(dataset_groups, out, figures)
+            numbers[section.__name__.removeprefix("section_")] = part
+            all_claims += [c for g in part.get("groups", []) for c in g.get("claims", [])]
         part = numbers["distributional_shift"]
-        all_claims += [c for g in part["groups"] for c in g["claims"]]
         atomic_write_text(out / f"santurkar_{dataset}.csv",
                           csv_rows(dataset, part).to_csv(index=False))
         atomic_write_json(out / f"santurkar_{dataset}.json", clean(numbers))
         everything[dataset] = numbers
     atomic_write_text(out / "santurkar_claims.md", claims_markdown(all_claims))
+    figures = sorted(p.name for p in out.glob("santurkar_*.png")
+                     if any(p.name.startswith((f"santurkar_{d}.", f"santurkar_{d}_"))
+                            for d in groups))
+    write_claims(out / "santurkar_claims.json", all_claims, experiment=", ".join(EXPERIMENTS),
+                 title=TITLE, make="make santurkar",
+                 setup="; ".join(setup_words(g) for g in groups.values()), figures=figures,
+                 verdict_rule=claims_rule())
     return {"datasets": everything, "claims": all_claims}
 
 
@@ -575,9 +611,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for dataset in result["datasets"]:
         print(f"wrote {args.out}/santurkar_{dataset}[_lp][_distributions].png/.pdf, .csv, .json")
-    print(f"wrote {args.out}/santurkar_claims.md")
+    print(f"wrote {args.out}/santurkar_claims.md and .json")
     for c in result["claims"]:
-        print(f"  [{c['verdict']}] {c['data']}: {c['claim']}")
+        print(f"  [{c['verdict']}] {c['dataset']}: {c['claim']}")
     return 0
 
 

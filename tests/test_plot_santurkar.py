@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from bnrepro.claims import read_claims
 from tests.conftest import REPO, load_script
 
 TINY = ["model.hidden=[16,16]", "trainer.max_steps=20", "trainer.eval_every=10",
@@ -88,7 +89,7 @@ def run_script(root: Path, out: Path, *extra: str) -> tuple[pd.DataFrame, dict[s
     table = pd.read_csv(out / "santurkar_mnist.csv").set_index("norm")
     numbers = json.loads((out / "santurkar_mnist.json").read_text())
     claims = numbers["distributional_shift"]["groups"][0]["claims"]
-    return table, {c["claim"]: c["verdict"] for c in claims}, numbers
+    return table, {c["claim"].removesuffix(" (lr 0.1)"): c["verdict"] for c in claims}, numbers
 
 
 def independent_run_mean(root: Path, norm: str, key: str) -> list[float]:
@@ -108,7 +109,7 @@ def test_numbers_are_read_from_the_logged_metrics(store, tmp_path):
         train = independent_run_mean(store, norm, "train/acc")
         assert table.loc[norm, "train_acc_mean"] == pytest.approx(sum(train) / 2, abs=1e-6)
         assert table.loc[norm, "train_acc_min"] == pytest.approx(min(train), abs=1e-6)
-        shift = independent_run_mean(store, norm, "shift_train/h2/w1_prev_rel")
+        shift = independent_run_mean(store, norm, "shift/h2/w1_prev_rel")
         assert table.loc[norm, "h2/w1_prev_rel_mean"] == pytest.approx(sum(shift) / 2, abs=1e-6)
         assert table.loc[norm, "seeds"] == 2 and table.loc[norm, "diverged"] == 0
     assert numbers["distributional_shift"]["groups"][0]["layers"] == [1, 2]
@@ -118,7 +119,14 @@ def test_numbers_are_read_from_the_logged_metrics(store, tmp_path):
         for ext in ("png", "pdf"):
             assert (out / f"{name}.{ext}").stat().st_size > 0
     claims = (out / "santurkar_claims.md").read_text()
-    assert "| mnist, lr 0.1 |" in claims and "Verdict rule" in claims
+    assert "| mnist |" in claims and "Verdict rule" in claims
+    data = read_claims(out / "santurkar_claims.json")  # the format scripts/report.py reads
+    assert [c["verdict"] for c in data["claims"]] == list(verdicts.values())
+    assert {c["dataset"] for c in data["claims"]} == {"mnist"}
+    assert all(c["claim"].endswith("(lr 0.1)") for c in data["claims"])
+    assert {c["source"] for c in data["claims"]} == {"Santurkar et al. (2018)",
+                                                     "Ioffe & Szegedy (2015)"}
+    assert "santurkar_mnist_distributions.png" in data["figures"]
 
 
 @pytest.mark.parametrize(("noisy", "bn", "about", "better"), [

@@ -178,7 +178,7 @@ def test_an_unchanged_net_has_exactly_zero_shift(norm):
             shift = {k: v for k, v in row.items() if k.startswith("shift")}
             assert len(shift) == (2 if rows is first else 4) * 2 * 2  # keys x layers x networks
             assert set(shift.values()) == {0.0}
-    assert "shift_train/h2/w1_prev" not in first[0]  # nothing to compare with at step 0
+    assert "shift/h2/w1_prev" not in first[0]  # nothing to compare with at step 0
 
 
 def test_evaluator_shift_is_the_w1_of_the_right_member_and_layer():
@@ -201,13 +201,13 @@ def test_evaluator_shift_is_the_w1_of_the_right_member_and_layer():
     rows = evaluate(model, step=5)
     after = first_layer(1)
     w1 = [w1_from_cdfs(after[:, u], before[:, u]) for u in range(12)]
-    assert rows[1]["shift/h1/w1_prev"] == pytest.approx(sum(w1) / 12, rel=1e-4)
-    assert rows[1]["shift/h1/w1_prev_rel"] == pytest.approx(
+    assert rows[1]["shift_inference/h1/w1_prev"] == pytest.approx(sum(w1) / 12, rel=1e-4)
+    assert rows[1]["shift_inference/h1/w1_prev_rel"] == pytest.approx(
         sum(w1) / before.double().std(0, unbiased=False).sum().item(), rel=1e-4)
-    assert rows[1]["shift/h1/w1_init"] == rows[1]["shift/h1/w1_prev"]
-    assert rows[1]["shift/h1/w1_prev"] > 0.05
-    assert rows[0]["shift/h1/w1_prev"] == 0.0 and rows[0]["shift_train/h2/w1_prev"] == 0.0
-    assert rows[1]["shift/h2/w1_prev"] > 0  # the change propagates to layer 2
+    assert rows[1]["shift_inference/h1/w1_init"] == rows[1]["shift_inference/h1/w1_prev"]
+    assert rows[1]["shift_inference/h1/w1_prev"] > 0.05
+    assert rows[0]["shift_inference/h1/w1_prev"] == 0.0 and rows[0]["shift/h2/w1_prev"] == 0.0
+    assert rows[1]["shift_inference/h2/w1_prev"] > 0  # the change propagates to layer 2
 
 
 def test_probe_noise_is_alg1_from_the_probe_stream_of_the_step():
@@ -253,13 +253,13 @@ def test_noisy_bn_shift_is_in_the_training_network_only_and_follows_the_step():
     moved = evaluate(model, step=10)
     same = evaluate(model, step=10)
     for k in (0, 1):
-        assert moved[k]["shift/h1/w1_prev"] == 0.0
-        assert moved[k]["shift_train/h1/w1_prev_rel"] > 0.1
-        assert same[k]["shift_train/h1/w1_prev"] == 0.0 and same[k]["shift_train/h2/w1_prev"] == 0
+        assert moved[k]["shift_inference/h1/w1_prev"] == 0.0
+        assert moved[k]["shift/h1/w1_prev_rel"] > 0.1
+        assert same[k]["shift/h1/w1_prev"] == 0.0 and same[k]["shift/h2/w1_prev"] == 0
     quiet_cfg = OmegaConf.merge(cfg, {"probe": {"train_noise": False}})
     quiet = Evaluator(quiet_cfg, ds, transform, train, val, seeds=[0, 1])
     quiet(model, step=0)
-    assert quiet(model, step=10)[0]["shift_train/h1/w1_prev"] == 0.0
+    assert quiet(model, step=10)[0]["shift/h1/w1_prev"] == 0.0
 
 
 def test_chunking_changes_no_probe_noise():
@@ -319,7 +319,7 @@ def test_a_resumed_population_logs_the_shift_of_an_uninterrupted_one(tmp_path, m
         assert read_summary(a)["resumed_from_step"] == 20
         assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
         rows = shift_rows(a)
-        assert rows[30]["shift_train/h2/w1_prev"] > 0 and rows[30]["shift/h1/w1_init"] > 0
+        assert rows[30]["shift/h2/w1_prev"] > 0 and rows[30]["shift_inference/h1/w1_init"] > 0
     assert shift_rows(stopped[0])[30] != shift_rows(stopped[1])[30]
 
 
@@ -339,10 +339,10 @@ def test_a_checkpoint_without_references_resumes_without_w1_init(tmp_path, mnist
     torch.save(saved, file)
     train_population([cfg], run)
     rows = shift_rows(run[0])
-    assert "shift/h1/w1_init" in rows[20] and "shift/h1/w1_init" not in rows[30]
-    assert "shift/h1/w1_prev" not in rows[30] and "shift/h1/w1_prev" in rows[40]
+    assert "shift_inference/h1/w1_init" in rows[20] and "shift_inference/h1/w1_init" not in rows[30]
+    assert "shift_inference/h1/w1_prev" not in rows[30] and "shift_inference/h1/w1_prev" in rows[40]
     assert not any("w1_init" in k for s in (30, 40) for k in rows[s])
-    assert math.isfinite(rows[40]["shift_train/h2/w1_prev"])
+    assert math.isfinite(rows[40]["shift/h2/w1_prev"])
 
 
 # ---- configuration: a measurement knob, not a trajectory key ----

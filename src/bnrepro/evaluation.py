@@ -10,8 +10,9 @@ Inputs are prepared once and fed to every member (shared):
     `act_train/...` the training network N_BN^tr on as many fixed training images, in
                     mini-batches of `trainer.batch_size`, each normalised by its own statistics.
 On each probe set, also the distributional shift of every hidden layer since step 0 and since
-the previous evaluation (shift.py; `shift/...` for the inference network, `shift_train/...`
-for the training network; probe.shift). The training network's probes of a noisy norm
+the previous evaluation (shift.py; `shift/...` for the training network, the one that trains
+and that Santurkar et al. look at, `shift_inference/...` for the inference network;
+probe.shift). The training network's probes of a noisy norm
 (noisy_bn, noise_only) include its noise (probe.train_noise), drawn for this evaluation from
 the probe stream (norms/noisy.py: ProbeNoise): that is the network that trains.
 Forward passes run in chunks sized from `trainer.eval_memory_mb` and the model's widest layer,
@@ -37,7 +38,7 @@ from bnrepro.sampling import fixed_subset
 from bnrepro.shift import ShiftTracker, UnitValues
 
 PROBE_NETWORKS = {"inference": "act", "training": "act_train"}  # probe.networks -> key prefix
-SHIFT_PREFIX = {"act": "shift", "act_train": "shift_train"}  # probe prefix -> shift key prefix
+SHIFT_PREFIX = {"act_train": "shift", "act": "shift_inference"}  # probe prefix -> shift keys
 # Float tensors of the widest layer's size alive at once in one forward pass (input, output
 # and the normalisation's temporaries): the chunk size divides the budget by this much.
 LIVE_ACTIVATIONS = 4
