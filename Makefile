@@ -8,8 +8,8 @@ PY := $(VENV)/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: help setup test test-all reproduce fig1 sweep-mnist fig2 fig2-lr sweep-cifar dln bench \
-	notebooks lint format clean report wandb-workspace
+.PHONY: help setup test test-all reproduce fig1 sweep-mnist fig2 fig2-lr sweep-cifar dln santurkar \
+	bench notebooks lint format clean report wandb-workspace
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -77,6 +77,14 @@ DLN_PROFILE ?= steps=3000
 dln: setup  ## Santurkar's deep linear net: ICS and landscape, standard vs BN, 2 rates x 3 seeds
 	$(PY) -m bnrepro.train_dln $(DLN_PROFILE)
 	$(PY) scripts/plot_dln.py runs/dln --out results
+
+# Santurkar et al. (2018) Sec. 2.1 and 3.3: standard vs BN vs noisy BN (and l_p norms on MNIST),
+# distributions of layer inputs and their shift; CPU-sized (about 2 + 4 minutes).
+santurkar: setup  ## Santurkar et al. Figs. 1-2, 5-6 analogs: MNIST MLP + CIFAR CNN, then the figures
+	$(PY) -m bnrepro.train -m experiment=santurkar_mnist
+	@ds=$(CIFAR) && \
+	$(PY) -m bnrepro.train -m experiment=santurkar_cifar dataset=$$ds && \
+	$(PY) scripts/plot_santurkar.py runs/santurkar_mnist runs/santurkar_$$ds --out results
 
 bench: setup  ## ms per step: canonical PyTorch loop vs ours (single and populations)
 	$(PY) scripts/bench.py

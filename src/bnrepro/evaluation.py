@@ -9,11 +9,20 @@ Inputs are prepared once and fed to every member (shared):
                     computes) on `probe.num_examples` fixed validation images;
     `act_train/...` the training network N_BN^tr on as many fixed training images, in
                     mini-batches of `trainer.batch_size`, each normalised by its own statistics.
+On each probe set, also the distributional shift of every hidden layer since step 0 and since
+the previous evaluation (shift.py; `shift/...` for the training network, the one that trains
+and that Santurkar et al. look at, `shift_inference/...` for the inference network;
+probe.shift). The training network's probes of a noisy norm
+(noisy_bn, noise_only) include its noise (probe.train_noise), drawn for this evaluation from
+the probe stream (norms/noisy.py: ProbeNoise): that is the network that trains.
 Forward passes run in chunks sized from `trainer.eval_memory_mb` and the model's widest layer,
 so a wide CNN population never materialises thousands of examples' activations at once.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -23,10 +32,13 @@ from torch import nn
 from bnrepro.data import Dataset, InputTransform
 from bnrepro.norms import norm_spec
 from bnrepro.norms.batch import bn_mode, estimate_population_statistics
+from bnrepro.norms.noisy import probe_noise
 from bnrepro.probes import ProbeCollector
 from bnrepro.sampling import fixed_subset
+from bnrepro.shift import ShiftTracker, UnitValues
 
 PROBE_NETWORKS = {"inference": "act", "training": "act_train"}  # probe.networks -> key prefix
+SHIFT_PREFIX = {"act_train": "shift", "act": "shift_inference"}  # probe prefix -> shift keys
 # Float tensors of the widest layer's size alive at once in one forward pass (input, output
 # and the normalisation's temporaries): the chunk size divides the budget by this much.
 LIVE_ACTIVATIONS = 4
@@ -55,10 +67,19 @@ def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk:
 
 
 class Evaluator:
+    """`seeds`: the members' seeds (the probe noise of noisy norms; default: cfg.seed for
+    every member)."""
+
     def __init__(self, cfg: DictConfig, ds: Dataset, transform: InputTransform,
-                 train_index: torch.Tensor, val_index: torch.Tensor):
+                 train_index: torch.Tensor, val_index: torch.Tensor,
+                 seeds: Sequence[int] | None = None):
         device = ds.train_images.device
         self.cfg = cfg
+        self.seeds = None if seeds is None else list(seeds)
+        shift = cfg.probe.get("shift") or {}
+        self.shift = ShiftTracker(shift["levels"]) if shift.get("enabled") else None
+        self.max_values_per_unit = shift.get("max_values_per_unit", 0)
+        self.train_noise = bool(cfg.probe.get("train_noise", False))
         self.batch_size = cfg.trainer.batch_size
         self.memory_mb = cfg.trainer.eval_memory_mb
 
@@ -84,10 +105,17 @@ class Evaluator:
         self.population_statistics = norm_spec(cfg.model.norm).population_statistics and \
             cfg.model.bn_inference == "population"
 
+    def resumable(self) -> dict:
+        """Per-member state a checkpoint must carry for a resumed run to log what an
+        uninterrupted one does (checkpoint.save / restore `extras`)."""
+        return {"shift": self.shift} if self.shift is not None else {}
+
     @torch.no_grad()
-    def __call__(self, model: nn.Module, with_test: bool = True) -> list[dict[str, float]]:
-        """Per member: val/loss, val/acc, test/loss and test/acc (unless not `with_test`) and
-        the probes. Leaves model in eval mode."""
+    def __call__(self, model: nn.Module, with_test: bool = True, step: int = 0
+                 ) -> list[dict[str, float]]:
+        """Per member: val/loss, val/acc, test/loss and test/acc (unless not `with_test`), the
+        probes and the shift. `step` is the training step (it seeds the probe noise). Leaves
+        model in eval mode."""
         model.eval()
         chunk = examples_per_chunk(model, self.memory_mb)
         if self.population_statistics:
@@ -105,11 +133,28 @@ class Evaluator:
         for prefix, (x, mode, batch) in self.probe_sets.items():
             collector = ProbeCollector(self.cfg.probe.unit, self.cfg.probe.quantiles, len(x),
                                        prefix)
-            with bn_mode(model, mode, batch):
+            units = UnitValues(len(x), self.max_values_per_unit) if self.shift else None
+            seeds = self.seeds or [self.cfg.seed] * len(rows)
+            noise = probe_noise(model, seeds, step, batch) \
+                if mode == "batch" and self.train_noise else nullcontext()
+            with bn_mode(model, mode, batch), noise as draws:
+                offset = 0
                 for part in x.split(examples_per_chunk(model, self.memory_mb, max(batch, 1))):
+                    if draws is not None:
+                        draws.offset = offset
                     preactivations: list[torch.Tensor] = []
                     model(part, preactivations, shared=True)
                     collector.add(preactivations)
+                    if units is not None:
+                        units.add(preactivations)
+                    offset += len(part)
             for row, probes in zip(rows, collector.result(), strict=True):
                 row |= probes
+            if units is not None:
+                shift = self.shift.update(SHIFT_PREFIX[prefix],
+                                          units.sketches(self.shift.levels))
+                for row, values in zip(rows, shift, strict=True):
+                    row |= values
+        if self.shift is not None:
+            self.shift.finish_evaluation()
         return rows

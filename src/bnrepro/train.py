@@ -150,7 +150,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     transform = InputTransform(ds, cfg.dataset.binarize, cfg.dataset.standardize)
     ds = ds.to(device)
     train_index, val_index = validation_split(len(ds.train_labels), cfg.dataset.val_size)
-    evaluate = Evaluator(cfg, ds, transform, train_index, val_index)
+    evaluate = Evaluator(cfg, ds, transform, train_index, val_index, [c.seed for c in cfgs])
     train_index = train_index.to(device)
     max_steps, eval_every = cfg.trainer.max_steps, cfg.trainer.eval_every
     checkpoint_every = cfg.trainer.checkpoint_every
@@ -166,7 +166,8 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     start_step = 0
     summaries = [new_summary(c, P) for c in cfgs]
     if saved[0] is not None:
-        start_step = checkpoint.restore(saved, model, optimizer, sampler, augment)
+        start_step = checkpoint.restore(saved, model, optimizer, sampler, augment,
+                                        evaluate.resumable())
         summaries = [dict(s["summary"], population_size=P, resumed_from_step=start_step)
                      for s in saved]
 
@@ -203,7 +204,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
         """Evaluate after the update of `step` and log each live member's row, holding the
         measures of that step too (`measured`): one row per step."""
         eval_start = time.perf_counter()
-        rows = evaluate(model, with_test=step % test_every == 0 or step == max_steps)
+        rows = evaluate(model, with_test=step % test_every == 0 or step == max_steps, step=step)
         model.train()
         # An update that exploded shows here first, before any row of it is logged: weights
         # that are no longer finite, or a validation loss past the divergence bound.
@@ -289,7 +290,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
                 if checkpoint_every and step < max_steps and \
                         step // checkpoint_every > last_checkpoint // checkpoint_every:
                     checkpoint.save(run_dirs, cfgs, step, model, optimizer, sampler, augment,
-                                    summaries)
+                                    summaries, extras=evaluate.resumable())
                     last_checkpoint = step
             elif measured:
                 log_measured(step, measured)
@@ -315,7 +316,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
         # to do, and it is written whatever checkpoint_every says (0 = no intermediate ones).
         if status == "completed":
             checkpoint.save(run_dirs, cfgs, max_steps, model, optimizer, sampler, augment,
-                            summaries, finished=True)
+                            summaries, finished=True, extras=evaluate.resumable())
     return summaries
 
 

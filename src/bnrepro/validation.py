@@ -86,6 +86,16 @@ def config_problems(cfg: DictConfig) -> list[str]:
           f"each one of {list(PROBE_NETWORKS)}")
     check("trainer.eval_memory_mb", _number(t.eval_memory_mb) and t.eval_memory_mb > 0,
           "must be > 0")
+    check("probe.train_noise", isinstance(cfg.probe.get("train_noise"), bool),
+          "must be true or false")
+    shift = cfg.probe.get("shift")
+    if shift is not None:
+        check("probe.shift.enabled", isinstance(shift.get("enabled"), bool),
+              "must be true or false")
+        check("probe.shift.levels", _integer(shift.get("levels")) and shift.levels >= 1,
+              "must be an integer >= 1")
+        check("probe.shift.max_values_per_unit", _integer(shift.get("max_values_per_unit"))
+              and shift.max_values_per_unit >= 1, "must be an integer >= 1")
     if spec is not None:
         problems += _norm_problems(cfg.model, spec.knobs)
     model_spec = MODELS.get(cfg.model.kind)
