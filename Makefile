@@ -62,8 +62,8 @@ sweep-cifar: setup  ## CPU-sized CIFAR grid (cnn quick profile), aggregated into
 	$(PY) scripts/aggregate.py runs/sweep_$$ds --out results \
 		--where model.width_multiplier=0.5 --where trainer.max_steps=400
 
-bench: setup  ## ms per step: canonical PyTorch loop vs ours (single and populations)
-	$(PY) scripts/bench.py
+bench: setup  ## ms per model-step, ours vs the loops a PyTorch user writes, and the roofline
+	$(PY) -m bnrepro.bench
 
 lint: setup  ## ruff
 	$(PY) -m ruff check src scripts tests

@@ -78,16 +78,51 @@ def unfold(y: torch.Tensor, population_size: int) -> torch.Tensor:
     return y.view(B, population_size, PC // population_size, *y.shape[2:]).transpose(0, 1)
 
 
+# How a population's convolution runs (model.conv_execution): members stay exactly what they
+# are alone either way; only speed and float rounding differ.
+#   grouped:    one conv with groups=P over the folded [B, P*C, H, W] activations;
+#   per_member: P ordinary convs on channel slices of that layout, outputs concatenated back.
+#   auto:       AUTO_CONV_EXECUTION by device type, from measurements, else grouped.
+# per_member is bit-identical to each member's solo run (P = 1 runs the same call on the same
+# values; tests/test_conv_execution.py checks it), grouped agrees to float rounding.
+# CPU, measured (2 cores, torch 2.15; under load from other jobs, medians of 5): fwd+bwd ms per
+# member of the quick CNN's convs at batch 64 (width 0.5), and the 16->32 conv at 16x16 of the
+# issue; grouped is never faster, and at P = 32 it is twice as slow. Redo with
+# `python -m bnrepro.bench.conv_execution` (also part of `make bench`, results/bench.json).
+# CUDA: not measured here (no GPU was available): grouped is the default until a measurement
+# on a GPU says otherwise (the same command prints it).
+CONV_EXECUTIONS = ("auto", "grouped", "per_member")
+AUTO_CONV_EXECUTION = {"cpu": "per_member"}
+
+
 class PopulationConv2d(nn.Module):
-    """Per-member 2-D convolution: x [P, B, C, H, W] -> [P, B, out, H', W'], stride 1."""
+    """Per-member 2-D convolution: x [P, B, C, H, W] -> [P, B, out, H', W'], stride 1.
+
+    `execution` picks how it runs (CONV_EXECUTIONS, comment above); results are the same up to
+    float rounding.
+    """
 
     def __init__(self, population_size: int, in_channels: int, out_channels: int,
-                 kernel_size: int = 3, padding: int = 1, *, bias: bool):
+                 kernel_size: int = 3, padding: int = 1, *, bias: bool, execution: str = "auto"):
         super().__init__()
+        if execution not in CONV_EXECUTIONS:
+            raise ValueError(f"model.conv_execution must be one of {list(CONV_EXECUTIONS)}, "
+                             f"got {execution!r}")
         shape = (population_size, out_channels, in_channels, kernel_size, kernel_size)
         self.weight = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.zeros(population_size, out_channels)) if bias else None
         self.padding = padding
+        self.execution = execution
+
+    def _conv2d(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                groups: int = 1) -> torch.Tensor:
+        return F.conv2d(x, weight, bias, padding=self.padding, groups=groups)
+
+    def resolved_execution(self, device: torch.device) -> str:
+        """grouped or per_member: what `auto` means on `device`, or the forced choice."""
+        if self.execution != "auto":
+            return self.execution
+        return AUTO_CONV_EXECUTION.get(device.type, "grouped")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [P, B, C, H, W], or [B, C, H, W] shared by all members."""
@@ -97,6 +132,14 @@ class PopulationConv2d(nn.Module):
         if x.dim() == 4:
             # Shared input: one ungrouped conv whose P*out filters all read the same x,
             # so x is never copied P times.
-            return unfold(F.conv2d(x, weight, bias, padding=self.padding), P)
+            return unfold(self._conv2d(x, weight, bias), P)
+        if P > 1 and self.resolved_execution(x.device) == "per_member":
+            # Channel slices of the folded layout in, concatenated back into it: the next
+            # layer sees the same [B, P*out, H, W] memory as after a grouped conv.
+            members = fold(x).split(n_in, dim=1)
+            biases = [None] * P if self.bias is None else self.bias.unbind(0)
+            return unfold(torch.cat([self._conv2d(xm, wm, bm) for xm, wm, bm in
+                                     zip(members, self.weight.unbind(0), biases, strict=True)],
+                                    dim=1), P)
         # Grouped conv with groups=P: group p sees only member p's channels and filters.
-        return unfold(F.conv2d(fold(x), weight, bias, padding=self.padding, groups=P), P)
+        return unfold(self._conv2d(fold(x), weight, bias, groups=P), P)
