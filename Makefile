@@ -9,7 +9,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?= -m "not slow"
 
 .PHONY: help setup test test-all reproduce fig1 sweep-mnist fig2 fig2-lr sweep-cifar bench lint \
-	format clean
+	format clean report wandb-workspace
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,6 +61,15 @@ sweep-cifar: setup  ## CPU-sized CIFAR grid (cnn quick profile), aggregated into
 	$(PY) -m bnrepro.train -m experiment=sweep_cifar dataset=$$ds $(CIFAR_SLICE) && \
 	$(PY) scripts/aggregate.py runs/sweep_$$ds --out results \
 		--where model.width_multiplier=0.5 --where trainer.max_steps=400
+
+report: setup  ## results/REPORT.md: every figure and claim in results/, with its verdict
+	$(PY) scripts/report.py --results results
+
+# The wandb workspace (sections per experiment) defined in scripts/wandb_workspace.py. Needs a
+# wandb login; WANDB_ENTITY / WANDB_PROJECT or ARGS="--entity E --project P". Without a server:
+# make wandb-workspace ARGS=--dry-run (writes the spec as JSON).
+wandb-workspace: setup  ## save the wandb workspace defined in code, print its URL
+	$(PY) scripts/wandb_workspace.py $(ARGS)
 
 bench: setup  ## ms per model-step, ours vs the loops a PyTorch user writes, and the roofline
 	$(PY) -m bnrepro.bench

@@ -28,7 +28,8 @@ evaluated step whose val/acc >= t.
 
 For each dataset D it writes <out>/sweep_D.csv, sweep_D_heatmap.{png,pdf} (colour: mean final
 validation accuracy over completed seeds) and sweep_D_best_curves.{png,pdf} (test accuracy of
-the chosen cells). `--name` replaces the stem `sweep_D`.
+the chosen cells). `--name` replaces the stem `sweep_D`. With --wandb (or
+BNREPRO_WANDB_FIGURES=1) the figures and the per-run table also go to the runs' wandb group.
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
+from bnrepro import wandb_figures  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write  # noqa: E402
 from bnrepro.config import flatten  # noqa: E402
-from bnrepro.store import read_config, read_metrics, read_summary  # noqa: E402
+from bnrepro.store import evaluation_rows, read_config, read_metrics, read_summary  # noqa: E402
 
 AXES = ["dataset", "norm", "activation", "lr", "dropout", "seed"]  # summary["axes"]
 AXIS_KEYS = {"dataset.name": "dataset", "model.norm": "norm", "model.activation": "activation",
@@ -67,7 +69,7 @@ BASE_CELL = ["norm", "activation", "lr", "dropout"]
 # replicates of one cell. An entry ending in "." covers everything under it.
 NON_TRAJECTORY_KEYS = ("name", "trainer.progress", "trainer.resume", "trainer.checkpoint_every",
                        "trainer.device", "trainer.threads", "trainer.eval_memory_mb",
-                       "dataset.root", "dataset.mirror", "logger.", "hydra.")
+                       "dataset.root", "dataset.mirror", "logger.", "hydra.", "measures.")
 TUNABLE_PREFIXES = ("optim.",)  # besides the axes, the only keys a sweep may vary
 REQUIRED_SUMMARY_KEYS = ["status", "axes", "final_val_acc", "final_test_acc"]
 SUMMARY_KEYS = ["status", "reason", "steps_done", "max_steps", "diverged_at_step",
@@ -127,8 +129,9 @@ def read_run(run_dir: Path) -> tuple[dict, dict[str, Any], pd.DataFrame]:
         raise ValueError("config.yaml holds no config mapping")
     if not (run_dir / "metrics.jsonl").is_file():  # read_metrics would return [] silently
         raise FileNotFoundError("no metrics.jsonl")
-    # One row per step, in order: a resumed run's store drops rows past its checkpoint.
-    return summary, flatten(config), pd.DataFrame(read_metrics(run_dir))
+    # One row per evaluation, in order: a resumed run's store drops rows past its checkpoint;
+    # rows of measured steps that were not evaluated are not curves (bnrepro.measures).
+    return summary, flatten(config), pd.DataFrame(evaluation_rows(read_metrics(run_dir)))
 
 
 def run_row(summary: dict, metrics: pd.DataFrame, thresholds: list[float]) -> dict[str, Any]:
@@ -449,6 +452,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", help="file stem instead of sweep_<dataset>")
     parser.add_argument("--chance-margin", type=float, default=0.1,
                         help=f"'no learn' = mean val acc below 1/{NUM_CLASSES} + this")
+    wandb_figures.add_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -475,6 +479,10 @@ def main(argv: list[str] | None = None) -> None:
         paths = aggregate_dataset(runs, curves, keys[dataset][0], dataset, args.out / stem,
                                   1 / NUM_CLASSES + args.chance_margin)
         print("wrote " + ", ".join(map(str, paths)))
+        wandb_figures.publish(args.wandb, configs[runs["run_dir"].iloc[0]],
+                              [p for p in paths if p.suffix == ".png"],
+                              tables={"runs": runs.drop(columns="run_dir")},
+                              wandb_dir=args.sweep_dirs[0])
 
 
 if __name__ == "__main__":

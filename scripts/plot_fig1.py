@@ -4,30 +4,54 @@
 (b, c) 15/50/85th percentiles of the input to one tracked sigmoid of the last hidden layer,
 without and with BN, over training: solid, the network as it predicts (BN with Alg. 2
 statistics) on fixed validation images; dashed, the training network (each mini-batch of 60
-training images normalised by its own statistics). Writes results/fig1_mnist.{png,pdf} and a
-JSON of the numbers quoted in the README.
+training images normalised by its own statistics). Writes results/fig1_mnist.{png,pdf}, a
+JSON of the numbers quoted in the README, and the claims of Sec. 4.1 with verdicts computed
+from the runs (fig1_mnist_claims.md, and .json for scripts/report.py):
 
-    python scripts/plot_fig1.py runs/fig1_mnist [--out results]
+- "BN helps the network achieve higher accuracy": per seed the test accuracy at the last
+  evaluation; with BN vs without.
+- "BN helps the network train faster": target = the final value of the seed-mean test
+  accuracy curve WITHOUT BN; per seed the first evaluated step whose test accuracy >= target
+  (never = slower than any step); medians and seed ranges compared.
+- "BN makes the distribution (of the input to a sigmoid) more stable": per seed the drift of
+  the tracked unit of the last hidden layer (inference network, the figure's solid lines) =
+  the mean over its logged 15/50/85th percentiles of (max - min over all evaluations); the
+  drift of the 50th percentile alone is reported beside it.
+Verdicts follow VERDICT_RULE: the comparison of seed means (medians for steps) decides, the
+seed ranges say whether it is clear-cut.
+
+    python scripts/plot_fig1.py runs/fig1_mnist [--out results] [--wandb]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bnrepro.atomic import atomic_save_figure, atomic_write_json  # noqa: E402
+from bnrepro import wandb_figures  # noqa: E402
+from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
+from bnrepro.claims import to_markdown, write_claims  # noqa: E402
 from bnrepro.runs import Run, find_runs  # noqa: E402
 
 STYLE = {"none": ("Without BN", "tab:red"), "bn": ("With BN", "tab:blue")}
 # probe key prefix -> (label, line style, colour of the 15/85th and of the 50th percentile)
 NETWORKS = {"act": ("inference net, validation images", "-", "0.55", "0.0"),
             "act_train": ("training net, mini-batches of 60", "--", "tab:cyan", "tab:blue")}
+SOURCE = "Ioffe & Szegedy (2015)"  # bnrepro.claims.SOURCES
+VERDICT_RULE = (
+    "holds: the comparison holds for the seed means (medians for steps) AND the seed ranges "
+    "do not overlap; mixed: it holds for the means but the ranges overlap; does not hold: it "
+    "fails for the means; not measured: runs with or without BN are missing. A seed that never "
+    "reaches the target counts as infinitely many steps.")
 
 
 def accuracy_table(runs: list[Run]) -> pd.DataFrame:
@@ -44,6 +68,97 @@ def last_layer_quantiles(run: Run, prefix: str = "act") -> tuple[pd.DataFrame, l
     columns = sorted(c for c in run.metrics.columns
                      if c.startswith(head) and c[len(head):].isdigit())
     return run.metrics.set_index("step")[columns], columns
+
+
+def first_step_at(run: Run, target: float) -> float:
+    """First evaluated step whose test accuracy >= target; inf if none."""
+    hits = run.metrics.loc[run.metrics["test/acc"].astype(float) >= target, "step"]
+    return float(hits.min()) if len(hits) else math.inf
+
+
+def drift(run: Run, columns: list[str]) -> float:
+    """Mean over `columns` (the tracked unit's percentiles) of (max - min over evaluations)."""
+    values = run.metrics[columns].astype(float)
+    return float((values.max() - values.min()).mean())
+
+
+def seed_table(runs: list[Run], target: float) -> pd.DataFrame:
+    """One row per run: norm, seed, final test accuracy, steps to `target`, drift of the
+    tracked unit (all its percentiles, and the 50th alone)."""
+    rows = []
+    for run in runs:
+        columns = last_layer_quantiles(run)[1]
+        ordered = run.metrics.sort_values("step")
+        rows.append({"norm": run.config.model.norm, "seed": run.config.seed,
+                     "final_test_acc": float(ordered["test/acc"].iloc[-1]),
+                     "steps_to_target": first_step_at(run, target),
+                     "drift": drift(run, columns),
+                     "median_drift": drift(run, [c for c in columns if c.endswith("q50")])})
+    return pd.DataFrame(rows).sort_values(["norm", "seed"], ignore_index=True)
+
+
+def verdict(means_hold: bool, ranges_apart: bool) -> str:
+    return "holds" if means_hold and ranges_apart else "mixed" if means_hold else \
+        "does not hold"
+
+
+def spread(values: pd.Series, fmt: str = ".4f") -> str:
+    return f"{values.mean():{fmt}} ({values.min():{fmt}}..{values.max():{fmt}})"
+
+
+def steps_text(values: pd.Series) -> str:
+    finite = values[np.isfinite(values)]
+    never = int((~np.isfinite(values)).sum())
+    median = float(np.median(values))
+    text = "never" if math.isinf(median) else f"{median:g}"
+    if len(finite):
+        text += f" ({finite.min():g}..{finite.max():g})"
+    return text + (f"; {never} of {len(values)} never" if never else "")
+
+
+def claims(runs: list[Run], acc: pd.DataFrame) -> list[dict[str, Any]]:
+    """The three claims of Sec. 4.1 / Fig. 1 with verdicts computed from the runs (rules in
+    the module docstring and VERDICT_RULE)."""
+    papers = [("BN helps the network achieve higher test accuracy",
+               "Fig. 1(a): \"the batch-normalized network enjoys the higher test accuracy\" "
+               "(curves only, no number)"),
+              ("BN helps the network train faster",
+               "Fig. 1(a): \"helps the network train faster\" (curves only)"),
+              ("BN makes the distribution of a sigmoid's input more stable",
+               "Fig. 1(b,c): without BN it \"changes significantly over time, both in mean and "
+               "variance\"; with BN \"much more stable\" (plots only)")]
+    norms = set(acc.index.get_level_values(0))
+    dataset = str(runs[0].config.dataset.name)
+    if not {"bn", "none"} <= norms:
+        missing = ", ".join(sorted({"bn", "none"} - norms))
+        return [{"claim": c, "paper": p, "ours": f"no runs with model.norm={missing}",
+                 "verdict": "not measured", "dataset": dataset, "source": SOURCE}
+                for c, p in papers]
+    target = float(acc.loc["none"].mean(axis=1).iloc[-1])
+    table = seed_table(runs, target)
+    bn, none = table[table["norm"] == "bn"], table[table["norm"] == "none"]
+    rows = []
+
+    def add(index: int, ours: str, result: str) -> None:
+        claim, paper = papers[index]
+        rows.append({"claim": claim, "paper": paper, "ours": ours, "verdict": result,
+                     "dataset": dataset, "source": SOURCE})
+
+    a, b = bn["final_test_acc"], none["final_test_acc"]
+    add(0, f"final test acc, mean (min..max over seeds): with BN {spread(a)} vs without "
+        f"{spread(b)}", verdict(a.mean() > b.mean(), a.min() > b.max()))
+    a, b = bn["steps_to_target"], none["steps_to_target"]
+    ma, mb = float(np.median(a)), float(np.median(b))
+    add(1, f"steps to {target:.4f} (the final seed-mean test acc without BN), median "
+        f"(min..max over seeds): with BN {steps_text(a)} vs without {steps_text(b)}",
+        verdict(math.isfinite(ma) and ma < mb, bool(np.isfinite(a).all() and a.max() < b.min())))
+    a, b = bn["drift"], none["drift"]
+    add(2, f"drift of the tracked unit, last hidden layer (mean over its 15/50/85th "
+        f"percentiles of max - min over training), mean (min..max over seeds): with BN "
+        f"{spread(a, '.3f')} vs without {spread(b, '.3f')}; 50th percentile alone: with BN "
+        f"{spread(bn['median_drift'], '.3f')} vs without {spread(none['median_drift'], '.3f')}",
+        verdict(a.mean() < b.mean(), a.max() < b.min()))
+    return rows
 
 
 def plot(runs: list[Run], out_dir: Path) -> dict:
@@ -113,26 +228,43 @@ def plot(runs: list[Run], out_dir: Path) -> dict:
         numbers["bn_minus_none"] = {"min": round(float(gap.min()), 4),
                                     "max": round(float(gap.max()), 4),
                                     "fraction_of_evals_bn_ahead": round(float((gap > 0).mean()), 4)}
+    numbers["claims"] = claims(runs, acc)
     atomic_write_json(out_dir / "fig1_mnist.json", numbers)
+    title = "Claims of Sec. 4.1 (Fig. 1) checked on mnist"
+    atomic_write_text(out_dir / "fig1_mnist_claims.md",
+                      to_markdown(title, numbers["claims"], VERDICT_RULE))
+    seeds = acc.columns.size
+    write_claims(out_dir / "fig1_mnist_claims.json", numbers["claims"], experiment="fig1_mnist",
+                 title="Fig. 1: MNIST with and without BN (Sec. 4.1)", make="make fig1",
+                 setup=f"{runs[0].config.dataset.name}, {int(acc.index.get_level_values(1).max())}"
+                       f" steps of {runs[0].config.trainer.batch_size}, lr "
+                       f"{runs[0].config.optim.lr:g}, {seeds} seeds per net",
+                 figures=["fig1_mnist.png"], verdict_rule=VERDICT_RULE)
     return numbers
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run-store folders to search")
     parser.add_argument("--out", type=Path, default=Path("results"))
-    args = parser.parse_args()
+    wandb_figures.add_flag(parser)
+    args = parser.parse_args(argv)
     runs = [r for r in find_runs(args.run_dirs) if r.config.name == "fig1_mnist"]
     if not runs:
         raise SystemExit(f"no completed fig1_mnist runs under {', '.join(map(str, args.run_dirs))}"
                          "; train them with `python -m bnrepro.train -m experiment=fig1_mnist`")
     numbers = plot(runs, args.out)
-    print(f"wrote {args.out}/fig1_mnist.png, .pdf, .json from {len(runs)} runs")
+    wandb_figures.publish(args.wandb, runs[0].config, [args.out / "fig1_mnist.png"],
+                          claims=numbers["claims"], wandb_dir=args.run_dirs[0])
+    print(f"wrote {args.out}/fig1_mnist.png, .pdf, .json, fig1_mnist_claims.md and .json from "
+          f"{len(runs)} runs")
     for norm in ("none", "bn"):
         if norm in numbers:
             n = numbers[norm]
             print(f"  {STYLE[norm][0]:<11} final test acc {n['final_test_acc_mean']:.4f} "
                   f"(min {n['final_test_acc_min']:.4f}, max {n['final_test_acc_max']:.4f})")
+    for c in numbers["claims"]:
+        print(f"  [{c['verdict']}] {c['claim']}")
 
 
 if __name__ == "__main__":

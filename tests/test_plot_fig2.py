@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from bnrepro.claims import read_claims
 from bnrepro.data import DataUnavailableError, load_dataset
 from tests.conftest import REPO, data_missing, load_script
 
@@ -237,3 +238,24 @@ def test_bad_input_exits_2_with_one_error_line(store, tmp_path):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, result.stderr
         assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0]
+
+
+def test_claims_json_matches_the_table_and_wandb_gets_figure_and_claims(store, tmp_path,
+                                                                        monkeypatch):
+    calls = []
+    monkeypatch.setattr(plot_fig2.wandb_figures, "publish",
+                        lambda *args, **kwargs: calls.append((args, kwargs)))
+    out = tmp_path / "results"
+    numbers = run_script(store, out, "--wandb")[1]
+    claims = read_claims(out / f"fig2_{DATASET}_claims.json")
+    assert claims["experiment"] == "fig2_cifar" and claims["figures"] == [f"fig2_{DATASET}.png"]
+    assert [{k: c[k] for k in ("claim", "paper", "ours", "verdict")} for c in claims["claims"]] \
+        == [{k: c[k] for k in ("claim", "paper", "ours", "verdict")} for c in numbers["claims"]]
+    assert {c["dataset"] for c in claims["claims"]} == {DATASET}
+    md = (out / f"fig2_{DATASET}_claims.md").read_text()
+    assert all(f"| {c['claim']} | {c['paper']} | {c['ours']} | {c['verdict']} |" in md
+               for c in claims["claims"])
+    (enabled, config, images), kwargs = calls.pop()
+    assert enabled and plot_fig2.wandb_figures.target(config)["group"] == "fig2_cifar"
+    assert images == [out / f"fig2_{DATASET}.png"] and kwargs["wandb_dir"] == store
+    assert kwargs["claims"] == numbers["claims"]

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from bnrepro.data import SPECS
 from bnrepro.evaluation import PROBE_NETWORKS
+from bnrepro.measures import measure_problems
 from bnrepro.models import ACTIVATIONS, CONV_EXECUTIONS, MODELS
 from bnrepro.norms import NORMS
 from bnrepro.norms.batch import INFERENCE
@@ -89,6 +90,9 @@ def config_problems(cfg: DictConfig) -> list[str]:
           "must be > 0")
     if spec is not None:
         problems += _norm_problems(cfg.model, spec.knobs)
+    model_spec = MODELS.get(cfg.model.kind)
+    problems += measure_problems(cfg.get("measures"), t.max_steps,
+                                 model_spec.num_layers(cfg.model) if model_spec else None)
     n_train = SPECS.get(cfg.dataset.name, (None, 0))[1]
     check("dataset.val_size", _integer(cfg.dataset.val_size) and _integer(t.batch_size) and
           1 <= cfg.dataset.val_size <= n_train - t.batch_size,

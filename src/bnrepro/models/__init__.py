@@ -36,6 +36,8 @@ class ModelSpec:
     conv: bool  # has conv layers, so conv-only norms (IN) apply
     # Widths that model.norm normalises (model.norm_groups must divide each of them).
     normalised_widths: Callable[[Mapping], list[int]]
+    # Weight layers (the model's weight_layers(), input first, head last): measures.ics.layers
+    num_layers: Callable[[Mapping], int]
 
 
 def _build_mlp(m: Mapping, common: dict, image_shape: tuple[int, ...]) -> nn.Module:
@@ -57,9 +59,18 @@ def _cnn_widths(m: Mapping) -> list[int]:
     return widths
 
 
+def _cnn_layers(m: Mapping) -> int:
+    """Every conv, the hidden linear layer and the head (convs_per_stage: an int for every
+    stage, or one per stage; the model refuses other values when it is built)."""
+    depths = m.convs_per_stage
+    return (len(m.widths) * depths if isinstance(depths, int) else sum(depths)) + 2
+
+
 MODELS: dict[str, ModelSpec] = {
-    "mlp": ModelSpec(_build_mlp, conv=False, normalised_widths=lambda m: list(m.hidden)),
-    "cnn": ModelSpec(_build_cnn, conv=True, normalised_widths=_cnn_widths),
+    "mlp": ModelSpec(_build_mlp, conv=False, normalised_widths=lambda m: list(m.hidden),
+                     num_layers=lambda m: len(m.hidden) + 1),
+    "cnn": ModelSpec(_build_cnn, conv=True, normalised_widths=_cnn_widths,
+                     num_layers=_cnn_layers),
 }
 
 

@@ -102,6 +102,12 @@ class CNN(nn.Module):
                 for layer, std in zip(layers, stds, strict=True):
                     layer.weight[k] = torch.randn(layer.weight.shape[1:], generator=g) * std
 
+    def weight_layers(self) -> list[list[nn.Module]]:
+        """The layers from the input up, each as [its weight module, the modules after it
+        with parameters of their own (the norm)]: what measures.ics calls layer 1, 2, ..."""
+        return [*([conv, norm] for conv, norm in zip(self.convs, self.conv_norms, strict=True)),
+                [self.hidden, self.hidden_norm], [self.head]]
+
     def forward(self, x: torch.Tensor, preactivations: list | None = None,
                 shared: bool = False) -> torch.Tensor:
         """x [P, B, C, H, W] (or [B, C, H, W] fed to every member when `shared`) -> [P, B, K].
