@@ -158,6 +158,9 @@ def test_quick_bench_records_every_row_with_sane_numbers(mnist, tmp_path):
         parts["alg2_statistics"] + parts["validation_and_test"] + parts["probes"], abs=1e-3)
     assert 0 < ev["full_run"]["evaluation_fraction"] < 1
     assert 0 < ev["short_run"]["not_training_fraction"] < 1
+    measures = result["measures"]
+    assert measures["step_ms"] > 0
+    assert all(math.isfinite(measures[name]["ms"]) for name in ("ics", "landscape"))
     assert all(t["met"] in (True, False) for t in result["targets"]), result["targets"]
     table = out.with_suffix(".md").read_text()
     assert all(r["label"] in table for r in result["rows"])

@@ -19,12 +19,13 @@ import torch
 from bnrepro.atomic import atomic_write_json, atomic_write_text
 from bnrepro.bench import conv_execution, peers, report, roofline
 from bnrepro.bench.evaluation_cost import evaluation_cost
+from bnrepro.bench.measures_cost import measures_cost
 from bnrepro.bench.ours import our_trainer
 from bnrepro.bench.timing import Row, run_rounds
 from bnrepro.bench.workloads import Workload, cnn_workload, mlp_workload
 from bnrepro.train import resolve_device
 
-SECTIONS = ("mlp", "cnn", "roofline", "conv", "eval")
+SECTIONS = ("mlp", "cnn", "roofline", "conv", "eval", "measures")
 
 
 def cores() -> int:
@@ -81,8 +82,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "and no worker processes (tests)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of every row")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps per sample")
-    parser.add_argument("--steps-mlp", type=int, default=300, help="timed steps per sample")
-    parser.add_argument("--steps-cnn", type=int, default=60, help="timed steps per sample")
+    # Defaults sized for ~5-6 minutes on a quiet 2-core CPU (the step times)
+    parser.add_argument("--steps-mlp", type=int, default=250, help="timed steps per sample")
+    parser.add_argument("--steps-cnn", type=int, default=50, help="timed steps per sample")
     parser.add_argument("--mlp-populations", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--cnn-populations", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
@@ -162,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         result["conv_execution"] = conv_execution.measure(
             device, (4,) if args.quick else conv_execution.POPULATIONS,
             conv_execution.SIZES[:1] if args.quick else conv_execution.SIZES,
-            repeats=1 if args.quick else 5)
+            repeats=1 if args.quick else 3)
         print(conv_execution.table(result["conv_execution"]))
     if "eval" in args.only:
         print(f"[{time.perf_counter() - started:.0f} s] evaluation cost: a short Fig. 1 run and "
@@ -170,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         result["evaluation"] = evaluation_cost(
             args.data_root, device, *((2, 2, 1) if args.quick else (2000, 500, 3)),
             quick=args.quick)
+    if "measures" in args.only:
+        print(f"[{time.perf_counter() - started:.0f} s] Santurkar measures: cost per measurement")
+        result["measures"] = measures_cost(args.data_root, device,
+                                           *((1, 2) if args.quick else (5, 10)))
     found = report.targets(rows, roofline_ms, result.get("evaluation"), args.mlp_populations,
                            args.cnn_populations)
     result["targets"] = [t.as_dict() for t in found]

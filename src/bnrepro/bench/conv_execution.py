@@ -24,7 +24,7 @@ POPULATIONS = (4, 8, 32)
 
 
 def ms_per_member(population_size: int, in_channels: int, out_channels: int, size: int,
-                  execution: str, device: torch.device, repeats: int = 5, calls: int = 5
+                  execution: str, device: torch.device, repeats: int = 3, calls: int = 3
                   ) -> float:
     """Median ms per member of forward + backward (input and weight gradients)."""
     P = population_size
@@ -39,7 +39,7 @@ def ms_per_member(population_size: int, in_channels: int, out_channels: int, siz
     return median_time(step, calls, repeats, device) / P * 1000
 
 
-def measure(device: torch.device, populations=POPULATIONS, sizes=SIZES, repeats: int = 5
+def measure(device: torch.device, populations=POPULATIONS, sizes=SIZES, repeats: int = 3
             ) -> list[dict]:
     rows = []
     for c_in, c_out, size in sizes:
@@ -66,7 +66,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--populations", type=int, nargs="+", default=list(POPULATIONS))
     args = parser.parse_args()
     device = torch.device(args.device)

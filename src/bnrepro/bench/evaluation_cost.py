@@ -14,7 +14,6 @@ set-up is a sliver of it, a short run's is not.
 
 from __future__ import annotations
 
-import importlib.util
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,15 +81,6 @@ def short_run(root: str | Path, device: torch.device, steps: int, eval_every: in
                                            4)}
 
 
-def santurkar_measures_cost() -> dict:
-    """Hook for the Santurkar measures (src/bnrepro/measures/, another piece of work): their
-    cost per evaluation belongs here once they exist and are wired into evaluations."""
-    if importlib.util.find_spec("bnrepro.measures") is None:
-        return {"measured": False, "why": "bnrepro.measures does not exist on this branch"}
-    return {"measured": False, "why": "bnrepro.measures exists; its cost is not wired into "
-                                      "the bench yet (bench/evaluation_cost.py)"}
-
-
 def evaluation_cost(root: str | Path, device: torch.device, steps: int = 2000,
                     eval_every: int = 500, repeats: int = 3, quick: bool = False) -> dict:
     """The short run, the parts of one evaluation, and the projection onto a full run.
@@ -108,5 +98,4 @@ def evaluation_cost(root: str | Path, device: torch.device, steps: int = 2000,
                 "max_steps": full.max_steps, "eval_every": full.eval_every,
                 "evaluations": evaluations, "training_s": round(train_s, 1),
                 "evaluation_s": round(eval_s, 1),
-                "evaluation_fraction": round(eval_s / (eval_s + train_s), 4)},
-            "santurkar_measures": santurkar_measures_cost()}
+                "evaluation_fraction": round(eval_s / (eval_s + train_s), 4)}}

@@ -150,6 +150,14 @@ def markdown(result: dict) -> str:
                     f"run (evaluations every {short['eval_every']}): "
                     f"{short['not_training_fraction']:.0%} of its wall time is not training "
                     "(evaluations, set-up, checkpoint)."]
+    measures = result.get("measures")
+    if measures:
+        out += ["", f"Santurkar measures (off by default), Fig. 1 population "
+                    f"(P={measures['population_size']}), one training step "
+                    f"{measures['step_ms']:.2f} ms: one gradient-ICS measurement "
+                    f"{measures['ics']['ms']:.1f} ms ({measures['ics']['training_steps']:.1f} "
+                    f"steps), one loss-landscape measurement {measures['landscape']['ms']:.1f} "
+                    f"ms ({measures['landscape']['training_steps']:.1f} steps)."]
     conv = result.get("conv_execution")
     if conv:
         out += ["", "Population conv, ms per member (forward + backward, batch 64): "

@@ -25,8 +25,9 @@ from bnrepro.models.layers import (
 from bnrepro.models.mlp import MLP
 from bnrepro.norms import head_norm
 
-__all__ = ["ACTIVATIONS", "CNN", "CONV_EXECUTIONS", "MLP", "MODELS", "ModelSpec", "PopulationConv2d",
-           "PopulationDropout", "PopulationLinear", "build_model", "check_norm_and_activation"]
+__all__ = ["ACTIVATIONS", "CNN", "CONV_EXECUTIONS", "MLP", "MODELS", "ModelSpec",
+           "PopulationConv2d", "PopulationDropout", "PopulationLinear", "build_model",
+           "check_norm_and_activation"]
 
 
 @dataclass(frozen=True)

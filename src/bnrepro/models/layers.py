@@ -81,16 +81,19 @@ def unfold(y: torch.Tensor, population_size: int) -> torch.Tensor:
 # How a population's convolution runs (model.conv_execution): members stay exactly what they
 # are alone either way; only speed and float rounding differ.
 #   grouped:    one conv with groups=P over the folded [B, P*C, H, W] activations;
-#   per_member: P ordinary convs on channel slices of that layout, outputs concatenated back.
-#   auto:       AUTO_CONV_EXECUTION by device type, from measurements, else grouped.
-# per_member is bit-identical to each member's solo run (P = 1 runs the same call on the same
-# values; tests/test_conv_execution.py checks it), grouped agrees to float rounding.
-# CPU, measured (2 cores, torch 2.15; under load from other jobs, medians of 5): fwd+bwd ms per
-# member of the quick CNN's convs at batch 64 (width 0.5), and the 16->32 conv at 16x16 of the
-# issue; grouped is never faster, and at P = 32 it is twice as slow. Redo with
-# `python -m bnrepro.bench.conv_execution` (also part of `make bench`, results/bench.json).
-# CUDA: not measured here (no GPU was available): grouped is the default until a measurement
-# on a GPU says otherwise (the same command prints it).
+#   per_member: P ordinary convs on channel slices of that layout, outputs concatenated back;
+#   auto:       AUTO_CONV_EXECUTION for the device type, else grouped.
+# per_member runs each member's conv as its solo run does (P = 1 is the same call on the same
+# values): bit-identical outputs and gradients (tests/test_conv_execution.py); grouped agrees
+# to float rounding only. CPU -> per_member, for that, and because grouped was as fast or slower
+# in the one quiet measurement we have (issue 10; 2 cores, torch 2.15, 16->32 conv at 16x16,
+# batch 64, forward + backward, ms per member: grouped 3.9 vs per member 3.8 at P = 8, 9.4 vs
+# 4.1 at P = 32). Re-measured here under heavy load from other jobs (1 thread, medians of 3):
+# too noisy to rank them (per size and P, either won by up to 2x). Redo on a quiet machine:
+# `python -m bnrepro.bench.conv_execution` (and `make bench`: its conv table and the
+# "P=8, conv_execution=grouped" row next to auto's, in results/bench.json).
+# CUDA: nothing measured (no GPU here): grouped, one kernel per layer, until a measurement says
+# otherwise; the same command measures it.
 CONV_EXECUTIONS = ("auto", "grouped", "per_member")
 AUTO_CONV_EXECUTION = {"cpu": "per_member"}
 
