@@ -86,8 +86,8 @@ santurkar: setup  ## Santurkar et al. Figs. 1-2, 5-6 analogs: MNIST MLP + CIFAR 
 	$(PY) -m bnrepro.train -m experiment=santurkar_cifar dataset=$$ds && \
 	$(PY) scripts/plot_santurkar.py runs/santurkar_mnist runs/santurkar_$$ds --out results
 
-bench: setup  ## ms per step: canonical PyTorch loop vs ours (single and populations)
-	$(PY) scripts/bench.py
+bench: setup  ## ms per model-step, ours vs the loops a PyTorch user writes, and the roofline
+	$(PY) -m bnrepro.bench
 
 # The notebooks' sources are notebooks/*.py (jupytext percent format); executed copies, with
 # their outputs, go to results/notebooks/ (ignored by git). Trains nothing: reads runs/.

@@ -42,7 +42,7 @@ FILE_PATTERN = re.compile(r"checkpoint-(\d+)\.pt")
 RESUME_INSENSITIVE = ("fresh", "trainer.progress", "trainer.resume", "trainer.checkpoint_every",
                       "trainer.device", "trainer.eval_memory_mb", "trainer.test_every", "logger",
                       "dataset.root", "dataset.mirror", "measures", "probe.shift",
-                      "probe.train_noise")
+                      "probe.train_noise", "model.conv_execution")
 
 
 # Keys added after runs were made, with the value that reproduces how those runs trained: a

@@ -117,12 +117,25 @@ class Evaluator:
         probes and the shift. `step` is the training step (it seeds the probe noise). Leaves
         model in eval mode."""
         model.eval()
-        chunk = examples_per_chunk(model, self.memory_mb)
+        self.estimate_statistics(model)
+        rows = self.losses(model, with_test)
+        for row, probes in zip(rows, self.probes(model), strict=True):
+            row |= probes
+        return rows
+
+    @torch.no_grad()
+    def estimate_statistics(self, model: nn.Module) -> None:
+        """Alg. 2's population statistics of the BN layers, where inference uses them."""
         if self.population_statistics:
             estimate_population_statistics(
                 model, self.alg2_x.split(examples_per_chunk(model, self.memory_mb,
                                                             self.batch_size)),
                 self.batch_size, lambda x: model(x, shared=True))
+
+    @torch.no_grad()
+    def losses(self, model: nn.Module, with_test: bool = True) -> list[dict[str, float]]:
+        """Per member: validation (and test) loss and accuracy of the inference network."""
+        chunk = examples_per_chunk(model, self.memory_mb)
         with bn_mode(model, "eval"):
             val = loss_and_accuracy(model, self.val_x, self.val_y, chunk)
             rows = [{"val/loss": vl, "val/acc": va} for vl, va in zip(*val, strict=True)]
@@ -130,6 +143,12 @@ class Evaluator:
                 for row, tl, ta in zip(rows, *loss_and_accuracy(model, self.test_x, self.test_y,
                                                                 chunk), strict=True):
                     row |= {"test/loss": tl, "test/acc": ta}
+        return rows
+
+    @torch.no_grad()
+    def probes(self, model: nn.Module) -> list[dict[str, float]]:
+        """Per member: the probes of every probe set (empty dicts when there are none)."""
+        rows: list[dict[str, float]] = [{} for _ in range(model_population_size(model))]
         for prefix, (x, mode, batch) in self.probe_sets.items():
             collector = ProbeCollector(self.cfg.probe.unit, self.cfg.probe.quantiles, len(x),
                                        prefix)
@@ -158,3 +177,8 @@ class Evaluator:
         if self.shift is not None:
             self.shift.finish_evaluation()
         return rows
+
+
+def model_population_size(model: nn.Module) -> int:
+    """P: the leading dimension every parameter of a population model has."""
+    return next(model.parameters()).shape[0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import hydra
@@ -98,7 +98,8 @@ def prepare(cfg: DictConfig, run_dir: Path) -> dict | None:
     return checkpoint.load(run_dir, cfg)
 
 
-def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path]) -> list[dict]:
+def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
+                     on_step: Callable[[int], None] | None = None) -> list[dict]:
     """Train every config in `cfgs` (one shared architecture); return their summaries.
 
     Each run directory is held by this process while it trains (runlock). A directory with a
@@ -106,6 +107,8 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path]) -> li
     only its summary.json restored if a kill left it stale. Members resuming from different
     steps train separately; diverged members resume with their population, frozen, so the
     survivors' arithmetic is the same as in an uninterrupted run.
+    `on_step(step)`, when given, is called after each step's update, before any evaluation of
+    that step (`make bench` times the steps between two calls).
     """
     run_dirs = [Path(d) for d in run_dirs]
     with runlock.holding(run_dirs):
@@ -123,7 +126,7 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path]) -> li
                 by_step.setdefault(ckpt["step"] if ckpt else 0, []).append(k)
         for members in by_step.values():
             results = _train([cfgs[k] for k in members], [run_dirs[k] for k in members],
-                             [saved[k] for k in members])
+                             [saved[k] for k in members], on_step)
             for k, summary in zip(members, results, strict=True):
                 summaries[k] = summary
     return summaries
@@ -137,7 +140,8 @@ def _readable_summary(run_dir: Path) -> dict | None:
 
 
 def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
-           saved: Sequence[dict | None]) -> list[dict]:
+           saved: Sequence[dict | None], on_step: Callable[[int], None] | None = None
+           ) -> list[dict]:
     cfg, P = cfgs[0], len(cfgs)
     start_time = time.time()
     device = resolve_device(cfg.trainer.device)
@@ -282,6 +286,8 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
             optimizer.step(alive)
             loss_sum += loss.detach()
             correct_sum += (logits.detach().argmax(-1) == y).float().mean(1)
+            if on_step is not None:
+                on_step(step)
             if step % eval_every == 0 or step == max_steps:
                 steps_averaged = step - (step - 1) // eval_every * eval_every
                 progress.set_postfix_str(log_evaluation(step, steps_averaged, measured))

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from bnrepro.data import SPECS
 from bnrepro.evaluation import PROBE_NETWORKS
 from bnrepro.measures import measure_problems
-from bnrepro.models import ACTIVATIONS, MODELS
+from bnrepro.models import ACTIVATIONS, CONV_EXECUTIONS, MODELS
 from bnrepro.norms import NORMS
 from bnrepro.norms.batch import INFERENCE
 from bnrepro.norms.lp import NORM_OF
@@ -40,6 +40,8 @@ def config_problems(cfg: DictConfig) -> list[str]:
     one_of("model.norm", tuple(NORMS))
     one_of("model.activation", tuple(ACTIVATIONS))
     one_of("model.bn_inference", INFERENCE)
+    if "conv_execution" in cfg.model:  # conv nets only
+        one_of("model.conv_execution", CONV_EXECUTIONS)
     one_of("logger.kind", LOGGERS)
     one_of("trainer.device", DEVICES)
     check("trainer.threads", cfg.trainer.get("threads") is None or (

@@ -16,6 +16,7 @@ from torch import nn
 from bnrepro.models.cnn import CNN, stage_widths
 from bnrepro.models.layers import (
     ACTIVATIONS,
+    CONV_EXECUTIONS,
     PopulationConv2d,
     PopulationDropout,
     PopulationLinear,
@@ -24,8 +25,9 @@ from bnrepro.models.layers import (
 from bnrepro.models.mlp import MLP
 from bnrepro.norms import head_norm
 
-__all__ = ["ACTIVATIONS", "CNN", "MLP", "MODELS", "ModelSpec", "PopulationConv2d",
-           "PopulationDropout", "PopulationLinear", "build_model", "check_norm_and_activation"]
+__all__ = ["ACTIVATIONS", "CNN", "CONV_EXECUTIONS", "MLP", "MODELS", "ModelSpec",
+           "PopulationConv2d", "PopulationDropout", "PopulationLinear", "build_model",
+           "check_norm_and_activation"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ def _build_cnn(m: Mapping, common: dict, image_shape: tuple[int, ...]) -> nn.Mod
     return CNN(in_channels=image_shape[0], num_classes=10, widths=list(m.widths),
                convs_per_stage=m.convs_per_stage, width_multiplier=m.width_multiplier,
                classifier_hidden=m.classifier_hidden, image_size=tuple(image_shape[1:]),
-               **common)
+               conv_execution=m.get("conv_execution", "auto"), **common)
 
 
 def _cnn_widths(m: Mapping) -> list[int]:
