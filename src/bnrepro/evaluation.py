@@ -119,7 +119,7 @@ class Evaluator:
         model.eval()
         self.estimate_statistics(model)
         rows = self.losses(model, with_test)
-        for row, probes in zip(rows, self.probes(model), strict=True):
+        for row, probes in zip(rows, self.probes(model, step), strict=True):
             row |= probes
         return rows
 
@@ -146,8 +146,9 @@ class Evaluator:
         return rows
 
     @torch.no_grad()
-    def probes(self, model: nn.Module) -> list[dict[str, float]]:
-        """Per member: the probes of every probe set (empty dicts when there are none)."""
+    def probes(self, model: nn.Module, step: int = 0) -> list[dict[str, float]]:
+        """Per member: the probes of every probe set (empty dicts when there are none) and the
+        shift; `step` is the training step (it seeds the probe noise)."""
         rows: list[dict[str, float]] = [{} for _ in range(model_population_size(model))]
         for prefix, (x, mode, batch) in self.probe_sets.items():
             collector = ProbeCollector(self.cfg.probe.unit, self.cfg.probe.quantiles, len(x),
