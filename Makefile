@@ -8,8 +8,8 @@ PY := $(VENV)/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: help setup test test-all reproduce fig1 sweep-mnist fig2 fig2-lr depth sweep-cifar bench \
-	lint format clean
+.PHONY: help setup test test-all reproduce fig1 sweep-mnist fig2 fig2-lr depth sweep-cifar dln \
+	santurkar bench notebooks lint format clean report wandb-workspace
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -67,15 +67,44 @@ sweep-cifar: setup  ## CPU-sized CIFAR grid (cnn quick profile), aggregated into
 	$(PY) scripts/aggregate.py runs/sweep_$$ds --out results \
 		--where model.width_multiplier=0.5 --where trainer.max_steps=400
 
-bench: setup  ## ms per step: canonical PyTorch loop vs ours (single and populations)
-	$(PY) scripts/bench.py
+report: setup  ## results/REPORT.md: every figure and claim in results/, with its verdict
+	$(PY) scripts/report.py --results results
+
+# The wandb workspace (sections per experiment) defined in scripts/wandb_workspace.py. Needs a
+# wandb login; WANDB_ENTITY / WANDB_PROJECT or ARGS="--entity E --project P". Without a server:
+# make wandb-workspace ARGS=--dry-run (writes the spec as JSON).
+wandb-workspace: setup  ## save the wandb workspace defined in code, print its URL
+	$(PY) scripts/wandb_workspace.py $(ARGS)
+
+# CPU profile of Santurkar et al.'s deep linear net: 3,000 of the paper's 10,000 full-batch steps
+# (the rest as the paper: conf/dln.yaml). Full size: DLN_PROFILE= make dln
+DLN_PROFILE ?= steps=3000
+dln: setup  ## Santurkar's deep linear net: ICS and landscape, standard vs BN, 2 rates x 3 seeds
+	$(PY) -m bnrepro.train_dln $(DLN_PROFILE)
+	$(PY) scripts/plot_dln.py runs/dln --out results
+
+# Santurkar et al. (2018) Sec. 2.1 and 3.3: standard vs BN vs noisy BN (and l_p norms on MNIST),
+# distributions of layer inputs and their shift; CPU-sized (about 2 + 4 minutes).
+santurkar: setup  ## Santurkar et al. Figs. 1-2, 5-6 analogs: MNIST MLP + CIFAR CNN, then the figures
+	$(PY) -m bnrepro.train -m experiment=santurkar_mnist
+	@ds=$(CIFAR) && \
+	$(PY) -m bnrepro.train -m experiment=santurkar_cifar dataset=$$ds && \
+	$(PY) scripts/plot_santurkar.py runs/santurkar_mnist runs/santurkar_$$ds --out results
+
+bench: setup  ## ms per model-step, ours vs the loops a PyTorch user writes, and the roofline
+	$(PY) -m bnrepro.bench
+
+# The notebooks' sources are notebooks/*.py (jupytext percent format); executed copies, with
+# their outputs, go to results/notebooks/ (ignored by git). Trains nothing: reads runs/.
+notebooks: setup  ## execute every notebook on runs/ into results/notebooks/*.ipynb
+	$(PY) scripts/run_notebooks.py --out results/notebooks
 
 lint: setup  ## ruff
-	$(PY) -m ruff check src scripts tests
+	$(PY) -m ruff check src scripts tests notebooks
 
 format: setup  ## ruff format + autofix
-	$(PY) -m ruff check --fix src scripts tests
-	$(PY) -m ruff format src scripts tests
+	$(PY) -m ruff check --fix src scripts tests notebooks
+	$(PY) -m ruff format src scripts tests notebooks
 
 clean:  ## remove caches (keeps .venv, data/, runs/ and results/)
 	rm -rf .pytest_cache .ruff_cache outputs multirun

@@ -28,7 +28,8 @@ evaluated step whose val/acc >= t.
 
 For each dataset D it writes <out>/sweep_D.csv, sweep_D_heatmap.{png,pdf} (colour: mean final
 validation accuracy over completed seeds) and sweep_D_best_curves.{png,pdf} (test accuracy of
-the chosen cells). `--name` replaces the stem `sweep_D`.
+the chosen cells). `--name` replaces the stem `sweep_D`. With --wandb (or
+BNREPRO_WANDB_FIGURES=1) the figures and the per-run table also go to the runs' wandb group.
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
+from bnrepro import wandb_figures  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write  # noqa: E402
 from bnrepro.config import flatten  # noqa: E402
-from bnrepro.store import read_config, read_metrics, read_summary  # noqa: E402
+from bnrepro.store import evaluation_rows, read_config, read_metrics, read_summary  # noqa: E402
 
 AXES = ["dataset", "norm", "activation", "lr", "dropout", "seed"]  # summary["axes"]
 AXIS_KEYS = {"dataset.name": "dataset", "model.norm": "norm", "model.activation": "activation",
@@ -67,8 +69,8 @@ BASE_CELL = ["norm", "activation", "lr", "dropout"]
 # replicates of one cell. An entry ending in "." covers everything under it.
 NON_TRAJECTORY_KEYS = ("name", "trainer.progress", "trainer.resume", "trainer.checkpoint_every",
                        "trainer.device", "trainer.threads", "trainer.eval_memory_mb",
-                       "dataset.root", "dataset.mirror", "probe.residual_variance", "logger.",
-                       "hydra.")
+                       "dataset.root", "dataset.mirror", "logger.", "hydra.", "measures.",
+                       "probe.residual_variance")
 TUNABLE_PREFIXES = ("optim.",)  # besides the axes, the only keys a sweep may vary
 REQUIRED_SUMMARY_KEYS = ["status", "axes", "final_val_acc", "final_test_acc"]
 SUMMARY_KEYS = ["status", "reason", "steps_done", "max_steps", "diverged_at_step",
@@ -77,6 +79,7 @@ SUMMARY_KEYS = ["status", "reason", "steps_done", "max_steps", "diverged_at_step
 STATUSES = ["completed", "diverged", "failed", "interrupted", "running"]  # printing order
 NUM_CLASSES = 10  # mnist, cifar10 and cifar10-jpeg
 CHANCE = 1 / NUM_CLASSES  # the selection score of a seed that did not complete
+CHANCE_MARGIN = 0.1  # 'no learn' = mean val acc below CHANCE + this (--chance-margin)
 UNIT_QUANTILE = re.compile(r"act/h(\d+)/q\d+$")  # the tracked unit's quantiles, not all_q*
 UNREADABLE = (OSError, ValueError, KeyError, yaml.YAMLError, OmegaConfBaseException)
 ABSENT = "(absent)"  # how a config key missing from a run is shown
@@ -128,8 +131,9 @@ def read_run(run_dir: Path) -> tuple[dict, dict[str, Any], pd.DataFrame]:
         raise ValueError("config.yaml holds no config mapping")
     if not (run_dir / "metrics.jsonl").is_file():  # read_metrics would return [] silently
         raise FileNotFoundError("no metrics.jsonl")
-    # One row per step, in order: a resumed run's store drops rows past its checkpoint.
-    return summary, flatten(config), pd.DataFrame(read_metrics(run_dir))
+    # One row per evaluation, in order: a resumed run's store drops rows past its checkpoint;
+    # rows of measured steps that were not evaluated are not curves (bnrepro.measures).
+    return summary, flatten(config), pd.DataFrame(evaluation_rows(read_metrics(run_dir)))
 
 
 def run_row(summary: dict, metrics: pd.DataFrame, thresholds: list[float]) -> dict[str, Any]:
@@ -348,6 +352,12 @@ def draw_panel(ax: plt.Axes, panel: pd.DataFrame, chosen: pd.DataFrame, scale: N
 
 def plot_heatmap(cells: pd.DataFrame, best: pd.DataFrame, extra: list[str], dataset: str,
                  no_learn_below: float, stem: Path) -> list[Path]:
+    """heatmap_figure, saved as <stem>.png and .pdf."""
+    return save(heatmap_figure(cells, best, extra, dataset, no_learn_below), stem)
+
+
+def heatmap_figure(cells: pd.DataFrame, best: pd.DataFrame, extra: list[str], dataset: str,
+                   no_learn_below: float) -> plt.Figure:
     """Per (norm, extra keys) x activation panel: lr x dropout, coloured by mean final val acc
     over completed seeds; the chosen cells framed."""
     rows, acts = panel_rows(cells, extra), sorted(cells["activation"].unique())
@@ -378,7 +388,7 @@ def plot_heatmap(cells: pd.DataFrame, best: pd.DataFrame, extra: list[str], data
              "Hatched, div k/n: k of n seeds diverged; n=k/n: k of n seeds completed; no learn: "
              f"val < {no_learn_below:g}")
     fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 12)), fontsize=9)
-    return save(fig, stem)
+    return fig
 
 
 def cell_label(cell: dict[str, Any], keys: list[str]) -> str:
@@ -391,6 +401,12 @@ def cell_label(cell: dict[str, Any], keys: list[str]) -> str:
 
 def plot_best_curves(runs: pd.DataFrame, best: pd.DataFrame, curves: dict[str, pd.DataFrame],
                      cell: list[str], dataset: str, stem: Path) -> list[Path]:
+    """best_curves_figure, saved as <stem>.png and .pdf."""
+    return save(best_curves_figure(runs, best, curves, cell, dataset), stem)
+
+
+def best_curves_figure(runs: pd.DataFrame, best: pd.DataFrame, curves: dict[str, pd.DataFrame],
+                       cell: list[str], dataset: str) -> plt.Figure:
     """Test accuracy of each chosen cell: mean over its completed seeds, band = min..max."""
     fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
     done = runs[runs["status"] == "completed"]
@@ -409,7 +425,7 @@ def plot_best_curves(runs: pd.DataFrame, best: pd.DataFrame, curves: dict[str, p
         fig.legend(loc="outside lower center", ncols=1, fontsize=8)
     else:
         ax.text(0.5, 0.5, "no completed runs", transform=ax.transAxes, ha="center")
-    return save(fig, stem)
+    return fig
 
 
 def aggregate_dataset(runs: pd.DataFrame, curves: dict[str, pd.DataFrame], extra: list[str],
@@ -438,6 +454,20 @@ def with_cell_columns(runs: pd.DataFrame, configs: dict[str, dict[str, Any]],
                       runs.drop(columns=AXES)], axis=1)
 
 
+def by_dataset(df: pd.DataFrame, configs: dict[str, dict[str, Any]]
+               ) -> dict[str, tuple[pd.DataFrame, list[str]]]:
+    """Per dataset: its runs with one column per extra cell key (after the axes), and those
+    keys. SystemExit with mixed_experiments_error if runs of a dataset differ in a key that is
+    neither a sweep axis nor tunable (nothing is computed for any dataset then)."""
+    datasets = sorted(df["dataset"].unique())
+    keys = {d: split_keys([configs[r] for r in df.loc[df["dataset"] == d, "run_dir"]])
+            for d in datasets}
+    if refused := {d: keys[d][1] for d in datasets if keys[d][1]}:
+        raise SystemExit(mixed_experiments_error(refused))
+    return {d: (with_cell_columns(df[df["dataset"] == d], configs, keys[d][0]), keys[d][0])
+            for d in datasets}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dirs", nargs="+", type=Path, help="folders to search for runs")
@@ -448,8 +478,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         metavar="KEY=VALUE", help="keep only runs whose config has KEY=VALUE "
                         "(VALUE parsed as YAML; repeatable)")
     parser.add_argument("--name", help="file stem instead of sweep_<dataset>")
-    parser.add_argument("--chance-margin", type=float, default=0.1,
+    parser.add_argument("--chance-margin", type=float, default=CHANCE_MARGIN,
                         help=f"'no learn' = mean val acc below 1/{NUM_CLASSES} + this")
+    wandb_figures.add_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -463,19 +494,18 @@ def main(argv: list[str] | None = None) -> None:
     df = keep_where(df, configs, args.where)
     if df.empty:
         raise SystemExit("no run matches " + " ".join(f"--where {k}={v}" for k, v in args.where))
-    datasets = sorted(df["dataset"].unique())
-    keys = {d: split_keys([configs[r] for r in df.loc[df["dataset"] == d, "run_dir"]])
-            for d in datasets}
-    if refused := {d: keys[d][1] for d in datasets if keys[d][1]}:
-        raise SystemExit(mixed_experiments_error(refused))  # before anything is written
-    for dataset in datasets:
+    datasets = by_dataset(df, configs)  # refuses mixed experiments before anything is written
+    for dataset, (runs, extra) in datasets.items():
         stem = args.name or f"sweep_{dataset}"
         if args.name and len(datasets) > 1:
             stem = f"{args.name}_{dataset}"
-        runs = with_cell_columns(df[df["dataset"] == dataset], configs, keys[dataset][0])
-        paths = aggregate_dataset(runs, curves, keys[dataset][0], dataset, args.out / stem,
+        paths = aggregate_dataset(runs, curves, extra, dataset, args.out / stem,
                                   1 / NUM_CLASSES + args.chance_margin)
         print("wrote " + ", ".join(map(str, paths)))
+        wandb_figures.publish(args.wandb, configs[runs["run_dir"].iloc[0]],
+                              [p for p in paths if p.suffix == ".png"],
+                              tables={"runs": runs.drop(columns="run_dir")},
+                              wandb_dir=args.sweep_dirs[0])
 
 
 if __name__ == "__main__":

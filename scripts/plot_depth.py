@@ -37,7 +37,9 @@ seed-mean accuracy exceeds CHANCE + CHANCE_MARGIN).
 Writes to --out: depth_<dataset>.png/.pdf (a: accuracy vs depth; b: ratio at initialisation
 vs block, one panel per depth, with the 1/l line; c: ratio over training, deepest net),
 depth_<dataset>.csv (one row per variant and depth), depth_<dataset>.json (every number),
-depth_<dataset>_claims.md. Bad input prints one `error:` line and exits with 2.
+depth_<dataset>_claims.md and _claims.json (bnrepro.claims, read by scripts/report.py). With
+--wandb (or BNREPRO_WANDB_FIGURES=1) the figure and claims also go to the runs' wandb group.
+Bad input prints one `error:` line and exits with 2.
 """
 
 from __future__ import annotations
@@ -59,11 +61,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from bnrepro import wandb_figures  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
+from bnrepro.claims import write_claims  # noqa: E402
 from bnrepro.config import flatten  # noqa: E402
 from bnrepro.runs import find_runs  # noqa: E402
 
 EXPERIMENT = "depth_cifar"
+SOURCE = "De & Smith (2020)"  # bnrepro.claims.SOURCES
 VARIANTS = ["BN", "NoNorm", "SkipInit"]
 COLORS = {"BN": "tab:blue", "NoNorm": "tab:red", "SkipInit": "tab:green"}
 STATUSES = ("completed", "diverged")
@@ -214,7 +219,8 @@ def claims(table: dict[str, dict[int, dict[str, Any]]], depths: list[int],
 
     def add(key: str, claim: str, ours: str, result: str) -> None:
         rows.append({"key": key, "claim": claim, "paper": PAPER[key],
-                     "ours": f"{dataset}: {ours}", "verdict": result})
+                     "ours": f"{dataset}: {ours}", "verdict": result, "dataset": dataset,
+                     "source": SOURCE})
 
     def slope_claim(key: str, claim: str, variant: str, ok) -> None:
         """Over the depths with >= MIN_BLOCKS blocks whose runs logged step 0 (a run that
@@ -302,9 +308,22 @@ def training_curves(runs: list[dict[str, Any]]) -> dict[str, dict[int, list[floa
 
 def plot(table: dict[str, dict[int, dict[str, Any]]], curves: dict[str, dict],
          depths: list[int], dataset: str, out: Path) -> None:
+    """figure(), saved as <out>/depth_<dataset>.png and .pdf."""
+    fig = figure(table, curves, depths, dataset)
+    atomic_save_figure(fig, out / f"depth_{dataset}")
+    plt.close(fig)
+
+
+def figure(table: dict[str, dict[int, dict[str, Any]]], curves: dict[str, dict],
+           depths: list[int], dataset: str) -> plt.Figure:
+    """(a) accuracy vs depth per variant (mean, band min..max, x = diverged seeds at chance);
+    (b) per depth, the ratio at initialisation vs block for BN and NoNorm with the 1/l line
+    (SkipInit's is 0); (c) per variant, the ratio over training of each block, deepest net."""
     variants = [v for v in VARIANTS if v in table]
-    fig = plt.figure(figsize=(4 * max(len(depths), 1 + len(variants)), 9), layout="constrained")
+    fig = plt.figure(figsize=(4 * max(len(depths), 1 + len(variants)), 9))
     top, bottom = fig.subfigures(2, 1)
+    for sub in (top, bottom):  # fixed margins: constrained layout doubled the drawing time
+        sub.subplots_adjust(left=0.06, right=0.98, bottom=0.13, top=0.86, wspace=0.3)
     axes_top = np.atleast_1d(top.subplots(1, 1 + len(variants)))
     ax = axes_top[0]
     for v in variants:
@@ -362,11 +381,10 @@ def plot(table: dict[str, dict[int, dict[str, Any]]], curves: dict[str, dict],
         ax.set_xticks(blocks if len(blocks) <= 10 else blocks[::len(blocks) // 8 + 1])
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
-        ax.grid(alpha=0.3, which="both")
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes_bottom[0].set_ylabel("Var(branch) / Var(skip), mean over seeds")
-    atomic_save_figure(fig, out / f"depth_{dataset}")
-    plt.close(fig)
+    return fig
 
 
 def csv_table(table: dict[str, dict[int, dict[str, Any]]]) -> pd.DataFrame:
@@ -386,7 +404,9 @@ def csv_table(table: dict[str, dict[int, dict[str, Any]]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def analyse(root: Path, out: Path) -> dict[str, Any]:
+def analyse(root: Path, out: Path, wandb: bool = False) -> dict[str, Any]:
+    """Everything of the module docstring, written to `out`; returns depth_<dataset>.json's
+    numbers (with `wandb`, the figure and claims also go to wandb: bnrepro.wandb_figures)."""
     runs = load_runs(root)
     if not runs:
         raise DepthError(f"no {EXPERIMENT} runs (completed or diverged) under {root}; train "
@@ -411,14 +431,26 @@ def analyse(root: Path, out: Path) -> dict[str, Any]:
              "| claim | paper | ours | verdict |", "|---|---|---|---|"]
     lines += [f"| {c['claim']} | {c['paper']} | {c['ours']} | {c['verdict']} |"
               for c in claim_rows]
-    lines += ["", f"Verdict rule: {VERDICT_RULE} A run trains when it did not diverge and its "
-              f"test accuracy (at its best-validation evaluation among those that scored the "
-              f"test set) exceeds {CHANCE:g} + {CHANCE_MARGIN:g}; a diverged run scores "
-              f"{CHANCE:g}. Slope: least-squares slope of log(var_ratio_l) on log(l) over the "
-              f"blocks at step 0, at the depths with >= {MIN_BLOCKS} blocks "
-              f"({', '.join(str(d) for d in depths if (d - 2) // 2 >= MIN_BLOCKS) or 'none'}).",
-              ""]
+    rule = (f"{VERDICT_RULE} A run trains when it did not diverge and its test accuracy (at "
+            f"its best-validation evaluation among those that scored the test set) exceeds "
+            f"{CHANCE:g} + {CHANCE_MARGIN:g}; a diverged run scores {CHANCE:g}. Slope: "
+            f"least-squares slope of log(var_ratio_l) on log(l) over the blocks at step 0, at "
+            f"the depths with >= {MIN_BLOCKS} blocks "
+            f"({', '.join(str(d) for d in depths if (d - 2) // 2 >= MIN_BLOCKS) or 'none'}).")
+    lines += ["", f"Verdict rule: {rule}", ""]
     atomic_write_text(out / f"depth_{dataset}_claims.md", "\n".join(lines))
+    seeds = sorted({c["seeds"] for by_depth in table.values() for c in by_depth.values()})
+    config = runs[0]["config"]
+    write_claims(
+        out / f"depth_{dataset}_claims.json", claim_rows, experiment=EXPERIMENT,
+        title=f"Residual depth: BN, no norm, SkipInit (De & Smith 2020), on {dataset}",
+        make="make depth",
+        setup=f"{dataset}, pre-activation ResNets of depth {', '.join(map(str, depths))}, width "
+              f"multiplier {config.get('model.width_multiplier')}, "
+              f"{config.get('trainer.max_steps')} steps of batch "
+              f"{config.get('trainer.batch_size')}, lr {config.get('optim.lr')}, "
+              f"{'/'.join(map(str, seeds))} seeds per variant and depth",
+        figures=[f"depth_{dataset}.png"], verdict_rule=rule)
 
     def clean(x: Any) -> Any:  # JSON: NaN -> null, numbers rounded
         if isinstance(x, dict):
@@ -439,6 +471,8 @@ def analyse(root: Path, out: Path) -> dict[str, Any]:
                         "flat_slope": FLAT_SLOPE, "verdict_rule": VERDICT_RULE},
         "variants": table, "ratio_over_training_deepest": curves, "claims": claim_rows})
     atomic_write_json(Path(f"{stem}.json"), numbers)
+    wandb_figures.publish(wandb, config, [Path(f"{stem}.png")], claims=claim_rows,
+                          wandb_dir=root)
     return numbers
 
 
@@ -446,16 +480,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path, help="the depth run store, runs/depth_<dataset>")
     parser.add_argument("--out", type=Path, default=Path("results"))
+    wandb_figures.add_flag(parser)
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
-            numbers = analyse(args.run_dir, args.out)
+            numbers = analyse(args.run_dir, args.out, wandb=args.wandb)
     except DepthError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     d = numbers["dataset"]
-    print(f"wrote {args.out}/depth_{d}.png, .pdf, .csv, .json, depth_{d}_claims.md")
+    print(f"wrote {args.out}/depth_{d}.png, .pdf, .csv, .json, depth_{d}_claims.md and .json")
     for v, by_depth in numbers["variants"].items():
         for depth, c in by_depth.items():
             acc, fit = c["accuracy_mean"], c["slope_mean"]

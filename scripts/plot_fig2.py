@@ -24,12 +24,15 @@ Definitions (also written into the table caption and the JSON):
 - Plateau check: the Baseline mean curve's gain over the last 25% of steps = its value at
   max_steps minus its (interpolated) value at 0.75 * max_steps.
 
-Claims (results/fig2_<dataset>_claims.md): verdicts are computed, see VERDICT_RULE.
+Claims (results/fig2_<dataset>_claims.md, and .json for scripts/report.py in the format of
+bnrepro.claims): verdicts are computed, see VERDICT_RULE.
 
 Writes to --out: fig2_<dataset>.png/.pdf (Fig. 2), fig2_<dataset>.csv and .md (Fig. 3 table
-and caption), fig2_<dataset>_claims.md, fig2_<dataset>.json (every number the README quotes),
-and with --lr-runs fig2_lr_<dataset>.csv (the base-rate candidates). Bad input (no fig2 runs,
-no Baseline, runs of different setups mixed) prints one `error:` line and exits with 2.
+and caption), fig2_<dataset>_claims.md and _claims.json, fig2_<dataset>.json (every number the
+README quotes), and with --lr-runs fig2_lr_<dataset>.csv (the base-rate candidates). With
+--wandb (or BNREPRO_WANDB_FIGURES=1) the figure and claims also go to the runs' wandb group.
+Bad input (no fig2 runs, no Baseline, runs of different setups mixed) prints one `error:` line
+and exits with 2.
 """
 
 from __future__ import annotations
@@ -49,9 +52,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from bnrepro import wandb_figures  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
+from bnrepro.claims import write_claims  # noqa: E402
 from bnrepro.config import flatten  # noqa: E402
-from bnrepro.store import read_config, read_metrics, read_summary  # noqa: E402
+from bnrepro.store import evaluation_rows, read_config, read_metrics, read_summary  # noqa: E402
 
 EXPERIMENT, LR_EXPERIMENT = "fig2_cifar", "fig2_cifar_lr"  # config `name` of the runs
 VARIANTS = ["Baseline", "BN-Baseline", "BN-x5", "BN-x30", "BN-x5-Sigmoid", "Baseline-x5",
@@ -68,8 +73,8 @@ PLATEAU_FROM = 0.75  # the plateau check compares the end with this fraction of 
 NON_TRAJECTORY_KEYS = ("name", "seed", "fresh", "trainer.progress", "trainer.resume",
                        "trainer.test_every",
                        "trainer.checkpoint_every", "trainer.device", "trainer.threads",
-                       "trainer.eval_memory_mb", "dataset.root", "dataset.mirror",
-                       "probe.residual_variance", "logger.", "hydra.")
+                       "trainer.eval_memory_mb", "dataset.root", "dataset.mirror", "logger.",
+                       "hydra.", "measures.", "probe.residual_variance")
 # Keys a variant sets itself (conf/fig2_variant/): may differ between variants, not within one.
 VARIANT_KEYS = ("variant", "model.norm", "model.activation", "model.dropout", "optim.",
                 "augment.")
@@ -88,6 +93,7 @@ VERDICT_RULE = (
     "means. A seed that never reaches the target counts as infinitely many steps. A claim "
     "about two variants takes the worse of the two verdicts.")
 RANK = {"holds": 0, "mixed": 1, "does not hold": 2, "not measured": 3}
+PAPER_SOURCE, OUR_CHECK = "Ioffe & Szegedy (2015)", "ours"  # bnrepro.claims.SOURCES
 
 
 class Fig2Error(Exception):
@@ -106,7 +112,8 @@ def load_runs(root: Path, experiment: str) -> list[dict[str, Any]]:
         try:
             summary = read_summary(run_dir)
             config = flatten(OmegaConf.to_container(read_config(run_dir), resolve=True))
-            metrics = pd.DataFrame(read_metrics(run_dir))
+            # Evaluations only: a measured step that was not evaluated is no curve point.
+            metrics = pd.DataFrame(evaluation_rows(read_metrics(run_dir)))
         except (OSError, ValueError) as err:
             skipped.append(f"{run_dir} (unreadable: {type(err).__name__})")
             continue
@@ -237,8 +244,9 @@ def per_seed(v: dict[str, Any], key: str) -> np.ndarray:
 def claims(table: dict[str, dict[str, Any]], plateau: dict[str, Any]) -> list[dict[str, str]]:
     rows = []
 
-    def add(claim: str, paper: str, ours: str, result: str) -> None:
-        rows.append({"claim": claim, "paper": paper, "ours": ours, "verdict": result})
+    def add(claim: str, paper: str, ours: str, result: str, source: str = PAPER_SOURCE) -> None:
+        rows.append({"claim": claim, "paper": paper, "ours": ours, "verdict": result,
+                     "source": source})
 
     def missing(*names: str) -> list[str]:
         return [n for n in names if n not in table]
@@ -249,7 +257,8 @@ def claims(table: dict[str, dict[str, Any]], plateau: dict[str, Any]) -> list[di
         ma, mb = table[a]["steps_to_target_median"], table[b]["steps_to_target_median"]
         means = math.isfinite(ma) and ma * factor <= mb and ma < mb
         ranges = bool(np.isfinite(sa).all() and sa.max() < sb.min())
-        return verdict(means, ranges), f"median {fmt_steps(ma)} vs {fmt_steps(mb)} steps"
+        return verdict(means, ranges), (f"steps to target, median (min..max over seeds): {a} "
+                                         f"{steps_cell(table[a])} vs {b} {steps_cell(table[b])}")
 
     def higher_acc(a: str, b: str) -> tuple[str, str]:
         aa, ab = per_seed(table[a], "max_val_acc"), per_seed(table[b], "max_val_acc")
@@ -322,7 +331,7 @@ def claims(table: dict[str, dict[str, Any]], plateau: dict[str, Any]) -> list[di
         f"{plateau['mean_curve_gain']:+.4f} (seeds {gains.min():+.4f}..{gains.max():+.4f}); "
         f"plateaued = gain < {PLATEAU_MAX_GAIN:g}",
         verdict(plateau["mean_curve_gain"] < PLATEAU_MAX_GAIN,
-                bool((gains < PLATEAU_MAX_GAIN).all())))
+                bool((gains < PLATEAU_MAX_GAIN).all())), OUR_CHECK)
     return rows
 
 
@@ -337,8 +346,10 @@ def plateau_check(curve: pd.DataFrame, max_steps: int) -> dict[str, Any]:
             "per_seed_gain": {str(s): gain(curve[s]) for s in curve.columns}}
 
 
-def lr_selection(lr_root: Path, dataset: str, base_lr: float, out: Path
-                 ) -> tuple[dict[str, Any], dict[str, str]]:
+def lr_selection(lr_root: Path, dataset: str, base_lr: float
+                 ) -> tuple[dict[str, Any], dict[str, str], pd.DataFrame]:
+    """The base-rate candidates (one row per lr, sorted), the selection's summary and its
+    claim row; warns on stderr when the fig2 Baseline's rate is not the best candidate."""
     runs = load_runs(lr_root, LR_EXPERIMENT)
     if not runs:
         raise Fig2Error(f"no {LR_EXPERIMENT} runs under {lr_root}")
@@ -353,7 +364,6 @@ def lr_selection(lr_root: Path, dataset: str, base_lr: float, out: Path
                      "best_val_step": int(best["step"]), "status": r["status"],
                      "run_dir": str(r["dir"])})
     df = pd.DataFrame(rows).sort_values("lr")
-    atomic_write_text(out / f"fig2_lr_{dataset}.csv", df.to_csv(index=False))
     winner = df.loc[df["best_val_acc"].idxmax()]
     ok = math.isclose(base_lr, winner["lr"], rel_tol=1e-9)
     if not ok:
@@ -368,12 +378,22 @@ def lr_selection(lr_root: Path, dataset: str, base_lr: float, out: Path
            "ours": f"fig2 Baseline lr {base_lr:g}; best candidate lr {winner['lr']:g} "
                    f"(max val acc {winner['best_val_acc']:.4f}) of "
                    f"{', '.join(f'{x:g}' for x in df['lr'])}",
-           "verdict": "holds" if ok else "does not hold"}
-    return info, row
+           "verdict": "holds" if ok else "does not hold", "source": OUR_CHECK}
+    return info, row, df
 
 
 def plot(curves: dict[str, pd.DataFrame], table: dict[str, dict[str, Any]], target: float,
          dataset: str, out: Path) -> None:
+    """figure(), saved as <out>/fig2_<dataset>.png and .pdf."""
+    fig = figure(curves, table, target, dataset)
+    atomic_save_figure(fig, out / f"fig2_{dataset}")
+    plt.close(fig)
+
+
+def figure(curves: dict[str, pd.DataFrame], table: dict[str, dict[str, Any]], target: float,
+           dataset: str) -> plt.Figure:
+    """Fig. 2: per variant the validation accuracy over steps, mean over seeds (band
+    min..max), a marker where the mean first reaches the target, the target as a line."""
     fig, ax = plt.subplots(figsize=(11, 5))
     for variant, curve in curves.items():
         v, color = table[variant], COLORS.get(variant)
@@ -394,8 +414,7 @@ def plot(curves: dict[str, pd.DataFrame], table: dict[str, dict[str, Any]], targ
               title="mean over seeds, band min..max;\no = mean first reaches the target;\n"
                     f"diverged seeds score {CHANCE:g} after divergence", title_fontsize=7)
     fig.tight_layout()
-    atomic_save_figure(fig, out / f"fig2_{dataset}")
-    plt.close(fig)
+    return fig
 
 
 def csv_table(table: dict[str, dict[str, Any]]) -> pd.DataFrame:
@@ -467,7 +486,13 @@ def caption(target: float, target_step: int, dataset: str, max_steps: int) -> st
         "(Inception = our Baseline).")
 
 
-def analyse(root: Path, out: Path, lr_root: Path | None = None) -> dict[str, Any]:
+def analysis(root: Path, lr_root: Path | None = None) -> dict[str, Any]:
+    """Everything Figs. 2-3 and the claims are made of, computed from the runs below root
+    (and the base-rate runs below lr_root), writing nothing: runs, dataset, max_steps, eval
+    steps, variants (in VARIANTS order), per-variant curves (val/acc per step x seed) and
+    table (describe_variant + speed-ups), target and the step where the Baseline mean reaches
+    it, plateau check, claim rows (with dataset), the verdict rule with its thresholds, and
+    with lr_root the lr selection (info, candidates table). Fig2Error on bad input."""
     runs = load_runs(root, EXPERIMENT)
     if not runs:
         raise Fig2Error(f"no {EXPERIMENT} runs (completed or diverged) under {root}; train "
@@ -500,14 +525,38 @@ def analyse(root: Path, out: Path, lr_root: Path | None = None) -> dict[str, Any
         v["speedup_vs_baseline_mean_curves"] = target_step / at if at else None
     plateau = plateau_check(curves["Baseline"], max_steps)
     claim_rows = claims(table, plateau)
-
-    out.mkdir(parents=True, exist_ok=True)
-    lr_info = None
+    lr_info = lr_candidates = None
     if lr_root is not None:
         base_lrs = {float(r["config"]["optim.lr"]) for r in by_variant["Baseline"]}
-        lr_info, row = lr_selection(lr_root, dataset, base_lrs.pop(), out)
+        lr_info, row, lr_candidates = lr_selection(lr_root, dataset, base_lrs.pop())
         claim_rows.append(row)
+    for row in claim_rows:
+        row["dataset"] = dataset
+    rule = (f"{VERDICT_RULE} Thresholds: chance = {CHANCE:g} + margin {CHANCE_MARGIN:g}; far "
+            f"fewer steps = median speed-up >= {FAR_FEWER_FACTOR:g}x; plateaued = Baseline mean "
+            f"gain over the last {1 - PLATEAU_FROM:.0%} of steps < {PLATEAU_MAX_GAIN:g}. Target "
+            f"= {target:.4f} (max over steps of the Baseline's seed-mean validation curve).")
+    return {"runs": runs, "dataset": dataset, "max_steps": max_steps, "steps": steps,
+            "variants": order, "by_variant": by_variant, "curves": curves, "table": table,
+            "target": target, "target_step": target_step, "plateau": plateau,
+            "claims": claim_rows, "verdict_rule": rule, "lr_info": lr_info,
+            "lr_candidates": lr_candidates}
 
+
+def analyse(root: Path, out: Path, lr_root: Path | None = None, wandb: bool = False
+            ) -> dict[str, Any]:
+    """analysis(), written to `out` (see the module docstring; with `wandb`, also log the
+    figure and claims to the runs' wandb group, see bnrepro.wandb_figures); return the
+    numbers of fig2_<dataset>.json."""
+    a = analysis(root, lr_root)
+    runs, dataset, max_steps, steps, order, by_variant, curves, table = (
+        a[k] for k in ("runs", "dataset", "max_steps", "steps", "variants", "by_variant",
+                       "curves", "table"))
+    target, target_step, plateau, claim_rows, rule, lr_info = (
+        a[k] for k in ("target", "target_step", "plateau", "claims", "verdict_rule", "lr_info"))
+    out.mkdir(parents=True, exist_ok=True)
+    if a["lr_candidates"] is not None:
+        atomic_write_text(out / f"fig2_lr_{dataset}.csv", a["lr_candidates"].to_csv(index=False))
     plot(curves, table, target, dataset, out)
     stem = out / f"fig2_{dataset}"
     atomic_write_text(Path(f"{stem}.csv"), csv_table(table).to_csv(index=False))
@@ -517,13 +566,16 @@ def analyse(root: Path, out: Path, lr_root: Path | None = None) -> dict[str, Any
                  "| claim | paper (ImageNet) | ours | verdict |", "|---|---|---|---|"]
     claims_md += [f"| {c['claim']} | {c['paper']} | {c['ours']} | {c['verdict']} |"
                   for c in claim_rows]
-    claims_md += ["", f"Verdict rule: {VERDICT_RULE} Thresholds: chance = {CHANCE:g} + margin "
-                  f"{CHANCE_MARGIN:g}; far fewer steps = median speed-up >= "
-                  f"{FAR_FEWER_FACTOR:g}x; plateaued = Baseline mean gain over the last "
-                  f"{1 - PLATEAU_FROM:.0%} of steps < {PLATEAU_MAX_GAIN:g}. Target = "
-                  f"{target:.4f} (max over steps of the Baseline's seed-mean validation curve).",
-                  ""]
+    claims_md += ["", f"Verdict rule: {rule}", ""]
     atomic_write_text(out / f"fig2_{dataset}_claims.md", "\n".join(claims_md))
+    seeds = sorted({len(rs) for rs in by_variant.values()})
+    write_claims(
+        out / f"fig2_{dataset}_claims.json", claim_rows, experiment=EXPERIMENT,
+        title=f"Figs. 2-3: accelerating BN networks (Sec. 4.2), on {dataset}", make="make fig2",
+        setup=f"{dataset}, {max_steps} steps per run, width multiplier "
+              f"{runs[0]['config'].get('model.width_multiplier')}, "
+              f"{'/'.join(map(str, seeds))} seeds per variant, variants {', '.join(order)}",
+        figures=[f"fig2_{dataset}.png"], verdict_rule=rule)
 
     def clean(x: Any) -> Any:  # JSON: inf -> "never", NaN -> null
         if isinstance(x, dict):
@@ -549,6 +601,8 @@ def analyse(root: Path, out: Path, lr_root: Path | None = None) -> dict[str, Any
                         for v, c in curves.items()}, "claims": claim_rows, "lr_selection": lr_info,
         "paper_imagenet": {k: {"steps_to_72.2": a, "max_acc": b} for k, (a, b) in PAPER.items()}})
     atomic_write_json(Path(f"{stem}.json"), numbers)
+    wandb_figures.publish(wandb, runs[0]["config"], [Path(f"{stem}.png")], claims=claim_rows,
+                          wandb_dir=root)
     return numbers
 
 
@@ -558,14 +612,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr-runs", type=Path, default=None,
                         help="the base-rate selection runs, runs/fig2_lr_<dataset>")
     parser.add_argument("--out", type=Path, default=Path("results"))
+    wandb_figures.add_flag(parser)
     args = parser.parse_args(argv)
     try:
-        numbers = analyse(args.run_dir, args.out, args.lr_runs)
+        numbers = analyse(args.run_dir, args.out, args.lr_runs, wandb=args.wandb)
     except Fig2Error as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     d = numbers["dataset"]
-    print(f"wrote {args.out}/fig2_{d}.png, .pdf, .csv, .md, .json, fig2_{d}_claims.md"
+    print(f"wrote {args.out}/fig2_{d}.png, .pdf, .csv, .md, .json, fig2_{d}_claims.md and .json"
           + (f", fig2_lr_{d}.csv" if numbers["lr_selection"] else ""))
     print(f"target {numbers['target']:.4f} (max of the Baseline's seed-mean val acc, step "
           f"{numbers['target_step_of_baseline_mean']}); Baseline gain over the last "

@@ -56,9 +56,10 @@ def mirror_dir() -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_train():
-    """Run `python -m bnrepro.train <args>` in a subprocess from the repo root, as a user would."""
+    """Run `python -m bnrepro.train <args>` in a subprocess from the repo root, as a user would
+    (session-scoped so that fixtures of any scope can train their run stores)."""
 
     def run(*args: str, check: bool = True, env: dict | None = None
             ) -> subprocess.CompletedProcess:
@@ -79,3 +80,24 @@ def load_script(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+FIG2_DATASET = "cifar10-jpeg"
+FIG2_TINY = ["model.width_multiplier=0.25", "trainer.max_steps=20", "trainer.eval_every=10",
+             "trainer.progress=false", "trainer.population_batches=2", "dataset.val_size=1000",
+             "fig2_baseline.crop_padding=0"]  # same for every variant: only the run time changes
+
+
+@pytest.fixture(scope="session")
+def fig2_store(tmp_path_factory, run_train) -> Path:
+    """Real fig2_cifar runs on cifar10-jpeg, trained once per session for scripts/plot_fig2.py
+    and the fig2 notebook: Baseline and BN-x5, seeds 0 and 1, 20 steps, evaluated every 10."""
+    try:
+        load_dataset(FIG2_DATASET, REPO / "data")  # the cache the training subprocess reads
+    except DataUnavailableError as err:
+        data_missing(str(err))
+    sweep = tmp_path_factory.mktemp("fig2") / f"fig2_{FIG2_DATASET}"
+    run_train("-m", "experiment=fig2_cifar", f"dataset={FIG2_DATASET}",
+              "fig2_variant=baseline,bn_x5", "seed=0,1", *FIG2_TINY, f"hydra.sweep.dir={sweep}")
+    assert len(list(sweep.rglob("summary.json"))) == 4
+    return sweep

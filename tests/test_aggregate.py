@@ -331,3 +331,22 @@ def test_aggregate_runs_of_the_real_trainer_end_to_end(run_train, mirror, tmp_pa
             ).all().all()  # training moves the probed units
     assert_figure(out / "sweep_mnist_heatmap")
     assert_figure(out / "sweep_mnist_best_curves")
+
+
+def test_wandb_flag_logs_the_figures_and_runs_table_to_the_sweeps_group(tmp_path, capsys,
+                                                                         monkeypatch):
+    calls = []
+    monkeypatch.setattr(aggregate.wandb_figures, "publish",
+                        lambda *args, **kwargs: calls.append((args, kwargs)))
+    sweep, base = tmp_path / "sweep", [*MNIST, "model.norm=bn", "model.activation=relu"]
+    run_cell(sweep, [*base, "optim.lr=0.1"], {s: ("completed", curve([0.1, 0.9])) for s in (0, 1)})
+    aggregate.main([str(sweep), "--out", str(tmp_path / "out")])
+    (enabled, config, images), kwargs = calls.pop()
+    assert not enabled  # publish decides: off without --wandb
+    aggregate.main([str(sweep), "--out", str(tmp_path / "out"), "--wandb"])
+    (enabled, config, images), kwargs = calls.pop()
+    assert enabled and aggregate.wandb_figures.target(config)["group"] == "sweep_mnist"
+    assert sorted(p.name for p in images) == ["sweep_mnist_best_curves.png",
+                                              "sweep_mnist_heatmap.png"]
+    assert all(p.is_file() for p in images) and kwargs["wandb_dir"] == sweep
+    assert sorted(kwargs["tables"]["runs"]["seed"]) == [0, 1]

@@ -8,7 +8,6 @@ a leveldb-style log of protobuf Records, the file `wandb sync` uploads.
 from __future__ import annotations
 
 import re
-import time
 import warnings
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from wandb.proto import wandb_internal_pb2 as pb
 
 from bnrepro.config import compose_config
 from bnrepro.loggers import WandbSink, wandb_run_id
+from tests.wandb_offline import offline_runs, run_record
 
 VALID_WANDB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -27,51 +27,6 @@ def make_sink(run_dir: Path, mode: str = "offline", resume_step: int | None = No
     # The same name for every directory: ids must come from the directory, not the name.
     return WandbSink(cfg.logger, cfg, run_dir, "mnist-bn-sigmoid", "test", ["norm=bn"],
                      resume_step=resume_step)
-
-
-def read_records(wandb_file: Path) -> list[pb.Record]:
-    """The records of a finished .wandb file: a 7-byte header (":W&B", magic, version), then
-    32 KiB blocks of chunks, each with a 7-byte header (crc32, length LE16, type) where type
-    1 is a whole record and 2/3/4 the first/middle/last piece of one."""
-    data = wandb_file.read_bytes()
-    assert data[:4] == b":W&B", wandb_file
-    records, pieces, pos, block = [], b"", 7, 32768
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # the writer pads a block's tail shorter than a header
-            pos += block - pos % block
-            continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        if pos + 7 + length > len(data):  # a chunk still being written
-            break
-        pieces += data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):
-            records.append(pb.Record.FromString(pieces))
-            pieces = b""
-    return records
-
-
-def finished_records(wandb_file: Path, timeout_s: float = 20.0) -> list[pb.Record]:
-    """The file's records once its run's exit record is on disk: wandb-core writes the log in
-    the background, and run.finish() can return before the last records reach the file."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        records = read_records(wandb_file)
-        if any(r.WhichOneof("record_type") == "exit" for r in records):
-            return records
-        assert time.monotonic() < deadline, f"{wandb_file} has no exit record"
-        time.sleep(0.05)
-
-
-def offline_runs(run_dir: Path) -> list[tuple[Path, list[pb.Record]]]:
-    """Every offline-run-* folder under run_dir with its records, oldest process first."""
-    runs = [(folder, finished_records(next(folder.glob("run-*.wandb"))))
-            for folder in (run_dir / "wandb").glob("offline-run-*")]
-    return sorted(runs, key=lambda run: run_record(run[1]).start_time.ToDatetime())
-
-
-def run_record(records: list[pb.Record]) -> pb.RunRecord:
-    return next(r.run for r in records if r.WhichOneof("record_type") == "run")
 
 
 def history_steps(records: list[pb.Record]) -> list[int]:
@@ -120,15 +75,18 @@ def test_a_resumed_offline_run_continues_its_wandb_run_from_the_checkpoint(tmp_p
     assert history_steps(records2) == [60, 80]
 
 
-def test_step_is_the_x_axis_and_accuracy_summaries_are_the_max(tmp_path):
+def test_step_is_the_x_axis_accuracy_summaries_the_max_and_loss_summaries_the_min(tmp_path):
     sink = make_sink(tmp_path)
     sink.finish()
     (_, records), = offline_runs(tmp_path)
     metrics = [r.metric for r in records if r.WhichOneof("record_type") == "metric"]
     assert any(m.glob_name == "*" and m.step_metric == "step" for m in metrics)
-    for key in ("val/acc", "test/acc"):
+    for key in ("train/acc", "val/acc", "test/acc", "test/acc_batch", "test/acc_running"):
         assert any(m.name == key and m.step_metric == "step" and m.summary.max
-                   for m in metrics), key
+                   and not m.summary.min for m in metrics), key
+    for key in ("train/loss", "val/loss", "test/loss"):
+        assert any(m.name == key and m.step_metric == "step" and m.summary.min
+                   and not m.summary.max for m in metrics), key
 
 
 @pytest.mark.parametrize("resume_step", [None, 40])

@@ -24,6 +24,7 @@ import pytest
 import torch
 import yaml
 
+from bnrepro.claims import read_claims
 from bnrepro.config import compose_config
 from bnrepro.data import DataUnavailableError, load_dataset
 from bnrepro.models import build_model
@@ -215,6 +216,11 @@ def check_numbers_against_the_files(root: Path, out: Path) -> dict:
     claims = (out / f"depth_{DATASET}_claims.md").read_text()
     assert f"checked on {DATASET}" in claims and "CIFAR-10" not in claims
     assert "Verdict rule" in claims and claims.count(f"| {DATASET}: ") == 5
+    data = read_claims(out / f"depth_{DATASET}_claims.json")  # what scripts/report.py reads
+    assert data["make"] == "make depth" and data["figures"] == [f"depth_{DATASET}.png"]
+    assert [c["verdict"] for c in data["claims"]] == [c["verdict"] for c in numbers["claims"]]
+    assert {(c["dataset"], c["source"]) for c in data["claims"]} == {(DATASET,
+                                                                       "De & Smith (2020)")}
     return numbers
 
 

@@ -7,7 +7,6 @@ COPY of the real run store."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,35 +17,18 @@ import pandas as pd
 import pytest
 import yaml
 
-from bnrepro.data import DataUnavailableError, load_dataset
-from tests.conftest import REPO, data_missing, load_script
+from bnrepro.claims import read_claims
+from tests.conftest import FIG2_DATASET, REPO, load_script
 
-DATASET = "cifar10-jpeg"
-TINY = ["model.width_multiplier=0.25", "trainer.max_steps=20", "trainer.eval_every=10",
-        "trainer.progress=false", "trainer.population_batches=2", "dataset.val_size=1000",
-        "fig2_baseline.crop_padding=0"]  # same for every variant: only the run time changes
-
-
+DATASET = FIG2_DATASET
 plot_fig2 = load_script("plot_fig2")
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory) -> Path:
-    """Real runs: Baseline and BN-x5, seeds 0 and 1, 20 steps, evaluated every 10."""
-    try:
-        load_dataset(DATASET, REPO / "data")  # the cache the training subprocess reads
-    except DataUnavailableError as err:
-        data_missing(str(err))
-    sweep = tmp_path_factory.mktemp("fig2") / f"fig2_{DATASET}"
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    result = subprocess.run(
-        [sys.executable, "-m", "bnrepro.train", "-m", "experiment=fig2_cifar",
-         f"dataset={DATASET}", "fig2_variant=baseline,bn_x5", "seed=0,1", *TINY,
-         f"hydra.sweep.dir={sweep}"], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(list(sweep.rglob("summary.json"))) == 4
-    return sweep
+def store(fig2_store: Path) -> Path:
+    """Real runs: Baseline and BN-x5, seeds 0 and 1, 20 steps, evaluated every 10 (shared with
+    the notebook test: conftest.fig2_store)."""
+    return fig2_store
 
 
 def copy_store(src: Path, dst: Path) -> Path:
@@ -237,3 +219,24 @@ def test_bad_input_exits_2_with_one_error_line(store, tmp_path):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, result.stderr
         assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0]
+
+
+def test_claims_json_matches_the_table_and_wandb_gets_figure_and_claims(store, tmp_path,
+                                                                        monkeypatch):
+    calls = []
+    monkeypatch.setattr(plot_fig2.wandb_figures, "publish",
+                        lambda *args, **kwargs: calls.append((args, kwargs)))
+    out = tmp_path / "results"
+    numbers = run_script(store, out, "--wandb")[1]
+    claims = read_claims(out / f"fig2_{DATASET}_claims.json")
+    assert claims["experiment"] == "fig2_cifar" and claims["figures"] == [f"fig2_{DATASET}.png"]
+    assert [{k: c[k] for k in ("claim", "paper", "ours", "verdict")} for c in claims["claims"]] \
+        == [{k: c[k] for k in ("claim", "paper", "ours", "verdict")} for c in numbers["claims"]]
+    assert {c["dataset"] for c in claims["claims"]} == {DATASET}
+    md = (out / f"fig2_{DATASET}_claims.md").read_text()
+    assert all(f"| {c['claim']} | {c['paper']} | {c['ours']} | {c['verdict']} |" in md
+               for c in claims["claims"])
+    (enabled, config, images), kwargs = calls.pop()
+    assert enabled and plot_fig2.wandb_figures.target(config)["group"] == "fig2_cifar"
+    assert images == [out / f"fig2_{DATASET}.png"] and kwargs["wandb_dir"] == store
+    assert kwargs["claims"] == numbers["claims"]

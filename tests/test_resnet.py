@@ -13,7 +13,8 @@ from bnrepro.checkpoint import fingerprint
 from bnrepro.config import compose_config
 from bnrepro.data import DataUnavailableError, InputTransform, load_dataset
 from bnrepro.evaluation import Evaluator
-from bnrepro.models import ResNet, build_model
+from bnrepro.measures.ics import model_layers
+from bnrepro.models import MODELS, ResNet, build_model
 from bnrepro.models.resnet import ResidualBlock
 from bnrepro.norms import set_norm_step
 from bnrepro.norms.batch import BatchNorm, batch_norms
@@ -145,7 +146,7 @@ def hand_block(block: ResidualBlock, h: torch.Tensor, k: int) -> tuple[torch.Ten
     a = F.conv2d(torch.relu(bn(h, w["norm1.weight"], w["norm1.bias"])), w["conv1.weight"],
                  stride=stride, padding=1)
     branch = F.conv2d(torch.relu(bn(a, w["norm2.weight"], w["norm2.bias"])), w["conv2.weight"],
-                      padding=1) * w["alpha"]
+                      padding=1) * w["scale.alpha"]
     skip = h if block.shortcut is None else F.conv2d(h, w["shortcut.weight"], stride=stride)
     return skip, branch
 
@@ -320,3 +321,25 @@ def test_evaluation_measures_the_training_network_on_fixed_training_mini_batches
 
     off = Evaluator(tiny_cfg("probe.residual_variance=false"), cifar, transform, train, val)
     assert not any(key.startswith("resid/") for key in off(model, with_test=False)[0])
+
+
+@pytest.mark.parametrize("overrides", [["model.norm=bn"], ["model.norm=none",
+                                                          "model.residual_scale=skipinit",
+                                                          "model.depth=14"]])
+def test_weight_layers_split_every_parameter_once_input_first(overrides):
+    """measures.ics walks weight_layers(): each parameter in exactly one layer, weight first,
+    as many layers as ModelSpec.num_layers says (depth + the two 1x1 shortcuts)."""
+    cfg = compose_config(["model=resnet", "dataset=cifar10-jpeg", "model.depth=8",
+                          "model.width_multiplier=0.25", *overrides])
+    model = build_model([cfg], (3, 32, 32))
+    layers = model_layers(model)
+    assert len(layers) == MODELS["resnet"].num_layers(cfg.model) == cfg.model.depth + 2
+    every = [n for layer in layers for n in layer.params]
+    assert sorted(every) == sorted(n for n, _ in model.named_parameters())
+    assert all(layer.params[0] == layer.weight and layer.weight.endswith("weight")
+               for layer in layers)
+    assert layers[0].weight == "stem.weight" and layers[-1].weight == "head.weight"
+    conv2 = next(layer for layer in layers if layer.weight == "blocks.0.conv2.weight")
+    assert ("blocks.0.scale.alpha" in conv2.params) == (cfg.model.residual_scale == "skipinit")
+    if cfg.model.norm == "bn":  # the norm that reads conv2's output next: block 2's norm1
+        assert {"blocks.1.norm1.weight", "blocks.1.norm1.bias"} <= set(conv2.params)

@@ -18,6 +18,10 @@ BAD = [
     ("trainer.checkpoint_every=-1", "trainer.checkpoint_every=-1", ">= 0"),
     ("probe.quantiles=[0.5,1.5]", "probe.quantiles=", "(0, 1)"),
     ("logger.kind=tensorboard", "logger.kind='tensorboard'", "wandb"),
+    ("probe.shift.levels=0", "probe.shift.levels=0", ">= 1"),
+    ("probe.shift.enabled=maybe", "probe.shift.enabled='maybe'", "true or false"),
+    ("probe.shift.max_values_per_unit=0.5", "probe.shift.max_values_per_unit=0.5", ">= 1"),
+    ("probe.train_noise=1", "probe.train_noise=1", "true or false"),
 ]
 
 

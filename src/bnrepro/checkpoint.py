@@ -19,8 +19,9 @@ from __future__ import annotations
 import copy
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -37,9 +38,12 @@ from bnrepro.sampling import EpochSampler
 
 FILE_PATTERN = re.compile(r"checkpoint-(\d+)\.pt")
 # Keys that may change between a run and its resumption without changing its trajectory.
+# probe.shift and probe.train_noise only measure (their streams are not the training ones).
 RESUME_INSENSITIVE = ("fresh", "trainer.progress", "trainer.resume", "trainer.checkpoint_every",
                       "trainer.device", "trainer.eval_memory_mb", "trainer.test_every", "logger",
-                      "dataset.root", "dataset.mirror", "probe.residual_variance")
+                      "dataset.root", "dataset.mirror", "measures", "probe.shift",
+                      "probe.train_noise", "model.conv_execution",
+                      "probe.residual_variance")
 
 
 # Keys added after runs were made, with the value that reproduces how those runs trained: a
@@ -108,9 +112,11 @@ def _trained_names(model: nn.Module) -> list[str]:
 
 def save(run_dirs: Sequence[Path], cfgs: Sequence[DictConfig], step: int, model: nn.Module,
          optimizer: PopulationSGD, sampler: EpochSampler, augment: BatchAugment,
-         summaries: Sequence[dict], finished: bool = False) -> None:
+         summaries: Sequence[dict], finished: bool = False,
+         extras: Mapping[str, Any] | None = None) -> None:
     """Commit the population's state at `step` (see the module docstring). `finished` marks
-    the state at the end of training: a rerun then has nothing left to do."""
+    the state at the end of training: a rerun then has nothing left to do. `extras`: name ->
+    object with member_state(k) (e.g. the evaluator's shift references), saved per member."""
     state = model.state_dict()
     dropout, noise = _dropout_generators(model), _noise_generators(model)
     momentum_names = _trained_names(model) if optimizer.buffers else []
@@ -129,6 +135,7 @@ def save(run_dirs: Sequence[Path], cfgs: Sequence[DictConfig], step: int, model:
             "augment_rng": augment.member_state(k),
             "noise_rng": [gens[k].get_state() for gens in noise],
             "summary": dict(summaries[k]),
+            "extras": {name: state.member_state(k) for name, state in (extras or {}).items()},
         }, path(run_dir, step), durable=True)
     for run_dir in run_dirs:  # every member has the new step: the old ones can go
         for old in steps(run_dir):
@@ -198,11 +205,14 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def restore(checkpoints: Sequence[dict], model: nn.Module, optimizer: PopulationSGD,
-            sampler: EpochSampler, augment: BatchAugment) -> int:
+            sampler: EpochSampler, augment: BatchAugment,
+            extras: Mapping[str, Any] | None = None) -> int:
     """Stack the members' checkpoints into the population; returns the step to resume after.
 
     A member saved without momentum buffers (its population had momentum 0 everywhere) gets
-    zeros: with its own momentum 0 the buffer's old value never enters its update.
+    zeros: with its own momentum 0 the buffer's old value never enters its update. Each of
+    `extras` (name -> object with load_member_states) gets the members' saved states, None
+    for a member whose checkpoint has none (saved before it existed).
     """
     model.load_state_dict({name: torch.stack([c["model"][name] for c in checkpoints])
                            for name in checkpoints[0]["model"]})
@@ -220,4 +230,6 @@ def restore(checkpoints: Sequence[dict], model: nn.Module, optimizer: Population
     for j, gens in enumerate(_noise_generators(model)):
         for g, c in zip(gens, checkpoints, strict=True):
             g.set_state(c["noise_rng"][j])
+    for name, state in (extras or {}).items():
+        state.load_member_states([c.get("extras", {}).get(name) for c in checkpoints])
     return checkpoints[0]["step"]

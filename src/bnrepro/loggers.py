@@ -42,7 +42,33 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 # Metrics whose wandb summary is their best value, not their last: what dashboards compare.
-MAX_SUMMARY_METRICS = ("val/acc", "test/acc")
+# Named one by one: wandb-core (0.31) applies a glob's step axis to every matching key, but a
+# glob's summary ("test/acc*") to none, so each key needs its own definition. Keys a run never
+# logs cost nothing (the definition stays unused).
+MAX_SUMMARY_METRICS = ("train/acc", "val/acc", "test/acc",
+                       "test/acc_batch", "test/acc_running")  # the last two: batch-size runs
+MIN_SUMMARY_METRICS = ("train/loss", "val/loss", "test/loss")
+STEP_METRIC = "step"  # the trainer's step, in every logged row
+
+
+def wandb_config(cfg: DictConfig, axes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a run sends as its wandb config: the whole resolved config, nested as in
+    config.yaml, plus `axes` (the run's sweep axes, see bnrepro.train.axes) with
+    `norm_activation`, one label for the (norm, activation) pair.
+
+    Nested, not flattened: the wandb app shows and filters nested keys as `model.norm`, and
+    wandb-workspaces addresses `Config("model.norm")` as the nested key (`model.value.norm`);
+    a flat key "model.norm" would be stored as `model.norm.value`, which no `Config(...)` of
+    the workspace (scripts/wandb_workspace.py) would find. `axes.norm_activation` exists because
+    a wandb chart groups its runs by one key, and Fig. 1's question is norm x activation.
+    """
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if axes is not None:
+        labels = dict(axes)
+        if "norm" in axes and "activation" in axes:
+            labels["norm_activation"] = f"{axes['norm']}-{axes['activation']}"
+        config["axes"] = labels
+    return config
 
 
 def wandb_run_id(run_dir: str | Path) -> str:
@@ -65,8 +91,10 @@ class NullSink:
 
 class WandbSink(NullSink):
     def __init__(self, logger_cfg: DictConfig, cfg: DictConfig, run_dir: Path, name: str,
-                 group: str | None, tags: list[str], resume_step: int | None = None):
-        """`resume_step`: the checkpoint step this process continues from (None: a fresh start)."""
+                 group: str | None, tags: list[str], resume_step: int | None = None,
+                 axes: dict[str, Any] | None = None):
+        """`resume_step`: the checkpoint step this process continues from (None: a fresh start);
+        `axes`: the run's sweep axes, sent in its wandb config (see `wandb_config`)."""
         self.run = None
         self.run_id = wandb_run_id(run_dir)
         try:
@@ -78,7 +106,7 @@ class WandbSink(NullSink):
                     mode=logger_cfg.mode, dir=str(run_dir), id=self.run_id, name=name,
                     group=group, tags=[*tags, *logger_cfg.get("tags", [])],
                     job_type=logger_cfg.get("job_type"),
-                    config=OmegaConf.to_container(cfg, resolve=True),
+                    config=wandb_config(cfg, axes),
                     reinit="create_new",  # one wandb run per job, also when a process holds many
                     settings=wandb.Settings(silent=True, console="off"), **branch)
 
@@ -103,10 +131,11 @@ class WandbSink(NullSink):
     def _define_metrics(self) -> None:
         # Every row carries the trainer's "step" (also passed as wandb's own step): naming it
         # the x-axis makes charts plot against training steps without per-chart settings.
-        self.run.define_metric("step")
-        self.run.define_metric("*", step_metric="step")
-        for key in MAX_SUMMARY_METRICS:
-            self.run.define_metric(key, step_metric="step", summary="max")
+        self.run.define_metric(STEP_METRIC)
+        self.run.define_metric("*", step_metric=STEP_METRIC)
+        for keys, summary in ((MAX_SUMMARY_METRICS, "max"), (MIN_SUMMARY_METRICS, "min")):
+            for key in keys:
+                self.run.define_metric(key, step_metric=STEP_METRIC, summary=summary)
 
     def _warn(self, err: Exception) -> None:
         warnings.warn(f"wandb disabled for this run ({type(err).__name__}: {err}); "
@@ -133,11 +162,14 @@ class WandbSink(NullSink):
 
 
 def make_sink(cfg: DictConfig, run_dir: Path, name: str, group: str | None,
-              tags: list[str], resume_step: int | None = None) -> NullSink:
+              tags: list[str], resume_step: int | None = None,
+              axes: dict[str, Any] | None = None) -> NullSink:
     """`resume_step`: pass the checkpoint step when resuming, so wandb drops what the store
-    dropped (see the module docstring); None on a fresh start."""
+    dropped (see the module docstring); None on a fresh start. `axes`: the run's sweep axes
+    (bnrepro.train.axes), added to its wandb config."""
     if cfg.logger.kind == "none":
         return NullSink()
     if cfg.logger.kind == "wandb":
-        return WandbSink(cfg.logger, cfg, run_dir, name, group, tags, resume_step=resume_step)
+        return WandbSink(cfg.logger, cfg, run_dir, name, group, tags, resume_step=resume_step,
+                         axes=axes)
     raise ValueError(f"logger must be 'wandb' or 'none', got {cfg.logger.kind!r}")

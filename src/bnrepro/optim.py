@@ -10,7 +10,7 @@ resumed run needs no schedule state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -49,8 +49,28 @@ class PopulationSGD:
         """Update the members where `active` (bool [P]) is set; leave the others, weights and
         momentum buffers, bit-identical (their weights or grads may be inf or NaN, and
         0 * inf is NaN, so they are masked out rather than multiplied by a zero rate)."""
-        frozen = None if bool(active.all()) else ~active
         neg_lr = -self.lr
+        for p, direction in zip(self.params, self._directions(active, in_place=True),
+                                strict=True):
+            p.addcmul_(direction, per_member(neg_lr, p))
+
+    @torch.no_grad()
+    def next_values(self, active: torch.Tensor) -> list[torch.Tensor]:
+        """The weights `step(active)` would leave, one tensor per parameter (in `params`
+        order), bit-identical to them, computed without changing anything: weights, grads
+        and momentum buffers stay as they are (measures.ics reads the update of step t
+        before the trainer applies it)."""
+        neg_lr = -self.lr
+        return [p.addcmul(direction, per_member(neg_lr, p))
+                for p, direction in zip(self.params, self._directions(active, in_place=False),
+                                        strict=True)]
+
+    def _directions(self, active: torch.Tensor, in_place: bool) -> Iterator[torch.Tensor]:
+        """Per parameter, the update direction buf_new = mu * buf + (g + wd * w) (g where
+        momentum is 0 for all), zero for frozen members. `in_place` stores buf_new in the
+        momentum buffers (step); otherwise they are only read. Both ways compute the same
+        floats (the same operations in the same order), so next_values matches step."""
+        frozen = None if bool(active.all()) else ~active
         for i, p in enumerate(self.params):
             grad = p.grad
             if frozen is not None:
@@ -61,13 +81,15 @@ class PopulationSGD:
             if self.use_momentum:
                 buf = self.buffers[i]
                 if frozen is None:
-                    grad = buf.mul_(per_member(self.momentum, p)).add_(grad)
+                    grad = buf.mul_(per_member(self.momentum, p)).add_(grad) if in_place \
+                        else buf.mul(per_member(self.momentum, p)).add_(grad)
                 else:
                     grad = torch.where(per_member(frozen, p), buf,
                                        buf * per_member(self.momentum, p) + grad)
-                    buf.copy_(grad)
+                    if in_place:
+                        buf.copy_(grad)
                     grad = grad.masked_fill(per_member(frozen, p), 0.0)
-            p.addcmul_(grad, per_member(neg_lr, p))
+            yield grad
 
     def zero_grad(self) -> None:
         for p in self.params:

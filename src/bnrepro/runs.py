@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig
 
-from bnrepro.store import read_config, read_metrics, read_summary
+from bnrepro.measures import MEASURES
+from bnrepro.store import evaluation_rows, read_config, read_metrics, read_summary
 
 
 @dataclass
@@ -18,7 +19,9 @@ class Run:
     dir: Path
     config: DictConfig
     summary: dict
-    metrics: pd.DataFrame  # one row per logged step
+    metrics: pd.DataFrame  # one row per evaluation (with that step's measures, if any)
+    # Every row that holds a measure (bnrepro.measures): measured steps, evaluated or not.
+    measures: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def find_runs(roots: Iterable[str | Path], statuses: tuple[str, ...] = ("completed",),
@@ -37,14 +40,17 @@ def find_runs(roots: Iterable[str | Path], statuses: tuple[str, ...] = ("complet
             try:
                 summary = read_summary(run_dir)
                 config = read_config(run_dir)
-                metrics = pd.DataFrame(read_metrics(run_dir))
+                rows = read_metrics(run_dir)
+                metrics = pd.DataFrame(evaluation_rows(rows))
+                measures = pd.DataFrame([r for r in rows if any(
+                    key.split("/")[0] in MEASURES for key in r)])
             except (OSError, ValueError) as err:
                 skipped.append(f"{run_dir} ({type(err).__name__})")
                 continue
             if summary.get("status") not in statuses or (metrics.empty and not keep_empty):
                 skipped.append(f"{run_dir} (status {summary.get('status')})")
                 continue
-            runs.append(Run(run_dir, config, summary, metrics))
+            runs.append(Run(run_dir, config, summary, metrics, measures))
     if skipped:
         warnings.warn(f"skipped {len(skipped)} run(s): " + "; ".join(skipped), stacklevel=2)
     return runs

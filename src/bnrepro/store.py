@@ -2,7 +2,9 @@
 
     <run_dir>/config.yaml          the resolved config the run trains with (ours; Hydra's own
                                    record is .hydra/, rewritten by every launch)
-    <run_dir>/metrics.jsonl        one JSON object per logged step
+    <run_dir>/metrics.jsonl        one JSON object per logged step: an evaluation's row
+                                   (with the measures of that step, if any), or the row of
+                                   a measured step that is not evaluated (measures only)
     <run_dir>/summary.json         status, steps done, validation/test accuracy, wall time, axes
     <run_dir>/checkpoint-<step>.pt the state to resume from (checkpoint.py)
     <run_dir>/.lock                held by the process training in it (runlock.py)
@@ -20,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from bnrepro.atomic import atomic_write_json, atomic_write_text
+from bnrepro.measures import MEASURES
 
 CONFIG = "config.yaml"
 
@@ -69,6 +72,19 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return rows
+
+
+def is_evaluation(row: dict[str, Any]) -> bool:
+    """Whether a metrics.jsonl row was logged by an evaluation (of train.py, or the deep
+    linear net's loss rows), not by measures alone at a step that is not evaluated: a
+    measures-only row holds nothing but `step` and keys under a measure's name
+    (bnrepro.measures: ics/..., landscape/...)."""
+    return any(key != "step" and key.split("/")[0] not in MEASURES for key in row)
+
+
+def evaluation_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluations among `rows`: what accuracy curves, selection and probes read."""
+    return [row for row in rows if is_evaluation(row)]
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any] | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import hydra
@@ -28,6 +28,7 @@ from bnrepro.config import register_resolvers
 from bnrepro.data import InputTransform, load_dataset
 from bnrepro.evaluation import Evaluator
 from bnrepro.loggers import make_sink
+from bnrepro.measures.hook import StepMeasures
 from bnrepro.models import build_model
 from bnrepro.norms import set_norm_step
 from bnrepro.optim import PopulationSGD
@@ -58,6 +59,12 @@ def run_name(cfg: DictConfig) -> str:
     variant = f"{a['variant']}-" if "variant" in a else ""
     return (f"{a['dataset']}-{variant}{a['norm']}-{a['activation']}-lr{a['lr']:g}"
             f"-do{a['dropout']:g}-s{a['seed']}")
+
+
+def member_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The training loss of each member: mean cross-entropy over its batch, logits [P, B, C]
+    and labels [P, B] -> [P]. The measures replay the step's loss with this same function."""
+    return F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,7 +98,8 @@ def prepare(cfg: DictConfig, run_dir: Path) -> dict | None:
     return checkpoint.load(run_dir, cfg)
 
 
-def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path]) -> list[dict]:
+def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
+                     on_step: Callable[[int], None] | None = None) -> list[dict]:
     """Train every config in `cfgs` (one shared architecture); return their summaries.
 
     Each run directory is held by this process while it trains (runlock). A directory with a
@@ -99,6 +107,8 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path]) -> li
     only its summary.json restored if a kill left it stale. Members resuming from different
     steps train separately; diverged members resume with their population, frozen, so the
     survivors' arithmetic is the same as in an uninterrupted run.
+    `on_step(step)`, when given, is called after each step's update, before any evaluation of
+    that step (`make bench` times the steps between two calls).
     """
     run_dirs = [Path(d) for d in run_dirs]
     with runlock.holding(run_dirs):
@@ -116,7 +126,7 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path]) -> li
                 by_step.setdefault(ckpt["step"] if ckpt else 0, []).append(k)
         for members in by_step.values():
             results = _train([cfgs[k] for k in members], [run_dirs[k] for k in members],
-                             [saved[k] for k in members])
+                             [saved[k] for k in members], on_step)
             for k, summary in zip(members, results, strict=True):
                 summaries[k] = summary
     return summaries
@@ -130,7 +140,8 @@ def _readable_summary(run_dir: Path) -> dict | None:
 
 
 def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
-           saved: Sequence[dict | None]) -> list[dict]:
+           saved: Sequence[dict | None], on_step: Callable[[int], None] | None = None
+           ) -> list[dict]:
     cfg, P = cfgs[0], len(cfgs)
     start_time = time.time()
     device = resolve_device(cfg.trainer.device)
@@ -143,7 +154,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     transform = InputTransform(ds, cfg.dataset.binarize, cfg.dataset.standardize)
     ds = ds.to(device)
     train_index, val_index = validation_split(len(ds.train_labels), cfg.dataset.val_size)
-    evaluate = Evaluator(cfg, ds, transform, train_index, val_index)
+    evaluate = Evaluator(cfg, ds, transform, train_index, val_index, [c.seed for c in cfgs])
     train_index = train_index.to(device)
     max_steps, eval_every = cfg.trainer.max_steps, cfg.trainer.eval_every
     checkpoint_every = cfg.trainer.checkpoint_every
@@ -152,13 +163,15 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     per_member = {key: torch.tensor([float(c.optim[key]) for c in cfgs], device=device)
                   for key in ("lr", "momentum", "weight_decay", "lr_decay", "lr_decay_steps")}
     optimizer = PopulationSGD(model.parameters(), **per_member)
+    measures = StepMeasures(cfg.get("measures"), model, optimizer, member_losses)
     sampler = EpochSampler(len(train_index), cfg.trainer.batch_size, [c.seed for c in cfgs])
     augment = BatchAugment([c.seed for c in cfgs], [c.augment.crop_padding for c in cfgs],
                            [c.augment.flip for c in cfgs])
     start_step = 0
     summaries = [new_summary(c, P) for c in cfgs]
     if saved[0] is not None:
-        start_step = checkpoint.restore(saved, model, optimizer, sampler, augment)
+        start_step = checkpoint.restore(saved, model, optimizer, sampler, augment,
+                                        evaluate.resumable())
         summaries = [dict(s["summary"], population_size=P, resumed_from_step=start_step)
                      for s in saved]
 
@@ -166,7 +179,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
               for d, c in zip(run_dirs, cfgs, strict=True)]
     sinks = [make_sink(c, d, run_name(c), c.logger.get("group") or c.name,
                        [f"{k}={v}" for k, v in axes(c).items()],
-                       resume_step=start_step if saved[0] else None)
+                       resume_step=start_step if saved[0] else None, axes=axes(c))
              for c, d in zip(cfgs, run_dirs, strict=True)]
     for store, summary in zip(stores, summaries, strict=True):
         store.write_summary(summary)
@@ -174,7 +187,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     alive = torch.tensor([s["status"] == "running" for s in summaries], device=device)
     loss_sum = torch.zeros(P, device=device)
     correct_sum = torch.zeros(P, device=device)
-    seconds = {"eval": 0.0, "loop_start": 0.0}
+    seconds = {"eval": 0.0, "measure": 0.0, "loop_start": 0.0}
 
     def mark_diverged(members: list[int], step: int, why: Sequence[str]) -> None:
         for k, reason in zip(members, why, strict=True):
@@ -183,9 +196,19 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
 
     test_every = cfg.trainer.test_every or eval_every
 
-    def log_evaluation(step: int, steps_averaged: int) -> str:
+    def log_measured(step: int, measured: dict[str, list[float]]) -> None:
+        """A row of its own for the measures of a step that is not evaluated."""
+        for k in alive.nonzero().flatten().tolist():
+            row = {"step": step, **{key: values[k] for key, values in measured.items()}}
+            stores[k].log(row)
+            sinks[k].log(row, step=step)
+
+    def log_evaluation(step: int, steps_averaged: int,
+                       measured: dict[str, list[float]] | None = None) -> str:
+        """Evaluate after the update of `step` and log each live member's row, holding the
+        measures of that step too (`measured`): one row per step."""
         eval_start = time.perf_counter()
-        rows = evaluate(model, with_test=step % test_every == 0 or step == max_steps)
+        rows = evaluate(model, with_test=step % test_every == 0 or step == max_steps, step=step)
         model.train()
         # An update that exploded shows here first, before any row of it is logged: weights
         # that are no longer finite, or a validation loss past the divergence bound.
@@ -205,6 +228,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
             if steps_averaged:
                 row |= {"train/loss": train_loss[k], "train/acc": train_acc[k]}
                 s["final_train_loss"] = train_loss[k]
+            row |= {key: values[k] for key, values in (measured or {}).items()}
             stores[k].log(row)
             sinks[k].log(row, step=step)
             s |= {"steps_done": step, "final_val_acc": row["val/acc"],
@@ -231,7 +255,8 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
         if start_step == 0:
             progress.set_postfix_str(log_evaluation(0, 0))
         model.train()
-        seconds |= {"eval": 0.0, "loop_start": time.perf_counter()}  # not the step-0 eval
+        seconds |= {"eval": 0.0, "measure": 0.0,  # not the step-0 eval
+                    "loop_start": time.perf_counter()}
         last_checkpoint = start_step
         for step in progress:
             if not alive.any():
@@ -239,8 +264,9 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
             index = train_index[sampler.next().to(device)]
             x, y = transform(augment(ds.train_images[index])), ds.train_labels[index]
             set_norm_step(model, step)  # Batch Renorm's r_max/d_max schedule
+            replay = measures.capture(step)  # None unless a measure is due at this step
             logits = model(x)
-            loss = F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
+            loss = member_losses(logits, y)
             diverged = alive & ~(loss.detach() <= cfg.trainer.divergence_loss)  # NaN too
             if diverged.any():  # freeze those members before their update; the rest go on
                 members = diverged.nonzero().flatten().tolist()
@@ -252,19 +278,28 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
             optimizer.zero_grad()
             torch.where(alive, loss, 0.0).sum().backward()
             optimizer.set_step(step)
+            measured = {}
+            if replay is not None:  # before the update: the measures read x_t and grad L(x_t)
+                measure_start = time.perf_counter()
+                measured = measures.measure(step, replay, x, y, loss, alive)
+                seconds["measure"] += time.perf_counter() - measure_start
             optimizer.step(alive)
             loss_sum += loss.detach()
             correct_sum += (logits.detach().argmax(-1) == y).float().mean(1)
+            if on_step is not None:
+                on_step(step)
             if step % eval_every == 0 or step == max_steps:
                 steps_averaged = step - (step - 1) // eval_every * eval_every
-                progress.set_postfix_str(log_evaluation(step, steps_averaged))
+                progress.set_postfix_str(log_evaluation(step, steps_averaged, measured))
                 # At the first evaluation past each multiple of checkpoint_every: evaluations
                 # are where the train-loss sums are empty, so nothing else needs saving.
                 if checkpoint_every and step < max_steps and \
                         step // checkpoint_every > last_checkpoint // checkpoint_every:
                     checkpoint.save(run_dirs, cfgs, step, model, optimizer, sampler, augment,
-                                    summaries)
+                                    summaries, extras=evaluate.resumable())
                     last_checkpoint = step
+            elif measured:
+                log_measured(step, measured)
     except BaseException as err:  # record why, keep what was logged, then let it propagate
         # SystemExit: submitit exits a preempted or timed-out job this way, to requeue it.
         stopped = isinstance(err, KeyboardInterrupt | SystemExit)
@@ -276,9 +311,9 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
             if s["status"] == "running":
                 s["status"], s["reason"] = status, reason
             s["wall_time_s"] = round(time.time() - start_time, 2)
-            if seconds["loop_start"]:  # training steps alone: no set-up, no evaluation
+            if seconds["loop_start"]:  # training steps alone: no set-up, evaluation, measures
                 s["train_time_s"] = round(time.perf_counter() - seconds["loop_start"]
-                                          - seconds["eval"], 3)
+                                          - seconds["eval"] - seconds["measure"], 3)
         for k in range(P):
             stores[k].write_summary(summaries[k])
             stores[k].close()
@@ -287,7 +322,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
         # to do, and it is written whatever checkpoint_every says (0 = no intermediate ones).
         if status == "completed":
             checkpoint.save(run_dirs, cfgs, max_steps, model, optimizer, sampler, augment,
-                            summaries, finished=True)
+                            summaries, finished=True, extras=evaluate.resumable())
     return summaries
 
 

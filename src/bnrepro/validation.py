@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 
 from bnrepro.data import SPECS
 from bnrepro.evaluation import PROBE_NETWORKS
-from bnrepro.models import ACTIVATIONS, MODELS
+from bnrepro.measures import measure_problems
+from bnrepro.models import ACTIVATIONS, CONV_EXECUTIONS, MODELS
 from bnrepro.norms import NORMS
 from bnrepro.norms.batch import INFERENCE
 from bnrepro.norms.lp import NORM_OF
@@ -39,6 +40,8 @@ def config_problems(cfg: DictConfig) -> list[str]:
     one_of("model.norm", tuple(NORMS))
     one_of("model.activation", tuple(ACTIVATIONS))
     one_of("model.bn_inference", INFERENCE)
+    if "conv_execution" in cfg.model:  # conv nets only
+        one_of("model.conv_execution", CONV_EXECUTIONS)
     one_of("logger.kind", LOGGERS)
     one_of("trainer.device", DEVICES)
     check("trainer.threads", cfg.trainer.get("threads") is None or (
@@ -85,11 +88,26 @@ def config_problems(cfg: DictConfig) -> list[str]:
           f"each one of {list(PROBE_NETWORKS)}")
     check("trainer.eval_memory_mb", _number(t.eval_memory_mb) and t.eval_memory_mb > 0,
           "must be > 0")
-    if (model_spec := MODELS.get(cfg.model.kind)) is not None:
+    check("probe.train_noise", isinstance(cfg.probe.get("train_noise"), bool),
+          "must be true or false")
+    shift = cfg.probe.get("shift")
+    if shift is not None:
+        check("probe.shift.enabled", isinstance(shift.get("enabled"), bool),
+              "must be true or false")
+        check("probe.shift.levels", _integer(shift.get("levels")) and shift.levels >= 1,
+              "must be an integer >= 1")
+        check("probe.shift.max_values_per_unit", _integer(shift.get("max_values_per_unit"))
+              and shift.max_values_per_unit >= 1, "must be an integer >= 1")
+    check("probe.residual_variance", isinstance(cfg.probe.get("residual_variance", True), bool),
+          "must be true or false")
+    model_spec = MODELS.get(cfg.model.kind)
+    if model_spec is not None:
         for key, ok, allowed in model_spec.checks(cfg.model):
             check(f"model.{key}", ok, allowed)
     if spec is not None:
         problems += _norm_problems(cfg.model, spec.knobs)
+    problems += measure_problems(cfg.get("measures"), t.max_steps,
+                                 model_spec.num_layers(cfg.model) if model_spec else None)
     n_train = SPECS.get(cfg.dataset.name, (None, 0))[1]
     check("dataset.val_size", _integer(cfg.dataset.val_size) and _integer(t.batch_size) and
           1 <= cfg.dataset.val_size <= n_train - t.batch_size,

@@ -16,6 +16,7 @@ from torch import nn
 from bnrepro.models.cnn import CNN, stage_widths
 from bnrepro.models.layers import (
     ACTIVATIONS,
+    CONV_EXECUTIONS,
     PopulationConv2d,
     PopulationDropout,
     PopulationLinear,
@@ -25,8 +26,8 @@ from bnrepro.models.mlp import MLP
 from bnrepro.models.resnet import RESIDUAL_SCALES, STAGES, ResNet, blocks_per_stage
 from bnrepro.norms import head_norm
 
-__all__ = ["ACTIVATIONS", "CNN", "MLP", "MODELS", "ModelSpec", "PopulationConv2d",
-           "PopulationDropout", "PopulationLinear", "ResNet", "build_model",
+__all__ = ["ACTIVATIONS", "CNN", "CONV_EXECUTIONS", "MLP", "MODELS", "ModelSpec",
+           "PopulationConv2d", "PopulationDropout", "PopulationLinear", "ResNet", "build_model",
            "check_norm_and_activation"]
 
 
@@ -37,6 +38,8 @@ class ModelSpec:
     conv: bool  # has conv layers, so conv-only norms (IN) apply
     # Widths that model.norm normalises (model.norm_groups must divide each of them).
     normalised_widths: Callable[[Mapping], list[int]]
+    # Weight layers (the model's weight_layers(), input first, head last): measures.ics.layers
+    num_layers: Callable[[Mapping], int]
     # The model's own config checks: (key under model., ok, what is allowed) per key
     # (validation.py turns a failed one into a ConfigError naming model.<key>).
     checks: Callable[[Mapping], list[tuple[str, bool, str]]] = lambda m: []
@@ -54,13 +57,14 @@ def _build_cnn(m: Mapping, common: dict, image_shape: tuple[int, ...]) -> nn.Mod
     return CNN(in_channels=image_shape[0], num_classes=10, widths=list(m.widths),
                convs_per_stage=m.convs_per_stage, width_multiplier=m.width_multiplier,
                classifier_hidden=m.classifier_hidden, image_size=tuple(image_shape[1:]),
-               **common)
+               conv_execution=m.get("conv_execution", "auto"), **common)
 
 
 def _build_resnet(m: Mapping, common: dict, image_shape: tuple[int, ...]) -> nn.Module:
     return ResNet(in_channels=image_shape[0], num_classes=10, depth=m.depth,
                   widths=list(m.widths), width_multiplier=m.width_multiplier,
-                  residual_scale=m.residual_scale, image_size=tuple(image_shape[1:]), **common)
+                  residual_scale=m.residual_scale, image_size=tuple(image_shape[1:]),
+                  conv_execution=m.get("conv_execution", "auto"), **common)
 
 
 def _resnet_checks(m: Mapping) -> list[tuple[str, bool, str]]:
@@ -82,11 +86,21 @@ def _cnn_widths(m: Mapping) -> list[int]:
     return widths
 
 
+def _cnn_layers(m: Mapping) -> int:
+    """Every conv, the hidden linear layer and the head (convs_per_stage: an int for every
+    stage, or one per stage; the model refuses other values when it is built)."""
+    depths = m.convs_per_stage
+    return (len(m.widths) * depths if isinstance(depths, int) else sum(depths)) + 2
+
+
 MODELS: dict[str, ModelSpec] = {
-    "mlp": ModelSpec(_build_mlp, conv=False, normalised_widths=lambda m: list(m.hidden)),
-    "cnn": ModelSpec(_build_cnn, conv=True, normalised_widths=_cnn_widths),
+    "mlp": ModelSpec(_build_mlp, conv=False, normalised_widths=lambda m: list(m.hidden),
+                     num_layers=lambda m: len(m.hidden) + 1),
+    "cnn": ModelSpec(_build_cnn, conv=True, normalised_widths=_cnn_widths,
+                     num_layers=_cnn_layers),
     "resnet": ModelSpec(_build_resnet, conv=True, checks=_resnet_checks, residual=True,
-                        normalised_widths=lambda m: stage_widths(m.widths, m.width_multiplier)),
+                        normalised_widths=lambda m: stage_widths(m.widths, m.width_multiplier),
+                        num_layers=lambda m: m.depth + 2),  # + the two 1x1 shortcuts
 }
 
 

@@ -47,6 +47,7 @@ class CNN(nn.Module):
     Weights start as N(0, std^2) with std = init_std, or, when init_std is None, He's
     sqrt(2 / fan_in) (fan_in = in_channels * k * k for convs), which keeps ReLU nets trainable
     without BN. `image_size` (H or (H, W)) sets the flattened size; pooling floors odd sizes.
+    `conv_execution` says how the convs run a population (layers.CONV_EXECUTIONS): speed only.
     """
 
     def __init__(self, seeds: Sequence[int], in_channels: int = 3, num_classes: int = 10,
@@ -55,7 +56,7 @@ class CNN(nn.Module):
                  widths: Sequence[int] = (64, 128, 256),
                  convs_per_stage: Sequence[int] | int = 1, width_multiplier: float = 1.0,
                  classifier_hidden: int = 256, norm_cfg: Mapping | None = None,
-                 image_size: int | Sequence[int] = 32):
+                 image_size: int | Sequence[int] = 32, conv_execution: str = "auto"):
         super().__init__()
         check_norm_and_activation(norm, activation)
         P = len(seeds)
@@ -79,7 +80,8 @@ class CNN(nn.Module):
                 raise ValueError(f"image_size={image_size!r} is too small for "
                                  f"{len(stages)} pooling stages")
         conv_bias, fc_norm = not norm_spec(norm).cancels_bias, head_norm(norm)
-        self.convs = nn.ModuleList(PopulationConv2d(P, a, b, bias=conv_bias)
+        self.convs = nn.ModuleList(PopulationConv2d(P, a, b, bias=conv_bias,
+                                                    execution=conv_execution)
                                    for a, b in zip(channels[:-1], channels[1:], strict=True))
         noise = [generator(s, "noise") for s in seeds]  # read by noisy norms only
         self.conv_norms = nn.ModuleList(make_norm(norm, P, c, True, norm_cfg, noise)
@@ -99,6 +101,12 @@ class CNN(nn.Module):
                 g = generator(seed, "init")
                 for layer, std in zip(layers, stds, strict=True):
                     layer.weight[k] = torch.randn(layer.weight.shape[1:], generator=g) * std
+
+    def weight_layers(self) -> list[list[nn.Module]]:
+        """The layers from the input up, each as [its weight module, the modules after it
+        with parameters of their own (the norm)]: what measures.ics calls layer 1, 2, ..."""
+        return [*([conv, norm] for conv, norm in zip(self.convs, self.conv_norms, strict=True)),
+                [self.hidden, self.hidden_norm], [self.head]]
 
     def forward(self, x: torch.Tensor, preactivations: list | None = None,
                 shared: bool = False) -> torch.Tensor:

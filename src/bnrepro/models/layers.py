@@ -78,17 +78,56 @@ def unfold(y: torch.Tensor, population_size: int) -> torch.Tensor:
     return y.view(B, population_size, PC // population_size, *y.shape[2:]).transpose(0, 1)
 
 
+# How a population's convolution runs (model.conv_execution): members stay exactly what they
+# are alone either way; only speed and float rounding differ.
+#   grouped:    one conv with groups=P over the folded [B, P*C, H, W] activations;
+#   per_member: P ordinary convs on channel slices of that layout, outputs concatenated back;
+#   auto:       AUTO_CONV_EXECUTION for the device type, else grouped.
+# per_member runs each member's conv as its solo run does (P = 1 is the same call on the same
+# values): bit-identical outputs and gradients (tests/test_conv_execution.py); grouped agrees
+# to float rounding only. CPU -> per_member, for that, and because grouped was as fast or slower
+# in the one quiet measurement we have (issue 10; 2 cores, torch 2.15, 16->32 conv at 16x16,
+# batch 64, forward + backward, ms per member: grouped 3.9 vs per member 3.8 at P = 8, 9.4 vs
+# 4.1 at P = 32). Re-measured here under heavy load from other jobs (1 thread, medians of 3):
+# too noisy to rank them (per size and P, either won by up to 2x). Redo on a quiet machine:
+# `python -m bnrepro.bench.conv_execution` (and `make bench`: its conv table and the
+# "P=8, conv_execution=grouped" row next to auto's, in results/bench.json).
+# CUDA: nothing measured (no GPU here): grouped, one kernel per layer, until a measurement says
+# otherwise; the same command measures it.
+CONV_EXECUTIONS = ("auto", "grouped", "per_member")
+AUTO_CONV_EXECUTION = {"cpu": "per_member"}
+
+
 class PopulationConv2d(nn.Module):
     """Per-member 2-D convolution: x [P, B, C, H, W] -> [P, B, out, H', W'] (H' = H with the
-    defaults; about H / stride with a stride)."""
+    defaults; about H / stride with a stride).
+
+    `execution` picks how it runs (CONV_EXECUTIONS, comment above); results are the same up to
+    float rounding.
+    """
 
     def __init__(self, population_size: int, in_channels: int, out_channels: int,
-                 kernel_size: int = 3, padding: int = 1, *, bias: bool, stride: int = 1):
+                 kernel_size: int = 3, padding: int = 1, *, bias: bool, execution: str = "auto",
+                 stride: int = 1):
         super().__init__()
+        if execution not in CONV_EXECUTIONS:
+            raise ValueError(f"model.conv_execution must be one of {list(CONV_EXECUTIONS)}, "
+                             f"got {execution!r}")
         shape = (population_size, out_channels, in_channels, kernel_size, kernel_size)
         self.weight = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.zeros(population_size, out_channels)) if bias else None
         self.padding, self.stride = padding, stride
+        self.execution = execution
+
+    def _conv2d(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                groups: int = 1) -> torch.Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, groups=groups)
+
+    def resolved_execution(self, device: torch.device) -> str:
+        """grouped or per_member: what `auto` means on `device`, or the forced choice."""
+        if self.execution != "auto":
+            return self.execution
+        return AUTO_CONV_EXECUTION.get(device.type, "grouped")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [P, B, C, H, W], or [B, C, H, W] shared by all members."""
@@ -98,6 +137,14 @@ class PopulationConv2d(nn.Module):
         if x.dim() == 4:
             # Shared input: one ungrouped conv whose P*out filters all read the same x,
             # so x is never copied P times.
-            return unfold(F.conv2d(x, weight, bias, self.stride, self.padding), P)
+            return unfold(self._conv2d(x, weight, bias), P)
+        if P > 1 and self.resolved_execution(x.device) == "per_member":
+            # Channel slices of the folded layout in, concatenated back into it: the next
+            # layer sees the same [B, P*out, H, W] memory as after a grouped conv.
+            members = fold(x).split(n_in, dim=1)
+            biases = [None] * P if self.bias is None else self.bias.unbind(0)
+            return unfold(torch.cat([self._conv2d(xm, wm, bm) for xm, wm, bm in
+                                     zip(members, self.weight.unbind(0), biases, strict=True)],
+                                    dim=1), P)
         # Grouped conv with groups=P: group p sees only member p's channels and filters.
-        return unfold(F.conv2d(fold(x), weight, bias, self.stride, self.padding, groups=P), P)
+        return unfold(self._conv2d(fold(x), weight, bias, groups=P), P)

@@ -52,6 +52,12 @@ class MLP(nn.Module):
                 for layer in [*self.hidden, self.head]:
                     layer.weight[k] = torch.randn(layer.weight.shape[1:], generator=g) * init_std
 
+    def weight_layers(self) -> list[list[nn.Module]]:
+        """The layers from the input up, each as [its weight module, the modules after it
+        with parameters of their own (the norm)]: what measures.ics calls layer 1, 2, ..."""
+        return [*([linear, norm] for linear, norm in zip(self.hidden, self.norms, strict=True)),
+                [self.head]]
+
     def forward(self, x: torch.Tensor, preactivations: list | None = None,
                 shared: bool = False) -> torch.Tensor:
         """x [P, B, ...] (or [B, ...] fed to every member when `shared`) -> logits [P, B, C].

@@ -27,7 +27,8 @@ conv biases, as in the CNN (every conv output reaches a norm before any nonlinea
 the branch or along the residual stream to the final norm). Weights start as N(0, std^2),
 std = init_std or, when None, He's sqrt(2 / fan_in) (fan_in = in_channels * k * k) for the
 stem, branch convs and the head (shortcuts: see above), each member from its own "init"
-stream. The head is linear with a bias (zero at init).
+stream. The head is linear with a bias (zero at init). `conv_execution` says how the convs
+run a population (layers.CONV_EXECUTIONS): speed only.
 """
 
 from __future__ import annotations
@@ -62,27 +63,45 @@ def blocks_per_stage(depth: int) -> int:
     return (depth - 2) // 6
 
 
+class BranchScale(nn.Module):
+    """SkipInit's alpha: one learnable scalar per member, [P], initialised to 0."""
+
+    def __init__(self, population_size: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(population_size))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * self.alpha.view(-1, *[1] * (h.dim() - 1))
+
+
 class ResidualBlock(nn.Module):
     """x -> s(x) + alpha * f(x) on [P, B, C, H, W] (see the module docstring)."""
 
     def __init__(self, population_size: int, in_channels: int, out_channels: int, stride: int,
                  norm: str, activation: Callable, residual_scale: str,
-                 norm_cfg: Mapping | None, noise: Sequence[torch.Generator]):
+                 norm_cfg: Mapping | None, noise: Sequence[torch.Generator],
+                 conv_execution: str = "auto"):
         super().__init__()
         P, bias = population_size, not norm_spec(norm).cancels_bias
+        conv = dict(bias=bias, execution=conv_execution)
         self.activation = activation
         self.norm1 = make_norm(norm, P, in_channels, True, norm_cfg, noise)
-        self.conv1 = PopulationConv2d(P, in_channels, out_channels, bias=bias, stride=stride)
+        self.conv1 = PopulationConv2d(P, in_channels, out_channels, stride=stride, **conv)
         self.norm2 = make_norm(norm, P, out_channels, True, norm_cfg, noise)
-        self.conv2 = PopulationConv2d(P, out_channels, out_channels, bias=bias)
+        self.conv2 = PopulationConv2d(P, out_channels, out_channels, **conv)
         self.shortcut = None
         if stride != 1 or in_channels != out_channels:
             self.shortcut = PopulationConv2d(P, in_channels, out_channels, kernel_size=1,
-                                             padding=0, bias=bias, stride=stride)
+                                             padding=0, stride=stride, **conv)
         if residual_scale not in RESIDUAL_SCALES:
             raise ValueError(f"model.residual_scale must be one of {list(RESIDUAL_SCALES)}, "
                              f"got {residual_scale!r}")
-        self.alpha = nn.Parameter(torch.zeros(P)) if residual_scale == "skipinit" else None
+        self.scale = BranchScale(P) if residual_scale == "skipinit" else None
+
+    @property
+    def alpha(self) -> nn.Parameter | None:
+        """SkipInit's [P] scalars; None when alpha is the constant 1 (residual_scale none)."""
+        return None if self.scale is None else self.scale.alpha
 
     def skip(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.shortcut is None else self.shortcut(x)
@@ -96,7 +115,7 @@ class ResidualBlock(nn.Module):
         if preactivations is not None:
             preactivations.append(h)
         h = self.conv2(self.activation(h))
-        return h if self.alpha is None else h * self.alpha.view(-1, 1, 1, 1, 1)
+        return h if self.scale is None else self.scale(h)
 
     def forward(self, x: torch.Tensor, preactivations: list | None = None,
                 moments: ResidualMoments | None = None) -> torch.Tensor:
@@ -114,7 +133,8 @@ class ResNet(nn.Module):
                  width_multiplier: float = 1.0, residual_scale: str = "none",
                  norm: str = "bn", activation: str = "relu",
                  dropout: Sequence[float] | float = 0.0, init_std: float | None = None,
-                 norm_cfg: Mapping | None = None, image_size: int | Sequence[int] = 32):
+                 norm_cfg: Mapping | None = None, image_size: int | Sequence[int] = 32,
+                 conv_execution: str = "auto"):
         super().__init__()
         check_norm_and_activation(norm, activation)
         if len(widths) != STAGES:
@@ -127,7 +147,7 @@ class ResNet(nn.Module):
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
         noise = [generator(s, "noise") for s in seeds]  # read by noisy norms only
 
-        self.stem = PopulationConv2d(P, in_channels, stages[0],
+        self.stem = PopulationConv2d(P, in_channels, stages[0], execution=conv_execution,
                                      bias=not norm_spec(norm).cancels_bias)
         blocks, channels = [], stages[0]
         # Floats one example produces at the widest layer, over all members (sizes eval chunks).
@@ -138,7 +158,7 @@ class ResNet(nn.Module):
                 if stride == 2:
                     height, width = (height + 1) // 2, (width + 1) // 2
                 blocks.append(ResidualBlock(P, channels, w, stride, norm, self.activation,
-                                            residual_scale, norm_cfg, noise))
+                                            residual_scale, norm_cfg, noise, conv_execution))
                 channels = w
             self.widest_activation = max(self.widest_activation, P * w * height * width)
         self.blocks = nn.ModuleList(blocks)
@@ -162,6 +182,23 @@ class ResNet(nn.Module):
     @property
     def residual_blocks(self) -> int:
         return len(self.blocks)
+
+    def weight_layers(self) -> list[list[nn.Module]]:
+        """The weight layers from the input up (measures.ics: layer 1, 2, ...), each as [its
+        conv or linear module, the modules with parameters of their own that read its output
+        next]: stem + block 1's norm1; per block the shortcut (if any, it reads the block's
+        input), conv1 + norm2, conv2 + alpha + the next norm1 (or the final norm); the head.
+        Every parameter is in exactly one layer."""
+        layers: list[list[nn.Module]] = [[self.stem, self.blocks[0].norm1]]
+        for i, block in enumerate(self.blocks):
+            following = self.blocks[i + 1].norm1 if i + 1 < len(self.blocks) \
+                else self.final_norm
+            if block.shortcut is not None:
+                layers.append([block.shortcut])
+            layers.append([block.conv1, block.norm2])
+            scale = [] if block.scale is None else [block.scale]
+            layers.append([block.conv2, *scale, following])
+        return [*layers, [self.head]]
 
     def forward(self, x: torch.Tensor, preactivations: list | None = None,
                 shared: bool = False, moments: ResidualMoments | None = None) -> torch.Tensor:

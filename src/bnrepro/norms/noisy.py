@@ -18,8 +18,11 @@ r_mu = r_sigma = 0.1. Two choices the paper leaves open are knobs (conf/model/no
   where: after_affine | before_affine - whether a is BN's output after gamma/beta (our default:
          the paper calls a's mean and variance "possibly learnable", i.e. beta and gamma) or
          the normalised x_hat, with gamma/beta applied to the perturbed value.
-No noise at inference, in Alg. 2's collect pass or in probes (only module.training together
-with BN mode "train"): the network evaluated is BN's.
+No training noise at inference, in Alg. 2's collect pass or in probes (only module.training
+together with BN mode "train"): the network evaluated is BN's. The probes of the training
+network (evaluation.py, `act_train/`, with probe.train_noise) perturb with the same noise
+drawn from a separate "probe_noise" stream inside `probe_noise(...)` (see ProbeNoise): the
+training streams never advance outside training steps.
 
 Draws come from each member's own "noise" stream, on the CPU (device-independent, as dropout),
 so a member's noise does not depend on its population. `noise_only` puts the same noise on a
@@ -29,7 +32,8 @@ the standard (non-BatchNorm) network prevents it from training entirely."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +42,7 @@ from torch import nn
 from bnrepro.norms.batch import BatchNorm
 from bnrepro.norms.minibatch import per_feature
 from bnrepro.norms.site import Site
+from bnrepro.seeding import occasion_generator
 
 SIGMA_PARAMS = ("std", "variance")
 WHERE = ("after_affine", "before_affine")
@@ -60,20 +65,35 @@ class SanturkarNoise(nn.Module):
         self.generators = generators
         self.n_mu, self.n_sigma, self.r_mu = n_mu, n_sigma, r_mu
         self.s_std = r_sigma if sigma_param == "std" else r_sigma ** 0.5
+        self.probe: ProbeNoise | None = None  # set inside probe_noise(): draw from it instead
+
+    def unit_parameters(self, C: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Alg. 1 lines 7-8 for C units: (mu [C], sigma [C]) of one step's D_j^t."""
+        mu = (torch.rand(C, generator=g) * 2 - 1) * self.n_mu
+        sigma = 1 + torch.rand(C, generator=g) * (self.n_sigma - 1)
+        return mu, sigma
+
+    def element_noise(self, mu: torch.Tensor, sigma: torch.Tensor, shape: torch.Size,
+                      g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Alg. 1 lines 12-13 for values of `shape` [B, C, ...] given the units' (mu, sigma):
+        (s, m) of that shape."""
+        units = (1, shape[1], *[1] * (len(shape) - 2))  # a unit is a feature, or a map channel
+        m = mu.view(units) + (torch.rand(shape, generator=g) * 2 - 1) * self.r_mu
+        s = sigma.view(units) + torch.randn(shape, generator=g) * self.s_std
+        return s, m
 
     def draw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(s, m) shaped like x [P, B, C, ...]: one step's noise, a fresh (mu, sigma) per unit."""
+        if self.probe is not None:
+            return self.probe.draw(self, x)
         if len(self.generators) != x.shape[0]:
             raise ValueError(f"{len(self.generators)} noise streams for a population of "
                              f"{x.shape[0]}")
-        C, per_member = x.shape[2], x.shape[1:]
-        units = (1, C, *[1] * (x.dim() - 3))  # a unit is a feature, or a channel of a map
         scales, shifts = [], []
         for g in self.generators:
-            mu = ((torch.rand(C, generator=g) * 2 - 1) * self.n_mu).view(units)
-            sigma = (1 + torch.rand(C, generator=g) * (self.n_sigma - 1)).view(units)
-            shifts.append(mu + (torch.rand(per_member, generator=g) * 2 - 1) * self.r_mu)
-            scales.append(sigma + torch.randn(per_member, generator=g) * self.s_std)
+            s, m = self.element_noise(*self.unit_parameters(x.shape[2], g), x.shape[1:], g)
+            scales.append(s)
+            shifts.append(m)
         return torch.stack(scales).to(x), torch.stack(shifts).to(x)
 
     def perturb(self, a: torch.Tensor) -> torch.Tensor:
@@ -81,7 +101,68 @@ class SanturkarNoise(nn.Module):
         return s * a + m
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return self.perturb(a) if self.training else a
+        return self.perturb(a) if self.training or self.probe is not None else a
+
+
+class ProbeNoise:
+    """Alg. 1's noise for probing the training network, from the "probe_noise" stream.
+
+    One evaluation is one time step t: each noisy layer draws one (mu_j, sigma_j) per unit
+    for the whole probe set (the D_j^t a training step at t would draw), from a generator of
+    (member seed, step, layer); the per-value (m, s) come from a generator of (member seed,
+    step, layer, mini-batch index), so they depend neither on how the evaluator chunks the
+    probe set nor on the population. The training streams are never touched.
+    """
+
+    def __init__(self, seeds: Sequence[int], step: int, batch_size: int,
+                 layers: Sequence[SanturkarNoise]):
+        self.seeds, self.step, self.batch_size = list(seeds), step, batch_size
+        self.layer_index = {id(layer): i for i, layer in enumerate(layers)}
+        self.offset = 0  # index in the probe set of the first example of the next forward pass
+        self._units: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def draw(self, layer: SanturkarNoise, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s, m) shaped like x [P, n, C, ...], n whole mini-batches starting at `offset`."""
+        P, n, C = x.shape[:3]
+        if len(self.seeds) != P or n % self.batch_size or self.offset % self.batch_size:
+            raise ValueError(f"probe noise for {len(self.seeds)} members in mini-batches of "
+                             f"{self.batch_size}, got [{P}, {n}] at offset {self.offset}")
+        i = self.layer_index[id(layer)]
+        scales, shifts = [], []
+        for k, seed in enumerate(self.seeds):
+            if (k, i) not in self._units:
+                g = occasion_generator(seed, "probe_noise", self.step, i)
+                self._units[k, i] = layer.unit_parameters(C, g)
+            member_s, member_m = [], []
+            for b in range(n // self.batch_size):
+                batch = (self.offset // self.batch_size) + b
+                g = occasion_generator(seed, "probe_noise", self.step, i, batch)
+                s, m = layer.element_noise(*self._units[k, i],
+                                           torch.Size((self.batch_size, *x.shape[2:])), g)
+                member_s.append(s)
+                member_m.append(m)
+            scales.append(torch.cat(member_s))
+            shifts.append(torch.cat(member_m))
+        return torch.stack(scales).to(x), torch.stack(shifts).to(x)
+
+
+@contextmanager
+def probe_noise(model: nn.Module, seeds: Sequence[int], step: int, batch_size: int
+                ) -> Iterator[ProbeNoise | None]:
+    """Inside: every noisy layer of `model` perturbs its output with ProbeNoise (None when the
+    model has none); set `.offset` before each forward pass over part of the probe set."""
+    layers = [m for m in model.modules() if isinstance(m, SanturkarNoise)]
+    if not layers:
+        yield None
+        return
+    draws = ProbeNoise(seeds, step, batch_size, layers)
+    for layer in layers:
+        layer.probe = draws
+    try:
+        yield draws
+    finally:
+        for layer in layers:
+            layer.probe = None
 
 
 class NoisyBatchNorm(BatchNorm):
@@ -98,6 +179,14 @@ class NoisyBatchNorm(BatchNorm):
         self.noise = SanturkarNoise(generators, **noise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.noise.probe is not None:  # a probe of the training network (probe_noise)
+            y = super().forward(x)
+            s, m = self.noise.draw(y)
+            if self.where == "after_affine":
+                return s * y + m
+            # before_affine: gamma (s x_hat + m) + beta, written with y = gamma x_hat + beta
+            beta = per_feature(self.bias, y)
+            return s * (y - beta) + per_feature(self.weight, y) * m + beta
         # Noise only where the network trains: module.training (model.eval() in the
         # evaluator) and BN mode "train" (not Alg. 2's collect pass, not the probes' batch).
         if not (self.training and self.mode == "train"):

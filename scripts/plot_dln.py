@@ -1,0 +1,209 @@
+"""Santurkar et al.'s deep linear network (Figs. 3b and 10): ICS and the loss landscape, from
+our run store (`python -m bnrepro.train_dln`, `make dln`).
+
+(a) training loss; (b, c) gradient ICS of two layers, l2 difference and cosine (Def. 2.1);
+(d) variation of the loss along the gradient, (e) gradient predictiveness (the l2 change of
+the gradient along it), (f) "effective" beta-smoothness. Lines are the mean over seeds, bands
+min..max over seeds; (d, e) draw the range over step lengths (mean over seeds of its min and
+max), as the paper's shaded regions do; (b-f) at the paper's rate (the largest of `lrs`).
+Writes results/dln.{png,pdf,csv} and dln_claims.{json,md}.
+
+Verdicts (all at the paper's rate, the first of `lrs`): a per-seed number for BN and for the
+standard net (the median over the measured steps, or the final loss); "holds" when every BN
+seed is on the side the paper states of every standard seed, "does not hold" when every one
+is on the other side, "mixed" when the seeds' ranges overlap. ICS is decided per measured
+layer: holds when BN's cosine is below the standard net's in every layer (it "does not
+reduce" ICS), does not hold when it is above in every layer.
+
+    python scripts/plot_dln.py runs/dln [--out results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bnrepro.atomic import atomic_save_figure, atomic_write_text  # noqa: E402
+from bnrepro.claims import to_markdown, write_claims  # noqa: E402
+from bnrepro.runs import Run, find_runs  # noqa: E402
+
+DATASET = "gaussian-linear (synthetic, App. A.1)"
+STYLE = {"none": ("Standard", "tab:red"), "bn": ("Standard + BatchNorm", "tab:blue")}
+SOURCE = "Santurkar et al. (2018)"
+
+
+def per_seed(runs: list[Run], norm: str, lr: float, value) -> list[float]:
+    return [value(r) for r in runs if r.config.norm == norm and r.config.lr == lr]
+
+
+def median_measure(key: str):
+    def value(run: Run) -> float:
+        return float(run.measures[key].median()) if key in run.measures else float("nan")
+    return value
+
+
+def final_loss(run: Run) -> float:
+    return float(run.metrics["train/loss"].iloc[-1])
+
+
+def spread(values: list[float], fmt: str = ".3g") -> str:
+    s = pd.Series(values)
+    return f"{s.mean():{fmt}} ({s.min():{fmt}}..{s.max():{fmt}})"
+
+
+def separated(bn: list[float], standard: list[float]) -> str:
+    """'holds' when every BN value is below every standard one, 'does not hold' when every
+    one is above, else 'mixed' (also when a side has no values)."""
+    if not bn or not standard:
+        return "not measured"
+    if max(bn) < min(standard):
+        return "holds"
+    if min(bn) > max(standard):
+        return "does not hold"
+    return "mixed"
+
+
+def claims(runs: list[Run], lr: float, layers: list[int]) -> list[dict]:
+    rows = []
+
+    def row(claim: str, paper: str, ours: str, verdict: str) -> None:
+        rows.append({"claim": claim, "paper": paper, "ours": ours, "verdict": verdict,
+                     "dataset": DATASET, "source": SOURCE})
+
+    bn, std = per_seed(runs, "bn", lr, final_loss), per_seed(runs, "none", lr, final_loss)
+    row("BN trains the deep linear net to a lower loss",
+        'Sec. 2.2: "BatchNorm networks continue to perform drastically better in terms of '
+        'attained accuracy and loss"',
+        f"final training loss at lr {lr:g}, mean (min..max over seeds): BN {spread(bn)} vs "
+        f"standard {spread(std)}", separated(bn, std))
+
+    cos_verdicts, parts = [], []
+    for layer in layers:
+        key = f"ics/h{layer}/cos"
+        b, s = (per_seed(runs, n, lr, median_measure(key)) for n in ("bn", "none"))
+        cos_verdicts.append(separated(b, s))
+        parts.append(f"layer {layer}: BN {spread(b, '.3f')} vs standard {spread(s, '.3f')}")
+    verdict = ("holds" if all(v == "holds" for v in cos_verdicts) else
+               "does not hold" if all(v == "does not hold" for v in cos_verdicts) else "mixed")
+    row("BN does not reduce gradient ICS: cos(G, G') is lower with BN",
+        'Sec. 2.2 / Fig. 3b: "the standard network experiences almost no ICS for the entirety '
+        'of training, whereas for BatchNorm it appears that G and G\' are almost uncorrelated"',
+        "median cos(G, G') over the measured steps, mean (min..max over seeds): "
+        + "; ".join(parts), verdict if layers else "not measured")
+
+    for key, name, quote in (
+            ("landscape/loss_range", "variation of the loss along the gradient",
+             "Fig. 10a: a clear improvement ... with BatchNorm"),
+            ("landscape/grad_change_max", "gradient change along the gradient (predictiveness)",
+             "Fig. 10b"),
+            ("landscape/beta", '"effective" beta-smoothness', "Fig. 10c")):
+        b, s = (per_seed(runs, n, lr, median_measure(key)) for n in ("bn", "none"))
+        row(f"BN makes the landscape smoother: smaller {name}",
+            f"{quote} (step lengths 1/100 to 30 x the rate)",
+            f"median over the measured steps, mean (min..max over seeds): BN {spread(b)} vs "
+            f"standard {spread(s)}", separated(b, s))
+    return rows
+
+
+def band(ax, runs: list[Run], norm: str, lr: float, key: str, table: str = "measures",
+         low: str | None = None, ls: str = "-", what: str = "") -> pd.DataFrame:
+    frames = [getattr(r, table).set_index("step")[[k for k in (key, low) if k]]
+              for r in runs if r.config.norm == norm and r.config.lr == lr
+              and key in getattr(r, table)]
+    if not frames:
+        return pd.DataFrame()
+    both = pd.concat(frames, axis=1, keys=range(len(frames)))
+    label, color = STYLE.get(norm, (norm, None))
+    mean = both.xs(key, axis=1, level=1).mean(axis=1)
+    if low:  # a range per seed (the paper's shaded region): mean of its ends
+        bottom = both.xs(low, axis=1, level=1).mean(axis=1)
+        ax.fill_between(mean.index, bottom, mean, color=color, alpha=0.3, label=label)
+    else:
+        values = both.xs(key, axis=1, level=1)
+        ax.plot(mean.index, mean, color=color, ls=ls, label=f"{label}, {what or f'lr {lr:g}'}")
+        ax.fill_between(mean.index, values.min(axis=1), values.max(axis=1), color=color,
+                        alpha=0.15)
+    return both
+
+
+def plot(runs: list[Run], out_dir: Path) -> dict:
+    lrs = sorted({float(r.config.lr) for r in runs}, reverse=True)
+    lr = lrs[0]  # the largest: the paper's 1e-6 in conf/dln.yaml
+    layers = sorted({int(k.split("/")[1][1:]) for r in runs for k in r.measures.columns
+                     if k.startswith("ics/") and k.endswith("/cos")} - {1})
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for norm in STYLE:
+        for rate, ls in zip(lrs, ("-", "--", ":"), strict=False):
+            band(axes[0, 0], runs, norm, rate, "train/loss", table="metrics", ls=ls)
+        for layer, ls in zip(layers[:2], ("-", "--"), strict=False):
+            for ax, stat in ((axes[0, 1], "l2"), (axes[0, 2], "cos")):
+                band(ax, runs, norm, lr, f"ics/h{layer}/{stat}", ls=ls, what=f"layer {layer}")
+        band(axes[1, 0], runs, norm, lr, "landscape/loss_max", low="landscape/loss_min")
+        band(axes[1, 1], runs, norm, lr, "landscape/grad_change_max",
+             low="landscape/grad_change_min")
+        band(axes[1, 2], runs, norm, lr, "landscape/beta")
+    titles = ["(a) training loss", "(b) ICS: ||G - G'||",
+              "(c) ICS: cos(G, G')", "(d) loss along the gradient (range)",
+              "(e) gradient predictiveness: ||g - g'||", "(f) effective beta-smoothness"]
+    for ax, title in zip(axes.flat, titles, strict=True):
+        ax.set(title=title, xlabel="training steps")
+        ax.grid(alpha=0.3)
+        if ax is not axes[0, 2]:  # all but the cosine span decades
+            ax.set_yscale("log")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"Deep linear network, {runs[0].config.depth} layers, full-batch GD "
+                 f"({DATASET}); measures at lr {lr:g}, bands min..max over seeds")
+    fig.tight_layout()
+    atomic_save_figure(fig, out_dir / "dln")
+    plt.close(fig)
+
+    table = pd.DataFrame([{"norm": r.config.norm, "lr": r.config.lr, "seed": r.config.seed,
+                           "final_loss": final_loss(r),
+                           **{k: float(r.measures[k].median()) for k in r.measures.columns
+                              if k != "step" and "/x" not in k}} for r in runs])
+    atomic_write_text(out_dir / "dln.csv", table.sort_values(["norm", "lr", "seed"])
+                      .to_csv(index=False))
+    rows = claims(runs, lr, layers)
+    setup = (f"{DATASET}, {runs[0].config.depth} layers of {runs[0].config.dim}x"
+             f"{runs[0].config.dim}, {runs[0].config.samples} samples, full-batch GD for "
+             f"{runs[0].config.steps} steps at lr {', '.join(f'{x:g}' for x in lrs)}, "
+             f"{len({r.config.seed for r in runs})} seeds")
+    rule = ("per seed, the median over the measured steps (or the final loss); holds when "
+            "every BN seed lies on the paper's side of every standard seed, does not hold when "
+            "every one lies on the other side, mixed otherwise; ICS: per measured layer, holds "
+            "in every layer = holds")
+    write_claims(out_dir / "dln_claims.json", rows, experiment="dln",
+                 title="Deep linear network: ICS and landscape (Santurkar et al. Figs. 3b, 10)",
+                 make="make dln", setup=setup, figures=["dln.png"], verdict_rule=rule)
+    atomic_write_text(out_dir / "dln_claims.md",
+                      to_markdown("Deep linear network (Santurkar et al. 2018)", rows, rule))
+    return {"claims": rows, "lr": lr, "layers": layers}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    args = parser.parse_args(argv)
+    runs = find_runs([args.runs])
+    if not runs:
+        print(f"error: no finished deep-linear-net runs under {args.runs}; run `make dln` "
+              "(python -m bnrepro.train_dln) first", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = plot(runs, args.out)
+    for c in result["claims"]:
+        print(f"{c['verdict']:>14}  {c['claim']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

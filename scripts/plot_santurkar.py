@@ -1,0 +1,621 @@
+"""Santurkar et al. (2018), "How Does Batch Normalization Help Optimization?", from our run
+store: Sec. 2.1 (Figs. 1-2: standard vs BN vs "noisy" BN, accuracy and the distributions of
+layer inputs, with the distributional shift behind them) and Sec. 3.3 (Figs. 5-6: l_p
+normalisations).
+
+    python scripts/plot_santurkar.py runs/santurkar_mnist [runs/santurkar_cifar10-jpeg ...]
+                                     [--out results]
+
+Reads every run of experiments santurkar_mnist / santurkar_cifar below the folders with
+bnrepro.runs.find_runs (completed AND diverged; runs of other statuses are named in a warning
+and left out), grouped by dataset (its `dataset.name`, written exactly: cifar10-jpeg is the
+JPEG mirror, not CIFAR-10), learning rate and norm. A (dataset, lr, norm)'s runs are its seeds.
+
+Definitions (also in the JSON):
+- Nets: model.norm none is the paper's "Standard"; bn, noisy_bn (App. A.2.1 Alg. 1), noise_only
+  (that noise without BN), lp1 / lp2 / lpinf (Sec. 3.3).
+- Training accuracy of a seed (Figs. 1a, 2, 5): the mean over its evaluations after step 0 of
+  train/acc (the accuracy of the training mini-batches since the previous evaluation, in the
+  training network: the noisy nets with their noise), i.e. the area under its training curve
+  per step: speed and level in one number. A diverged seed scores chance (CHANCE) at every
+  evaluation after its last one.
+- Final test accuracy: test/acc at the last step (chance for a diverged seed). Max validation
+  accuracy: over the seed's evaluations.
+- Shift (Figs. 2, 6, 8; src/bnrepro/shift.py): shift/h{i}/w1_prev_rel, the per-unit
+  Wasserstein-1 distance of hidden layer i's inputs to the nonlinearity between consecutive
+  evaluations, on the training network's fixed probe images, summed over units and divided by
+  the summed per-unit standard deviations of the earlier evaluation. A seed's shift of layer i
+  is its mean over the evaluations after step 0 that it logged. Drawn as well: w1_init_rel
+  (since step 0); the CSV and JSON hold both, raw and relative.
+- Fig. 2 analog: per net and layer, the logged quantiles (act_train/h{i}/q05..q95) of the
+  tracked unit ("a random input", Sec. 2) of the lowest seed, over training: shaded fans.
+
+Claims (results/santurkar_claims.md, and .json for scripts/report.py in the format of
+bnrepro.claims: each claim with its dataset and source): one block per dataset and learning
+rate (the rate is named in the claim), verdicts by VERDICT_RULE with the thresholds below.
+
+Writes to --out, per dataset: santurkar_<dataset>.png/.pdf (Figs. 1-2: accuracy and shift),
+santurkar_<dataset>_distributions.png/.pdf (Fig. 2), santurkar_<dataset>_lp.png/.pdf and
+santurkar_<dataset>_lp_distributions.png/.pdf (Figs. 5-6), santurkar_<dataset>.csv (one row
+per lr and norm) and santurkar_<dataset>.json; and santurkar_claims.md and .json over all
+datasets. Bad input prints one `error:` line and exits with 2.
+
+Extending (the gradient-ICS and landscape part, Figs. 3-4; the deep linear net has its own
+scripts/plot_dln.py): add a function to SECTIONS. Each takes one dataset's Groups (one per
+learning rate), the output folder and whether to draw; it returns its numbers, with its claim
+rows under "groups"[i]["claims"] (rows: bnrepro.claims fields).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
+from bnrepro.claims import write_claims  # noqa: E402
+from bnrepro.config import flatten  # noqa: E402
+from bnrepro.runs import Run, find_runs  # noqa: E402
+
+EXPERIMENTS = ("santurkar_mnist", "santurkar_cifar")  # config `name` of the runs read
+STATUSES = ("completed", "diverged")
+NETS = {  # model.norm -> (label as in the paper, colour)
+    "none": ("Standard", "black"), "bn": ("Standard + BatchNorm", "tab:blue"),
+    "noisy_bn": ('Standard + "Noisy" BatchNorm', "tab:orange"),
+    "noise_only": ("Standard + noise (no BN)", "tab:brown"),
+    "lp1": ("Standard + L1", "tab:green"), "lp2": ("Standard + L2", "tab:purple"),
+    "lpinf": ("Standard + Linf", "tab:red")}
+SEC21_NETS, LP_NETS = ("none", "bn", "noisy_bn", "noise_only"), ("none", "bn", "lp1", "lp2",
+                                                                  "lpinf")
+LP_NORMS = ("lp1", "lp2", "lpinf")
+# The training network's probes (shift/..., act_train/...; the inference network's are
+# shift_inference/..., act/...): the network that trains, noise included.
+SHIFT = "w1_prev_rel"  # the claims' shift measure (module docstring)
+CHANCE = 0.1  # 1 of 10 classes: a diverged seed's accuracy after its last evaluation
+CHANCE_MARGIN = 0.05  # "does not train at all" = max val acc <= CHANCE + CHANCE_MARGIN
+ABOUT_AS_WELL = 0.01  # "about as well" / "comparably" = within 1 accuracy point (run mean)
+MARGINAL = 0.5  # "marginal difference" in shift = BN's shift at least half the standard's
+FAN = ((5, 95, 0.15), (15, 85, 0.25), (25, 75, 0.35))  # (low q, high q, alpha) of the fans
+VERDICT_RULE = (
+    "holds: the comparison holds for the seed means AND for every seed (the seed ranges do "
+    "not overlap: the worst seed of one net against the best of the other); mixed: it holds "
+    "for the means only; does not hold: it fails for the means. A claim over several layers "
+    "or l_p norms takes the worst of their verdicts; not measured: a net it needs has no runs.")
+RANK = {"holds": 0, "mixed": 1, "does not hold": 2, "not measured": 3}
+# Keys that must agree between all runs of one dataset (else: not one experiment).
+SAME_SETUP = ("name", "trainer.max_steps", "trainer.eval_every", "trainer.batch_size",
+              "model.kind", "model.activation", "model.hidden", "model.width_multiplier",
+              "optim.momentum", "optim.weight_decay", "probe.num_examples")
+
+
+SANTURKAR, IOFFE = "Santurkar et al. (2018)", "Ioffe & Szegedy (2015)"  # bnrepro.claims SOURCES
+IOFFE_CLAIMS = ("BN reduces internal covariate shift (distributional shift) vs standard",)
+TITLE = "Internal covariate shift on trial: Santurkar et al. (2018), Sec. 2.1 and 3.3"
+
+
+class SanturkarError(Exception):
+    """Bad input: reported as one `error:` line, exit code 2."""
+
+
+class Group:
+    """The runs of one dataset at one learning rate: norm -> seeds, every evaluated step, and
+    the hidden layers with shift keys. (Not a dataclass: tests load scripts without
+    registering them as modules, which dataclasses need.)"""
+
+    def __init__(self, dataset: str, lr: float, nets: dict[str, list[Run]], steps: np.ndarray,
+                 layers: list[int]):
+        self.dataset, self.lr, self.nets, self.steps, self.layers = (dataset, lr, nets, steps,
+                                                                     layers)
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset}, lr {self.lr:g}"
+
+
+def seed_of(run: Run) -> int:
+    return int(run.config.seed)
+
+
+def load_groups(roots: Sequence[Path]) -> dict[str, list[Group]]:
+    runs = [r for r in find_runs(roots, STATUSES) if r.config.get("name") in EXPERIMENTS]
+    if not runs:
+        raise SanturkarError(f"no {' / '.join(EXPERIMENTS)} runs (completed or diverged) under "
+                             f"{', '.join(map(str, roots))}; train them with `make santurkar`")
+    by_dataset: dict[str, list[Run]] = {}
+    for r in runs:
+        by_dataset.setdefault(str(r.config.dataset.name), []).append(r)
+    groups = {}
+    for dataset, members in sorted(by_dataset.items()):
+        check_same_setup(dataset, members)
+        steps = np.array(sorted({int(s) for r in members for s in r.metrics["step"]}))
+        columns = {c for r in members for c in r.metrics.columns}
+        layers = sorted({int(m[1]) for c in columns
+                         if (m := re.fullmatch(rf"shift/h(\d+)/{SHIFT}", c))})
+        groups[dataset] = []
+        for lr in sorted({float(r.config.optim.lr) for r in members}, reverse=True):
+            nets: dict[str, list[Run]] = {}
+            for r in sorted(members, key=seed_of):
+                if float(r.config.optim.lr) == lr:
+                    nets.setdefault(str(r.config.model.norm), []).append(r)
+            order = [n for n in NETS if n in nets] + sorted(set(nets) - set(NETS))
+            groups[dataset].append(Group(dataset, lr, {n: nets[n] for n in order}, steps, layers))
+    return groups
+
+
+def check_same_setup(dataset: str, runs: list[Run]) -> None:
+    configs = [flatten(OmegaConf.to_container(r.config, resolve=True)) for r in runs]
+    differing = []
+    for key in SAME_SETUP:
+        values = sorted({repr(c.get(key, "(absent)")) for c in configs})
+        if len(values) > 1:
+            differing.append(f"{key} ({', '.join(values)})")
+    if differing:
+        raise SanturkarError(f"runs on {dataset} differ in {'; '.join(differing)}: not one "
+                             "experiment; give one experiment's folder")
+
+
+# ---- numbers ----
+
+def curve(runs: list[Run], key: str, steps: np.ndarray, after_divergence: float = math.nan
+          ) -> pd.DataFrame:
+    """`key` per evaluated step (rows) and seed (columns); a diverged seed's steps after its
+    last evaluation get `after_divergence`."""
+    columns = {}
+    for r in runs:
+        series = r.metrics.set_index("step")[key] if key in r.metrics else pd.Series(dtype=float)
+        series = series.reindex(steps).astype(float)
+        if r.summary.get("status") == "diverged":
+            series[series.index > r.metrics["step"].max()] = after_divergence
+        columns[seed_of(r)] = series
+    return pd.DataFrame(columns, index=steps)
+
+
+def shift_key(layer: int, measure: str = SHIFT) -> str:
+    return f"shift/h{layer}/{measure}"
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    v = np.asarray(values, dtype=float)
+    if not np.isfinite(v).any():
+        return {"mean": math.nan, "min": math.nan, "max": math.nan}
+    return {"mean": float(np.nanmean(v)), "min": float(np.nanmin(v)),
+            "max": float(np.nanmax(v))}
+
+
+def describe_net(runs: list[Run], group: Group) -> dict[str, Any]:
+    """Per seed and over seeds: training accuracy, final test, max validation accuracy and
+    the shift per layer (module docstring)."""
+    steps, later = group.steps, group.steps > 0
+    seeds = []
+    for r in runs:
+        train = curve([r], "train/acc", steps, CHANCE).iloc[:, 0]
+        test = curve([r], "test/acc", steps, CHANCE).iloc[:, 0].dropna()
+        val = curve([r], "val/acc", steps).iloc[:, 0]
+        seed = {"seed": seed_of(r), "status": r.summary.get("status"), "run_dir": str(r.dir),
+                "train_acc": float(train[later].mean()),
+                "final_train_acc": float(train.iloc[-1]),
+                "final_test_acc": float(test.iloc[-1]) if len(test) else math.nan,
+                "max_val_acc": float(val.max())}
+        for layer in group.layers:
+            for measure in ("w1_prev_rel", "w1_prev", "w1_init_rel", "w1_init"):
+                values = curve([r], shift_key(layer, measure), steps).iloc[:, 0]
+                seed[f"h{layer}/{measure}"] = float(values[later].mean()) \
+                    if values[later].notna().any() else math.nan
+                seed[f"h{layer}/{measure}_final"] = float(values.dropna().iloc[-1]) \
+                    if values.notna().any() else math.nan
+        seeds.append(seed)
+    keys = [k for k in seeds[0] if k not in ("seed", "status", "run_dir")]
+    return {"seeds": len(seeds), "diverged": sum(s["status"] == "diverged" for s in seeds),
+            **{k: spread([s[k] for s in seeds]) for k in keys}, "per_seed": seeds}
+
+
+# ---- verdicts (the rule of plot_fig2: means, then every seed) ----
+
+def verdict(means_hold: bool, every_seed: bool) -> str:
+    return "holds" if means_hold and every_seed else "mixed" if means_hold else "does not hold"
+
+
+def worst(*verdicts: str) -> str:
+    return max(verdicts, key=RANK.__getitem__)
+
+
+def cell(stat: dict[str, float], digits: int = 4) -> str:
+    return f"{stat['mean']:.{digits}f} ({stat['min']:.{digits}f}..{stat['max']:.{digits}f})"
+
+
+def higher(a: dict, b: dict, key: str) -> str:
+    """a's `key` above b's: means, and a's worst seed above b's best."""
+    return verdict(a[key]["mean"] > b[key]["mean"], a[key]["min"] > b[key]["max"])
+
+
+def shift_claim(a: dict, b: dict, layers: list[int], names: tuple[str, str]
+                ) -> tuple[str, str]:
+    """a's shift above b's in every layer; the worst layer's verdict."""
+    if not layers:
+        return "not measured", "no shift logged (probe.shift.enabled=false?)"
+    verdicts = [higher(a, b, f"h{i}/{SHIFT}") for i in layers]
+    ours = "; ".join(f"h{i} {names[0]} {cell(a[f'h{i}/{SHIFT}'], 3)} vs {names[1]} "
+                     f"{cell(b[f'h{i}/{SHIFT}'], 3)}" for i in layers)
+    return worst(*verdicts), ours
+
+
+def claims(group: Group, table: dict[str, dict]) -> list[dict[str, str]]:
+    """The claims of Sec. 2.1 and 3.3 this group's runs decide (see VERDICT_RULE)."""
+    rows = []
+
+    def add(claim: str, paper: str, ours: str, result: str) -> None:
+        source = IOFFE if claim in IOFFE_CLAIMS else SANTURKAR
+        rows.append({"claim": f"{claim} (lr {group.lr:g})", "paper": paper, "ours": ours,
+                     "verdict": result, "dataset": group.dataset, "source": source})
+
+    def needs(claim: str, paper: str, *norms: str) -> bool:
+        if missing := [n for n in norms if n not in table]:
+            add(claim, paper, f"no runs of {', '.join(missing)}", "not measured")
+            return False
+        return True
+
+    acc = "train_acc"  # mean training accuracy over the run
+
+    def acc_cell(norm: str) -> str:
+        return f"{NETS.get(norm, (norm,))[0]} {cell(table[norm][acc])}"
+
+    claim = "BN trains faster than standard"
+    paper = ('"a drastic improvement, both in terms of optimization and generalization '
+             'performance, for networks trained with BatchNorm layers" (Sec. 2, Fig. 1)')
+    if needs(claim, paper, "bn", "none"):
+        add(claim, paper, f"training accuracy, run mean: {acc_cell('bn')} vs "
+                          f"{acc_cell('none')}", higher(table["bn"], table["none"], acc))
+
+    claim = "noisy BN trains about as well as BN"
+    paper = ('"the performance difference between models with BatchNorm layers, and '
+             '\'noisy\' BatchNorm layers is almost non-existent" (Sec. 2.1, Fig. 2)')
+    if needs(claim, paper, "noisy_bn", "bn"):
+        n, b = table["noisy_bn"][acc], table["bn"][acc]
+        add(claim, paper, f"training accuracy, run mean: {acc_cell('noisy_bn')} vs "
+                          f"{acc_cell('bn')}; about as well = within {ABOUT_AS_WELL:g}",
+            verdict(abs(n["mean"] - b["mean"]) <= ABOUT_AS_WELL,
+                    b["min"] - ABOUT_AS_WELL <= n["min"] and n["max"] <= b["max"] +
+                    ABOUT_AS_WELL))
+
+    claim = "noisy BN trains better than standard"
+    paper = '"both these networks perform much better than standard networks" (Sec. 2.1)'
+    if needs(claim, paper, "noisy_bn", "none"):
+        add(claim, paper, f"training accuracy, run mean: {acc_cell('noisy_bn')} vs "
+                          f"{acc_cell('none')}", higher(table["noisy_bn"], table["none"], acc))
+
+    claim = "noisy BN has less stable distributions (more shift) than standard"
+    paper = ('"the \'noisy\' BatchNorm network has qualitatively less stable distributions '
+             'than even the standard, non-BatchNorm network" (Sec. 2.1, Figs. 2, 8)')
+    if needs(claim, paper, "noisy_bn", "none"):
+        result, ours = shift_claim(table["noisy_bn"], table["none"], group.layers,
+                                   ("noisy BN", "standard"))
+        add(claim, paper, f"{SHIFT} per layer: {ours}", result)
+
+    claim = "BN reduces internal covariate shift (distributional shift) vs standard"
+    paper = ("Ioffe & Szegedy's premise (\"fixing the distribution of the layer inputs\"); "
+             "Santurkar et al. question it")
+    if needs(claim, paper, "bn", "none"):
+        result, ours = shift_claim(table["none"], table["bn"], group.layers,
+                                   ("standard", "BN"))
+        add(claim, paper, f"{SHIFT} per layer (standard above BN?): {ours}", result)
+
+    claim = "BN's distributional stability differs only marginally from standard's"
+    paper = ('"the difference in distributional stability (change in the mean and variance) '
+             'in networks with and without BatchNorm layers seems to be marginal" (Fig. 1c)')
+    if needs(claim, paper, "bn", "none"):
+        if not group.layers:
+            add(claim, paper, "no shift logged", "not measured")
+        else:
+            b, s = table["bn"], table["none"]
+            verdicts = [verdict(b[f"h{i}/{SHIFT}"]["mean"] >= MARGINAL * s[f"h{i}/{SHIFT}"]["mean"],
+                                b[f"h{i}/{SHIFT}"]["min"] >= MARGINAL * s[f"h{i}/{SHIFT}"]["max"])
+                        for i in group.layers]
+            ratios = ", ".join(f"h{i} {b[f'h{i}/{SHIFT}']['mean'] / s[f'h{i}/{SHIFT}']['mean']:.2f}"
+                               for i in group.layers)
+            add(claim, paper, f"{SHIFT} BN / standard (seed means): {ratios}; marginal = "
+                              f"BN's at least {MARGINAL:g} x standard's", worst(*verdicts))
+
+    claim = "the same noise without BN prevents training entirely"
+    paper = ('"adding the same amount of noise to the activations of the standard '
+             '(non-BatchNorm) network prevents it from training entirely" (Sec. 2.1)')
+    if needs(claim, paper, "noise_only"):
+        v, limit = table["noise_only"]["max_val_acc"], CHANCE + CHANCE_MARGIN
+        add(claim, paper, f"max validation accuracy {cell(v)}; entirely = <= {limit:g}",
+            verdict(v["mean"] <= limit, v["max"] <= limit))
+
+    claim = "l_p normalisations perform comparably to BN"
+    paper = ('"all the normalization strategies offer comparable performance to BatchNorm" '
+             '(Sec. 3.3, Fig. 5: "comparably or even better")')
+    if needs(claim, paper, "bn", *LP_NORMS):
+        b = table["bn"][acc]
+        verdicts = [verdict(table[p][acc]["mean"] >= b["mean"] - ABOUT_AS_WELL,
+                            table[p][acc]["min"] >= b["min"] - ABOUT_AS_WELL) for p in LP_NORMS]
+        add(claim, paper, "training accuracy, run mean: " + "; ".join(
+            acc_cell(p) for p in (*LP_NORMS, "bn")) + f"; comparably = at most "
+            f"{ABOUT_AS_WELL:g} below BN", worst(*verdicts))
+
+    claim = "l_p normalisations train better than standard"
+    paper = '"yet they still yield improved optimization performance" (Sec. 3.3)'
+    if needs(claim, paper, "none", *LP_NORMS):
+        add(claim, paper, "training accuracy, run mean: " + "; ".join(
+            acc_cell(p) for p in (*LP_NORMS, "none")),
+            worst(*(higher(table[p], table["none"], acc) for p in LP_NORMS)))
+
+    claim = "l_p normalisations have more distributional shift than standard"
+    paper = ('"the l_p-normalization techniques lead to larger distributional covariate shift '
+             '(as considered in [10]) than the vanilla, i.e., unnormalized, networks" (Sec. 3.3, '
+             'Fig. 6)')
+    if needs(claim, paper, "none", *LP_NORMS):
+        results = [shift_claim(table[p], table["none"], group.layers, (p, "standard"))
+                   for p in LP_NORMS]
+        add(claim, paper, f"{SHIFT} per layer: " + " | ".join(o for _, o in results),
+            worst(*(r for r, _ in results)))
+    return rows
+
+
+# ---- figures ----
+
+def draw_band(ax, table: pd.DataFrame, color: str, label: str, style: str = "-") -> None:
+    mean = table.mean(axis=1)
+    ok = mean.notna()
+    ax.plot(table.index[ok], mean[ok], style, color=color, lw=1.4, label=label)
+    if table.shape[1] > 1:
+        ax.fill_between(table.index[ok], table.min(axis=1)[ok], table.max(axis=1)[ok],
+                        color=color, alpha=0.15, lw=0)
+
+
+def held_out_key(group: Group) -> str:
+    """test/acc where every evaluation scored the test set, else val/acc (CIFAR tests only
+    at the start and the end)."""
+    runs = [r for rs in group.nets.values() for r in rs]
+    every = all("test/acc" in r.metrics and r.metrics["test/acc"].notna().all() for r in runs)
+    return "test/acc" if every else "val/acc"
+
+
+def accuracy_and_shift_figure(groups: list[Group], nets: Sequence[str], stem: Path,
+                              title: str) -> None:
+    """Rows: learning rates; columns: training accuracy, held-out accuracy, shift vs the
+    previous evaluation and vs step 0 (per layer: line style)."""
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(len(groups), 4, figsize=(18, 3.6 * len(groups)), squeeze=False)
+    for row, group in zip(axes, groups, strict=True):
+        held = held_out_key(group)
+        for norm in (n for n in nets if n in group.nets):
+            runs, (label, color) = group.nets[norm], NETS[norm]
+            label = f"{label} ({len(runs)} seeds)"
+            draw_band(row[0], curve(runs, "train/acc", group.steps, CHANCE), color, label)
+            draw_band(row[1], curve(runs, held, group.steps, CHANCE), color, label)
+            for col, measure in ((2, "w1_prev_rel"), (3, "w1_init_rel")):
+                for i, layer in enumerate(group.layers):
+                    table = curve(runs, shift_key(layer, measure), group.steps).loc[1:]
+                    row[col].plot(table.index, table.mean(axis=1), styles[i % len(styles)],
+                                  color=color, lw=1.2,
+                                  label=f"{NETS[norm][0]}, h{layer}" if col == 2 else None)
+        for ax, ylabel in zip(row, ("training accuracy (mini-batches)",
+                                    f"{'test' if held == 'test/acc' else 'validation'} accuracy",
+                                    "shift vs previous evaluation (W1 / std)",
+                                    "shift since step 0 (W1 / std)"), strict=True):
+            ax.set(xlabel="training steps", ylabel=ylabel)
+            ax.grid(alpha=0.3)
+        for ax in row[2:]:  # shifts span decades (noise vs a slowly drifting net)
+            if ax.lines:
+                ax.set_yscale("log")
+        row[0].set_title(group.label, loc="left", fontsize=9)
+        row[0].legend(fontsize=7, frameon=False)
+        row[2].legend(fontsize=6, frameon=False, ncol=2)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    atomic_save_figure(fig, stem)
+    plt.close(fig)
+
+
+def shown_layers(layers: list[int]) -> list[int]:
+    """First, middle and last hidden layer (as the paper's layers #2, #9, #13)."""
+    return sorted({layers[0], layers[(len(layers) - 1) // 2], layers[-1]}) if layers else []
+
+
+def fan_levels(run: Run, layer: int) -> list[int]:
+    head = f"act_train/h{layer}/q"
+    return sorted(int(c[len(head):]) for c in run.metrics.columns
+                  if c.startswith(head) and c[len(head):].isdigit())
+
+
+def distributions_figure(group: Group, nets: Sequence[str], stem: Path, title: str) -> None:
+    """Fig. 2 / Fig. 6 analog: per layer (rows) and net (columns), the tracked unit's input
+    quantiles over training, lowest seed: fans 5-95, 15-85, 25-75 and the median."""
+    nets = [n for n in nets if n in group.nets]
+    hidden = sorted({int(m[1]) for r in group.nets[nets[0]] for c in r.metrics.columns
+                     if (m := re.fullmatch(r"act_train/h(\d+)/q50", c))})
+    layers = shown_layers(hidden)
+    fig, axes = plt.subplots(max(1, len(layers)), len(nets), figsize=(3.6 * len(nets),
+                             2.6 * max(1, len(layers))), squeeze=False, sharex=True)
+    for j, norm in enumerate(nets):
+        run = group.nets[norm][0]
+        m = run.metrics.set_index("step")
+        for i, layer in enumerate(layers):
+            ax, levels = axes[i, j], fan_levels(run, layer)
+            head = f"act_train/h{layer}/q"
+            for low, high, alpha in FAN:
+                if low in levels and high in levels:
+                    ax.fill_between(m.index, m[f"{head}{low:02d}"], m[f"{head}{high:02d}"],
+                                    color=NETS[norm][1], alpha=alpha, lw=0,
+                                    label=f"{low}-{high}%" if i == j == 0 else None)
+            if 50 in levels:
+                ax.plot(m.index, m[f"{head}50"], color=NETS[norm][1], lw=1,
+                        label="median" if i == j == 0 else None)
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(f"{NETS[norm][0]}\n(seed {seed_of(run)})", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"layer h{layer}: input\nto unit {run.config.probe.unit}")
+            if i == len(layers) - 1:
+                ax.set_xlabel("training steps")
+    axes[0, 0].legend(fontsize=6, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    atomic_save_figure(fig, stem)
+    plt.close(fig)
+
+
+# ---- sections: one per part of the paper; each draws and returns numbers and claims ----
+
+def section_distributional_shift(groups: list[Group], out: Path, figures: bool = True
+                                 ) -> dict[str, Any]:
+    """Sec. 2.1 and 3.3: accuracy (Figs. 1, 2, 5), distributions (Figs. 2, 6), shift."""
+    dataset = groups[0].dataset
+    numbers: dict[str, Any] = {"groups": []}
+    for nets, suffix, what in ((SEC21_NETS, "", "Figs. 1-2: standard vs BN vs noisy BN"),
+                               (LP_NETS, "_lp", "Figs. 5-6: l_p normalisations")):
+        shown = [g for g in groups if any(n in g.nets for n in nets[1:])]
+        if not shown or not figures:
+            continue
+        accuracy_and_shift_figure(shown, nets, out / f"santurkar_{dataset}{suffix}",
+                                  f"Santurkar et al. {what}, on {dataset}: mean over seeds, "
+                                  "band min..max; shift lines: h1 solid, h2 dashed, h3 dotted, "
+                                  "h4 dash-dot (training network)")
+        main = shown[0]  # the highest learning rate (the paper's 0.1 where run)
+        distributions_figure(main, nets, out / f"santurkar_{dataset}{suffix}_distributions",
+                             f"{what.split(':')[0]} analog on {main.label}: input to one unit "
+                             "of the training network over training (fixed probe images)")
+    for group in groups:
+        table = {norm: describe_net(runs, group) for norm, runs in group.nets.items()}
+        numbers["groups"].append({"lr": group.lr, "layers": group.layers, "nets": table,
+                                  "claims": claims(group, table)})
+    return numbers
+
+
+SECTIONS: list[Callable[[list[Group], Path, bool], dict[str, Any]]] = [
+    section_distributional_shift]
+
+
+# ---- outputs ----
+
+def csv_rows(dataset: str, numbers: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for g in numbers["groups"]:
+        for norm, v in g["nets"].items():
+            row = {"dataset": dataset, "lr": g["lr"], "norm": norm, "seeds": v["seeds"],
+                   "diverged": v["diverged"]}
+            for key, stat in v.items():
+                if isinstance(stat, dict) and "mean" in stat:
+                    row |= {f"{key}_{s}": round(x, 6) for s, x in stat.items()}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def clean(x: Any) -> Any:
+    """JSON: NaN -> null."""
+    if isinstance(x, dict):
+        return {k: clean(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [clean(v) for v in x]
+    if isinstance(x, float):
+        return None if math.isnan(x) else round(x, 6)
+    return x
+
+
+def claims_rule() -> str:
+    """The verdict rule and every definition and threshold the verdicts use."""
+    return (f"{VERDICT_RULE} Training accuracy = mean over a seed's evaluations after step 0 "
+            "of the training mini-batch accuracy (a diverged seed scores "
+            f"{CHANCE:g} after it diverged). Shift = {SHIFT} of the training network (W1 "
+            "between consecutive evaluations of each unit's input distribution on fixed probe "
+            "images, summed over units / the summed per-unit std of the earlier one), a seed's "
+            f"mean over its evaluations. Thresholds: about as well = within {ABOUT_AS_WELL:g}; "
+            f"comparably = at most {ABOUT_AS_WELL:g} below BN; marginal = BN's shift at least "
+            f"{MARGINAL:g} x the standard net's; trains at all = max validation accuracy above "
+            f"{CHANCE + CHANCE_MARGIN:g}. Datasets as named in the runs (cifar10-jpeg is the "
+            "JPEG mirror, not CIFAR-10).")
+
+
+def claims_markdown(all_claims: list[dict[str, str]]) -> str:
+    lines = [f"# {TITLE}", "",
+             "| claim | paper | dataset | ours (mean (min..max) over seeds) | verdict |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {c['claim']} | {c['paper']} | {c['dataset']} | {c['ours']} | "
+              f"{c['verdict']} |" for c in all_claims]
+    return "\n".join([*lines, "", f"Verdict rule: {claims_rule()}", ""])
+
+
+def setup_words(groups: list[Group]) -> str:
+    """The profile the runs used, in words (claims file `setup`)."""
+    runs = [r for rs in groups[0].nets.values() for r in rs]
+    cfg = runs[0].config
+    net = (f"MLP {list(cfg.model.hidden)}" if cfg.model.kind == "mlp" else
+           f"{cfg.model.kind} x{cfg.model.get('width_multiplier', 1):g}")
+    return (f"{groups[0].dataset}: {net} {cfg.model.activation}, {cfg.trainer.max_steps} steps "
+            f"of {cfg.trainer.batch_size}, plain SGD at lr "
+            f"{', '.join(f'{g.lr:g}' for g in groups)}, "
+            f"{len({seed_of(r) for r in runs})} seeds")
+
+
+def analyse(roots: Sequence[Path], out: Path, figures: bool = True) -> dict[str, Any]:
+    groups = load_groups(roots)
+    out.mkdir(parents=True, exist_ok=True)
+    everything: dict[str, Any] = {}
+    all_claims = []
+    for dataset, dataset_groups in groups.items():
+        numbers = {"dataset": dataset, "setup": setup_words(dataset_groups),
+                   "learning_rates": [g.lr for g in dataset_groups],
+                   "eval_steps": [int(s) for s in dataset_groups[0].steps],
+                   "definitions": {"doc": __doc__, "verdict_rule": VERDICT_RULE,
+                                   "shift": SHIFT, "chance": CHANCE,
+                                   "about_as_well": ABOUT_AS_WELL, "marginal": MARGINAL}}
+        for section in SECTIONS:
+            part = section(dataset_groups, out, figures)
+            numbers[section.__name__.removeprefix("section_")] = part
+            all_claims += [c for g in part.get("groups", []) for c in g.get("claims", [])]
+        part = numbers["distributional_shift"]
+        atomic_write_text(out / f"santurkar_{dataset}.csv",
+                          csv_rows(dataset, part).to_csv(index=False))
+        atomic_write_json(out / f"santurkar_{dataset}.json", clean(numbers))
+        everything[dataset] = numbers
+    atomic_write_text(out / "santurkar_claims.md", claims_markdown(all_claims))
+    figures = sorted(p.name for p in out.glob("santurkar_*.png")
+                     if any(p.name.startswith((f"santurkar_{d}.", f"santurkar_{d}_"))
+                            for d in groups))
+    write_claims(out / "santurkar_claims.json", all_claims, experiment=", ".join(EXPERIMENTS),
+                 title=TITLE, make="make santurkar",
+                 setup="; ".join(setup_words(g) for g in groups.values()), figures=figures,
+                 verdict_rule=claims_rule())
+    return {"datasets": everything, "claims": all_claims}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dirs", type=Path, nargs="+",
+                        help="run stores, e.g. runs/santurkar_mnist runs/santurkar_cifar10-jpeg")
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--no-figures", action="store_true",
+                        help="numbers, tables and claims only (drawing is most of the time)")
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            result = analyse(args.run_dirs, args.out, figures=not args.no_figures)
+    except SanturkarError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for dataset in result["datasets"]:
+        print(f"wrote {args.out}/santurkar_{dataset}[_lp][_distributions].png/.pdf, .csv, .json")
+    print(f"wrote {args.out}/santurkar_claims.md and .json")
+    for c in result["claims"]:
+        print(f"  [{c['verdict']}] {c['dataset']}: {c['claim']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

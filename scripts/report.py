@@ -1,0 +1,214 @@
+"""Gather every figure and every checked claim in results/ into one page, results/REPORT.md.
+
+    python scripts/report.py [--results results] [--out results/REPORT.md]
+
+Reads only what the plot scripts wrote: the claims files <results>/*_claims.json (format:
+bnrepro.claims; each claim with the paper's number, ours with its spread over seeds, the
+dataset, the source and a verdict computed from the runs) and the figures <results>/*.png.
+Nothing here computes a verdict: rerun the plot scripts (or `make reproduce`) to refresh them.
+
+The page: the machine it was written on; a headline table (per source paper, how many of its
+claims hold, are mixed, do not hold, were not measured); every claim, one line each; then one
+section per experiment in the order of EXPERIMENTS, with its command, its setup (as its plot
+script states it), its figures and its claims with the rule their verdicts follow. An
+experiment with no claims file and no figure is not left out: it is listed as "not run" with
+the command that runs it. Files that no experiment claims are shown under "Other results".
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from bnrepro.atomic import atomic_write_text
+from bnrepro.claims import SOURCES, VERDICTS, ClaimsError, read_claims
+
+
+class Experiment(NamedTuple):  # not a dataclass: tests load scripts outside sys.modules
+    key: str
+    title: str
+    make: str  # the command that produces its results
+    claims: tuple[str, ...]  # file name patterns in results/
+    figures: tuple[str, ...]
+    in_reproduce: bool = True  # part of `make reproduce`
+
+
+# The report's order. Patterns match file names in the results folder.
+EXPERIMENTS = (
+    Experiment("fig1", "Fig. 1: MNIST with and without BN (Ioffe & Szegedy Sec. 4.1)",
+               "make fig1", ("fig1_*_claims.json",), ("fig1_*.png",)),
+    Experiment("sweep-mnist", "The MNIST sweep: where BN helps", "make sweep-mnist",
+               ("sweep_mnist*_claims.json",), ("sweep_mnist*.png",)),
+    Experiment("fig2", "Figs. 2-3: accelerating BN networks (Ioffe & Szegedy Sec. 4.2)",
+               "make fig2", ("fig2_*_claims.json",), ("fig2_*.png",)),
+    Experiment("santurkar", "Internal covariate shift on trial (Santurkar et al. 2018)",
+               "make santurkar", ("santurkar*_claims.json",), ("santurkar*.png",)),
+    Experiment("dln", "Deep linear network: ICS and landscape (Santurkar et al. 2018)",
+               "make dln", ("dln_claims.json",), ("dln.png",)),
+    Experiment("batchsize", "Batch size: BN and its alternatives (Wu & He 2018)",
+               "make batchsize", ("batchsize*_claims.json",), ("batchsize*.png",)),
+    Experiment("depth", "Residual depth: BN, no norm, SkipInit (De & Smith 2020)",
+               "make depth", ("depth*_claims.json",), ("depth*.png",)),
+    Experiment("sweep-cifar", "CPU-sized CIFAR sweep", "make sweep-cifar",
+               ("sweep_cifar*_claims.json",), ("sweep_cifar*.png",), in_reproduce=False),
+)
+
+
+def machine() -> str:
+    """This machine in one line: OS, architecture, CPU cores, GPU (if torch sees one)."""
+    gpu = "no GPU"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = f"GPU {torch.cuda.get_device_name(0)}"
+        version = f", torch {torch.__version__}"
+    except ImportError:
+        version = ""
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, "
+            f"Python {platform.python_version()}{version}")
+
+
+def matching(names: list[str], patterns: tuple[str, ...]) -> list[str]:
+    return sorted(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+
+
+def cell(text: Any) -> str:
+    """A markdown table cell: no line breaks, no unescaped pipes."""
+    return str(text).replace("\n", " ").replace("|", "\\|")
+
+
+def claims_table(claims: list[dict[str, str]], with_experiment: bool = False) -> list[str]:
+    head = ["claim", "source", "paper", "ours", "dataset", "verdict"]
+    if with_experiment:
+        head.insert(0, "experiment")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in claims:
+        row = [c[k] for k in head if k != "experiment"]
+        if with_experiment:
+            row.insert(0, c["experiment"])
+        lines.append("| " + " | ".join(cell(x) for x in row[:-1]) + f" | **{row[-1]}** |")
+    return lines
+
+
+def headline(claims: list[dict[str, str]]) -> list[str]:
+    """Per source, in SOURCES order: the count of each verdict."""
+    lines = ["| source | claims | " + " | ".join(VERDICTS) + " |",
+             "|---|---|" + "---|" * len(VERDICTS)]
+    for source in SOURCES:
+        mine = [c for c in claims if c["source"] == source]
+        if not mine:
+            continue
+        counts = [sum(c["verdict"] == v for c in mine) for v in VERDICTS]
+        name = "our own checks (not paper claims)" if source == "ours" else source
+        lines.append(f"| {name} | {len(mine)} | " + " | ".join(map(str, counts)) + " |")
+    return lines
+
+
+def load(results: Path) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
+    """Claims files by name, every figure name, and one warning per unreadable claims file."""
+    files, problems = {}, []
+    for path in sorted(results.glob("*_claims.json")):
+        try:
+            files[path.name] = read_claims(path)
+        except ClaimsError as err:
+            problems.append(str(err))
+    return files, sorted(p.name for p in results.glob("*.png")), problems
+
+
+def figure_lines(names: list[str], link_prefix: str) -> list[str]:
+    return [f"![{n}]({link_prefix}{n})\n\n`{n}`\n" for n in names]
+
+
+def render(results: Path, out: Path) -> tuple[str, dict[str, Any]]:
+    """The report's markdown, and what it contains (for the caller's message and tests)."""
+    files, figures, problems = load(results)
+    link_prefix = os.path.relpath(results.resolve(), out.parent.resolve()).replace(os.sep, "/")
+    link_prefix = "" if link_prefix == "." else link_prefix + "/"
+    sections, all_claims, not_run = [], [], []
+    used_files, used_figures = set(), set()
+    for exp in EXPERIMENTS:
+        names = matching(list(files), exp.claims)
+        figs = matching(figures, exp.figures)
+        for name in names:
+            figs += [f for f in files[name]["figures"] if f in figures and f not in figs]
+        used_files |= set(names)
+        used_figures |= set(figs)
+        if not names and not figs:
+            not_run.append(exp)
+            if exp.in_reproduce:
+                sections += [f"## {exp.title}", "", f"**Not run**: `{exp.make}` (no "
+                             f"{' / '.join(exp.claims)} and no {' / '.join(exp.figures)} in "
+                             f"{results}).", ""]
+            continue
+        sections += [f"## {exp.title}", "", f"Produced by `{exp.make}`."
+                     + ("" if exp.in_reproduce else " Not part of `make reproduce`."), ""]
+        for name in names:
+            data = files[name]
+            for c in data["claims"]:
+                all_claims.append({**c, "experiment": exp.key})
+            sections += [f"### {data['title']}", "", f"Setup: {data['setup'] or '(not stated)'}."
+                         f" Claims file: `{name}`.", "", *claims_table(data["claims"]), "",
+                         f"Verdict rule: {data['verdict_rule'] or '(not stated)'}", ""]
+        if not names:
+            sections += ["No claims are checked for this experiment; its figures:", ""]
+        sections += figure_lines(sorted(figs), link_prefix)
+    other_files = sorted(set(files) - used_files)
+    other_figures = sorted(set(figures) - used_figures)
+    if other_files or other_figures:
+        sections += ["## Other results", ""]
+        for name in other_files:
+            data = files[name]
+            all_claims += [{**c, "experiment": name} for c in data["claims"]]
+            sections += [f"### {data['title']}", "", *claims_table(data["claims"]), "",
+                         f"Verdict rule: {data['verdict_rule'] or '(not stated)'}", ""]
+        sections += figure_lines(other_figures, link_prefix)
+
+    head = ["# Report: Batch Normalization's claims, checked on our runs", "",
+            "Written by `python scripts/report.py` (`make report`) from the claims files and "
+            f"figures in `{results}`, which the plot scripts compute from the run store. Every "
+            "verdict is computed from the runs by the plot script named in its section, with "
+            "the rule stated there; nothing here is typed by hand.", "",
+            f"Report written on: {machine()}. Each experiment's setup (steps, width, seeds) is "
+            "stated in its section; the datasets are named exactly (cifar10-jpeg is the JPEG "
+            "mirror, not CIFAR-10).", ""]
+    if not_run:
+        head += ["Not run: " + ", ".join(f"`{e.make}`" + ("" if e.in_reproduce else
+                                                          " (optional)") for e in not_run)
+                 + " (no results in this folder; their claims are not counted below).", ""]
+    if problems:
+        head += ["Unreadable claims files (left out): " + "; ".join(problems), ""]
+    head += ["## Headline", "", *headline(all_claims), "", "## Every claim", "",
+             *claims_table(all_claims, with_experiment=True), ""]
+    text = "\n".join(head + sections).rstrip() + "\n"
+    return text, {"claims": all_claims, "not_run": [e.key for e in not_run],
+                  "figures": sorted(used_figures | set(other_figures)), "problems": problems}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="the folder the plot scripts wrote to")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the report file (default: <results>/REPORT.md)")
+    args = parser.parse_args(argv)
+    out = args.out or args.results / "REPORT.md"
+    if not args.results.is_dir():
+        print(f"error: no results folder {args.results}", file=sys.stderr)
+        return 2
+    text, contents = render(args.results, out)
+    atomic_write_text(out, text)
+    print(f"wrote {out}: {len(contents['claims'])} claims, {len(contents['figures'])} figures"
+          + (f"; not run: {', '.join(contents['not_run'])}" if contents["not_run"] else ""))
+    for problem in contents["problems"]:
+        print(f"warning: {problem}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

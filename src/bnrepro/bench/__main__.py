@@ -1,0 +1,195 @@
+"""`make bench` (`python -m bnrepro.bench`): every row side by side, then the targets.
+
+Writes results/bench.json and results/bench.md (`--quick`: a few steps and one round, for
+tests; it writes only where --out says).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from bnrepro.atomic import atomic_write_json, atomic_write_text
+from bnrepro.bench import conv_execution, peers, report, roofline
+from bnrepro.bench.evaluation_cost import evaluation_cost
+from bnrepro.bench.measures_cost import measures_cost
+from bnrepro.bench.ours import our_trainer
+from bnrepro.bench.timing import Row, run_rounds
+from bnrepro.bench.workloads import Workload, cnn_workload, mlp_workload
+from bnrepro.train import resolve_device
+
+SECTIONS = ("mlp", "cnn", "roofline", "conv", "eval", "measures")
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        os.cpu_count() or 1
+
+
+def mlp_rows(w: Workload, root: str, populations: Sequence[int], compile_skip: str | None,
+             processes_skip: str | None) -> list[Row]:
+    compiled = Row("mlp", "mlp/compiled", "plain loop + torch.compile(model)", False, 1,
+                   lambda: None, note="compile time excluded (compile_s)", skipped=compile_skip)
+    compiled.setup = partial(peers.compiled_loop, w, compiled.extra)
+    processes = cores()
+    return [
+        Row("mlp", "mlp/tutorial", "tutorial loop (torchvision MNIST + DataLoader)", False, 1,
+            partial(peers.tutorial_loop, w)),
+        Row("mlp", "mlp/plain", "plain in-memory loop", False, 1, partial(peers.plain_loop, w)),
+        compiled,
+        *(Row("mlp", f"mlp/ensemble{P}", f"torch.func ensemble P={P}", False, P,
+              partial(peers.func_ensemble, w, P)) for P in populations),
+        Row("mlp", "mlp/processes", f"plain loop in {processes} joblib processes x 1 thread",
+            False, processes, partial(peers.separate_processes, w, root, processes),
+            note="one process per member, as many at a time as there are cores",
+            skipped=processes_skip),
+        Row("mlp", "mlp/ours1", "bnrepro single run", True, 1, partial(our_trainer, w, 1)),
+        *(Row("mlp", f"mlp/ours{P}", f"bnrepro population P={P}", True, P,
+              partial(our_trainer, w, P)) for P in populations),
+    ]
+
+
+def cnn_rows(w: Workload, populations: Sequence[int]) -> list[Row]:
+    P = max(populations)  # the peers that train a population, at the largest
+    return [
+        Row("cnn", "cnn/plain", "plain nn.Sequential loop", False, 1, partial(peers.plain_loop, w)),
+        Row("cnn", "cnn/plain_channels_last", "plain loop, channels_last", False, 1,
+            partial(peers.plain_loop, w, channels_last=True)),
+        Row("cnn", f"cnn/ensemble{P}", f"torch.func ensemble P={P}", False, P,
+            partial(peers.func_ensemble, w, P)),
+        Row("cnn", f"cnn/sequential{P}", f"members one after another (plain loop x {P})", False,
+            P, partial(peers.members_one_after_another, w, P)),
+        Row("cnn", "cnn/ours1", "bnrepro single run", True, 1, partial(our_trainer, w, 1)),
+        *(Row("cnn", f"cnn/ours{p}", f"bnrepro population P={p}", True, p,
+              partial(our_trainer, w, p)) for p in populations),
+        Row("cnn", f"cnn/ours{P}_grouped", f"bnrepro population P={P}, conv_execution=grouped",
+            True, P, partial(our_trainer, w, P, ["model.conv_execution=grouped"]),
+            note="forced grouped convs, next to auto's choice"),
+    ]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="a few steps, one round, small populations, no torch.compile "
+                             "and no worker processes (tests)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of every row")
+    parser.add_argument("--warmup", type=int, default=20, help="untimed steps per sample")
+    # Defaults sized for ~5-6 minutes on a quiet 2-core CPU (the issue's step times)
+    parser.add_argument("--steps-mlp", type=int, default=250, help="timed steps per sample")
+    parser.add_argument("--steps-cnn", type=int, default=50, help="timed steps per sample")
+    parser.add_argument("--mlp-populations", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--cnn-populations", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS),
+                        help="sections to run")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-root", default="data", help="dataset cache (as dataset.root)")
+    parser.add_argument("--out", default=None, help="JSON (default results/bench.json; "
+                                                    "--quick writes none unless given)")
+    parser.add_argument("--markdown", default=None, help="default: the JSON's path, .md")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.warmup, args.steps_mlp, args.steps_cnn = 1, 2, 4, 2
+        args.mlp_populations, args.cnn_populations = [2, 4], [2, 3]
+    elif args.out is None:
+        args.out = "results/bench.json"
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    started = time.perf_counter()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        platform.processor() or platform.machine() or "cpu"
+    result: dict = {
+        "machine": {"device": str(device), "device_name": name,
+                    "threads": torch.get_num_threads(), "cores": cores(),
+                    "torch": torch.__version__},
+        "protocol": {"repeats": args.repeats, "warmup": args.warmup,
+                     "steps": {"mlp": args.steps_mlp, "cnn": args.steps_cnn},
+                     "populations": {"mlp": args.mlp_populations, "cnn": args.cnn_populations},
+                     "quick": args.quick,
+                     "note": "rows run in rounds, each sample warm-up + timed steps; set-up "
+                             "(data, building, compiling) untimed; CNN images random uint8"}}
+    print(f"bench on {device} ({name}), {torch.get_num_threads()} threads, torch "
+          f"{torch.__version__}: {args.repeats} rounds x (warm-up {args.warmup} + "
+          f"{args.steps_mlp} MLP / {args.steps_cnn} CNN steps)")
+    if args.quick:  # small evaluations and CNN data: the quick run is for tests
+        workloads = {"mlp": mlp_workload(args.data_root, device, eval_images=100),
+                     "cnn": cnn_workload(device, num_train=1000, eval_images=100)}
+    else:
+        workloads = {"mlp": mlp_workload(args.data_root, device),
+                     "cnn": cnn_workload(device)}
+    compile_skip = "skipped (--quick)" if args.quick else \
+        "skipped (--no-compile)" if args.no_compile else None
+    processes_skip = "skipped (--quick)" if args.quick else \
+        None if device.type == "cpu" else f"skipped (a CPU row; device {device})"
+    rows: list[Row] = []
+    if "mlp" in args.only:
+        rows += mlp_rows(workloads["mlp"], args.data_root, args.mlp_populations, compile_skip,
+                         processes_skip)
+    if "cnn" in args.only:
+        rows += cnn_rows(workloads["cnn"], args.cnn_populations)
+    run_rounds(rows, args.warmup, {"mlp": args.steps_mlp, "cnn": args.steps_cnn},
+               args.repeats)
+
+    roofline_ms: dict[str, float] = {}
+    if "roofline" in args.only:
+        print(f"[{time.perf_counter() - started:.0f} s] roofline: counting FLOPs, timing sgemm "
+              "and the CNN's convs")
+        size = 256 if args.quick else 2048
+        sgemm = roofline.sgemm_gflops(device, size, 1 if args.quick else 5)
+        flops = {net: roofline.training_step_flops(w) for net, w in workloads.items()}
+        rates = roofline.conv_rates(workloads["cnn"], 1 if args.quick else 5,
+                                    2 if args.quick else 10)
+        roofline_ms = {"mlp": roofline.roofline_ms(flops["mlp"], sgemm, []),
+                       "cnn": roofline.roofline_ms(flops["cnn"], sgemm, rates)}
+        result["roofline"] = {"sgemm_gflops": round(sgemm, 2), "sgemm_size": size,
+                              "conv_rates": rates, "flops": flops,
+                              "ms": {k: round(v, 4) for k, v in roofline_ms.items()}}
+    ms = report.medians(rows)
+    result["rows"] = [report.row_record(r, roofline_ms.get(r.net),
+                                        report.best_plain(r.net, ms)) for r in rows]
+    if "conv" in args.only:
+        print(f"[{time.perf_counter() - started:.0f} s] conv execution: grouped vs per member")
+        result["conv_execution"] = conv_execution.measure(
+            device, (4,) if args.quick else conv_execution.POPULATIONS,
+            conv_execution.SIZES[:1] if args.quick else conv_execution.SIZES,
+            repeats=1 if args.quick else 3)
+        print(conv_execution.table(result["conv_execution"]))
+    if "eval" in args.only:
+        print(f"[{time.perf_counter() - started:.0f} s] evaluation cost: a short Fig. 1 run and "
+              "one evaluation's parts")
+        result["evaluation"] = evaluation_cost(
+            args.data_root, device, *((2, 2, 1) if args.quick else (2000, 500, 3)),
+            quick=args.quick)
+    if "measures" in args.only:
+        print(f"[{time.perf_counter() - started:.0f} s] Santurkar measures: cost per measurement")
+        result["measures"] = measures_cost(args.data_root, device,
+                                           *((1, 2) if args.quick else (5, 10)))
+    found = report.targets(rows, roofline_ms, result.get("evaluation"), args.mlp_populations,
+                           args.cnn_populations)
+    result["targets"] = [t.as_dict() for t in found]
+    result["bench_seconds"] = round(time.perf_counter() - started, 1)
+
+    text = report.markdown(result)
+    print("\n" + text)
+    if args.out:
+        atomic_write_json(args.out, result)
+        md = args.markdown or str(Path(args.out).with_suffix(".md"))
+        atomic_write_text(md, text)
+        print(f"wrote {args.out} and {md} ({result['bench_seconds']:.0f} s)")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The bench's results: the JSON record, the markdown tables, and the issue's targets."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bnrepro.bench.timing import Row
+
+PLAIN = {"mlp": ["mlp/plain"], "cnn": ["cnn/plain", "cnn/plain_channels_last"]}
+
+
+@dataclass
+class Target:
+    text: str
+    value: float | None  # None: a row it needs has no timing
+    threshold: float
+    unit: str = "x"  # "x": a speed ratio; "%": a fraction
+    at_most: bool = False  # met when value <= threshold (else >=)
+
+    @property
+    def met(self) -> bool | None:
+        if self.value is None:
+            return None
+        return self.value <= self.threshold if self.at_most else self.value >= self.threshold
+
+    def as_dict(self) -> dict:
+        return {"target": self.text, "value": None if self.value is None else
+                round(self.value, 4), "threshold": self.threshold, "unit": self.unit,
+                "at_most": self.at_most, "met": self.met}
+
+    def line(self) -> str:
+        verdict = {True: "met", False: "NOT MET", None: "not measured"}[self.met]
+
+        def show(x: float) -> str:
+            return f"{x:.0%}" if self.unit == "%" else f"{x:.2f}x"
+
+        shown = "n/a" if self.value is None else show(self.value)
+        return (f"{verdict}: {self.text}: {shown} (target {'<=' if self.at_most else '>='} "
+                f"{show(self.threshold)})")
+
+
+def medians(rows: Sequence[Row]) -> dict[str, float]:
+    return {r.key: r.spread.median for r in rows if r.spread is not None}
+
+
+def best_plain(net: str, ms: dict[str, float]) -> float | None:
+    found = [ms[k] for k in PLAIN[net] if k in ms]
+    return min(found) if found else None
+
+
+def ratio(slow: float | None, fast: float | None) -> float | None:
+    return None if slow is None or fast is None else slow / fast
+
+
+def targets(rows: Sequence[Row], roofline: dict[str, float], evaluation: dict | None,
+            mlp_populations: Sequence[int] = (16, 64), cnn_populations: Sequence[int] = (4, 8)
+            ) -> list[Target]:
+    """The issue's targets, each from this run's medians."""
+    ms = medians(rows)
+    found = []
+    for net in ("mlp", "cnn"):
+        found.append(Target(f"{net}: our single run vs the fastest plain in-memory loop, per "
+                            "step", ratio(best_plain(net, ms), ms.get(f"{net}/ours1")), 1.0))
+    largest = max(cnn_populations)
+    for net, P in [*(("mlp", P) for P in mlp_populations), ("cnn", largest)]:
+        found.append(Target(f"{net}: our population P={P} vs the torch.func ensemble P={P}, "
+                            "per model-step", ratio(ms.get(f"{net}/ensemble{P}"),
+                                                    ms.get(f"{net}/ours{P}")), 1.5))
+    P = max(mlp_populations)
+    found.append(Target(f"mlp: our population P={P}, share of the measured roofline",
+                        ratio(roofline.get("mlp"), ms.get(f"mlp/ours{P}")), 0.5, "%"))
+    populations = [ms[f"cnn/ours{p}"] for p in cnn_populations if f"cnn/ours{p}" in ms]
+    sequential = ms.get(f"cnn/sequential{largest}")
+    slowest = max(populations) if populations else None
+    sizes = ", ".join(map(str, cnn_populations))
+    found.append(Target(f"cnn: our slowest population (P={sizes}) vs its members trained one "
+                        "after another, per model-step", ratio(sequential, slowest), 1.0))
+    found.append(Target("cnn (aim): the same", ratio(sequential, slowest), 1.3))
+    fraction = None if evaluation is None else evaluation["full_run"]["evaluation_fraction"]
+    found.append(Target("evaluation's share of a Fig. 1 run's time (default cadence)",
+                        fraction, 0.2, "%", at_most=True))
+    return found
+
+
+def row_record(row: Row, roofline_ms: float | None, reference_ms: float | None) -> dict:
+    spread = row.spread
+    record = {"net": row.net, "key": row.key, "label": row.label, "ours": row.ours,
+              "population_size": row.population_size,
+              "ms_per_model_step": None if spread is None else spread.as_dict(),
+              "samples_ms": [round(s, 4) for s in row.samples],
+              "roofline_fraction": None if spread is None or roofline_ms is None else
+              round(roofline_ms / spread.median, 4),
+              "speedup_vs_plain": None if spread is None or reference_ms is None else
+              round(reference_ms / spread.median, 3)}
+    for key, value in (("note", row.note), ("error", row.error), ("skipped", row.skipped)):
+        if value:
+            record[key] = value
+    return record | row.extra
+
+
+def markdown(result: dict) -> str:
+    """results/bench.md: the tables the README includes."""
+    m, p = result["machine"], result["protocol"]
+    out = [f"Measured by `make bench` on {m['device']} ({m['device_name']}), "
+           f"{m['threads']} threads, torch {m['torch']}: {p['repeats']} rounds of every row, "
+           f"each sample {p['warmup']} warm-up + {p['steps']['mlp']} (MLP) / "
+           f"{p['steps']['cnn']} (CNN) timed steps; median (min..max) ms per model-step."]
+    for net, title in (("mlp", "Fig. 1 MLP (784-100-100-100-10, sigmoid, BN, batch 60, "
+                               "MNIST)"),
+                       ("cnn", "quick CIFAR CNN (model=cnn, width 0.5, BN, ReLU, batch 64, "
+                               "random uint8 images)")):
+        rows = [r for r in result["rows"] if r["net"] == net]
+        if not rows:
+            continue
+        out += ["", f"**{title}**", "",
+                "| loop | P | ms / model-step | speed-up vs plain loop | % of roofline |",
+                "|---|---|---|---|---|"]
+        for r in rows:
+            s = r["ms_per_model_step"]
+            if s is None:
+                shown = r.get("skipped") or r.get("error") or "not measured"
+                out.append(f"| {r['label']} | {r['population_size']} | {shown} | | |")
+                continue
+            speedup = "" if r["speedup_vs_plain"] is None else f"{r['speedup_vs_plain']:.2f}x"
+            roof = "" if r["roofline_fraction"] is None else f"{r['roofline_fraction']:.0%}"
+            out.append(f"| {r['label']} | {r['population_size']} | {s['median']:.3f} "
+                       f"({s['min']:.3f}..{s['max']:.3f}) | {speedup} | {roof} |")
+    roof = result.get("roofline")
+    if roof:
+        convs = ", ".join(f"{c['input'][1]}->{c['out_channels']} at {c['input'][2]}x"
+                          f"{c['input'][3]}: {c['gflops']:.1f}" for c in roof["conv_rates"])
+        out += ["", f"Roofline: sgemm {roof['sgemm_gflops']:.1f} GFLOP/s "
+                    f"({roof['sgemm_size']}^3); lone convs, forward + backward, batch 64, "
+                    f"GFLOP/s: {convs}. FLOPs per model-step (counted by FlopCounterMode, "
+                    f"forward + backward): MLP {roof['flops']['mlp']['matmul'] / 1e6:.1f} M "
+                    f"matmul; CNN {roof['flops']['cnn']['matmul'] / 1e6:.1f} M matmul + "
+                    f"{roof['flops']['cnn']['conv'] / 1e6:.1f} M conv. Roofline ms per "
+                    f"model-step: MLP {roof['ms']['mlp']:.3f}, CNN {roof['ms']['cnn']:.3f}."]
+    ev = result.get("evaluation")
+    if ev:
+        one, full, short = ev["one_evaluation_s"], ev["full_run"], ev["short_run"]
+        out += ["", f"Evaluation of a Fig. 1 population (P={ev['population_size']}): one "
+                    f"evaluation {one['whole_evaluation']:.3f} s (Alg. 2 statistics "
+                    f"{one['alg2_statistics']:.3f}, validation + test "
+                    f"{one['validation_and_test']:.3f}, probes {one['probes']:.3f}); a full "
+                    f"run's {full['evaluations']} evaluations {full['evaluation_s']:.0f} s "
+                    f"against {full['training_s']:.0f} s of training: "
+                    f"{full['evaluation_fraction']:.0%} of its time. A {short['steps']}-step "
+                    f"run (evaluations every {short['eval_every']}): "
+                    f"{short['not_training_fraction']:.0%} of its wall time is not training "
+                    "(evaluations, set-up, checkpoint)."]
+    measures = result.get("measures")
+    if measures:
+        out += ["", f"Santurkar measures (off by default), Fig. 1 population "
+                    f"(P={measures['population_size']}), one training step "
+                    f"{measures['step_ms']:.2f} ms: one gradient-ICS measurement "
+                    f"{measures['ics']['ms']:.1f} ms ({measures['ics']['training_steps']:.1f} "
+                    f"steps), one loss-landscape measurement {measures['landscape']['ms']:.1f} "
+                    f"ms ({measures['landscape']['training_steps']:.1f} steps)."]
+    conv = result.get("conv_execution")
+    if conv:
+        out += ["", "Population conv, ms per member (forward + backward, batch 64): "
+                    "lone conv / grouped / per member", "",
+                "| conv | P | lone | grouped | per member |", "|---|---|---|---|---|"]
+        out += [f"| {c['conv']} | {c['P']} | {c['alone_ms']:.3f} | {c['grouped_ms']:.3f} | "
+                f"{c['per_member_ms']:.3f} |" for c in conv]
+    if result.get("targets"):
+        out += ["", "Targets:", ""]
+        out += [f"- {Target(t['target'], t['value'], t['threshold'], t['unit'], t['at_most']).line()}"  # noqa: E501
+                for t in result["targets"]]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,172 @@
+"""`make bench` (bnrepro.bench): every row present with sane numbers, FLOPs counted right,
+targets reading the right rows, peers that train what they claim, our trainer timed on its
+steps alone. Speed ratios are never asserted: the bench prints each target as met / not met."""
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bnrepro.bench import peers, report
+from bnrepro.bench.__main__ import main
+from bnrepro.bench.roofline import training_step_flops
+from bnrepro.bench.timing import Row
+from bnrepro.bench.workloads import IndexStream, cnn_workload, mlp_workload
+from bnrepro.config import compose_config
+from bnrepro.store import read_metrics
+from bnrepro.train import train_population
+from tests.conftest import REPO
+
+CPU = torch.device("cpu")
+
+
+def conv_flops(batch: int, layers: list[tuple[int, int, int]], linear: list[tuple[int, int]],
+               first_input_grad: bool = False) -> dict[str, int]:
+    """Direct count: 2 FLOPs per multiply-add; forward, weight gradient, input gradient (none
+    for the net's first layer)."""
+    conv = [batch * 2 * a * b * 9 * h * h for a, b, h in layers]
+    mm = [batch * 2 * a * b for a, b in linear]
+    first = conv[0] if conv else mm[0]
+    total_conv, total_mm = 3 * sum(conv), 3 * sum(mm)
+    if conv:
+        total_conv -= first
+    else:
+        total_mm -= first
+    return {"matmul": total_mm, "conv": total_conv}
+
+
+@pytest.fixture(scope="module")
+def mlp(mnist):
+    return mlp_workload(REPO / "data", CPU, eval_images=10)
+
+
+def test_flops_are_forward_plus_both_gradients(mlp):
+    assert training_step_flops(mlp) == conv_flops(
+        60, [], [(784, 100), (100, 100), (100, 100), (100, 10)])
+    cnn = cnn_workload(CPU, num_train=200, eval_images=10)
+    assert training_step_flops(cnn) == conv_flops(
+        64, [(3, 8, 32), (8, 16, 16), (16, 32, 8)], [(32 * 4 * 4, 128), (128, 10)])
+
+
+def test_the_ensemble_trains_each_member_as_its_own_plain_loop(mlp):
+    """A wrong loss scale (the mean over P*B examples) would give each member 1/P of its
+    gradient; a wrong index would train a member on another's batch. (The MLP: in the CNN,
+    float rounding can flip a max-pool's choice between near-equal values.)"""
+    w = copy.copy(mlp)
+    w.lr = 1.0  # updates far above float rounding
+    torch.manual_seed(0)
+    models = [w.build() for _ in range(3)]
+    alone = [copy.deepcopy(m) for m in models]
+    step, params = peers.ensemble_step(w, models)
+    index = torch.stack([torch.randperm(len(w.labels))[:w.batch_size] for _ in range(3)])
+    step(index)
+    for k, model in enumerate(alone):
+        optimizer = torch.optim.SGD(model.parameters(), lr=w.lr, momentum=w.momentum,
+                                    weight_decay=w.weight_decay)
+        F.cross_entropy(model(w.inputs(w.images[index[k]])), w.labels[index[k]]).backward()
+        optimizer.step()
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(params[name][k], p.detach(), atol=1e-4, rtol=1e-4)
+
+
+def test_index_stream_gives_each_member_a_permutation_per_epoch():
+    stream = IndexStream(12, 4, 2, CPU)
+    epoch = torch.cat([stream.next() for _ in range(3)], dim=1)
+    for member in epoch:
+        assert sorted(member.tolist()) == list(range(12))
+    assert not torch.equal(epoch[0], epoch[1])  # members draw their own orders
+
+
+def test_on_step_is_called_after_every_update_before_its_evaluation(mnist, tmp_path):
+    """Our rows time the span between two on_step calls: an evaluation inside it would be
+    counted as training."""
+    cfg = compose_config(["experiment=fig1_mnist", "debug=smoke", "trainer.max_steps=4",
+                          "trainer.eval_every=2", f"dataset.root={REPO / 'data'}"])
+    calls = []
+
+    def on_step(step: int) -> None:
+        logged = [row["step"] for row in read_metrics(tmp_path / "run")]
+        calls.append((step, logged))
+
+    train_population([cfg], [tmp_path / "run"], on_step)
+    assert calls == [(1, [0]), (2, [0]), (3, [0, 2]), (4, [0, 2])]
+
+
+def test_targets_read_their_rows_and_say_what_is_missing():
+    def row(key: str, ms: float) -> Row:
+        net = key.split("/")[0]
+        r = Row(net, key, key, "ours" in key, 1, lambda: None)
+        r.samples = [ms]
+        return r
+
+    rows = [row("mlp/plain", 2.0), row("mlp/ours1", 1.0), row("mlp/ensemble16", 3.0),
+            row("mlp/ours16", 1.0), row("mlp/ensemble64", 1.2), row("mlp/ours64", 1.0),
+            row("cnn/plain", 10.0), row("cnn/plain_channels_last", 8.0), row("cnn/ours1", 9.0),
+            row("cnn/ours4", 6.0), row("cnn/ours8", 7.0), row("cnn/sequential8", 8.4)]
+    found = report.targets(rows, {"mlp": 0.6}, {"full_run": {"evaluation_fraction": 0.25}})
+    values = [(t.value, t.met) for t in found]
+    assert values[0] == (2.0, True)  # mlp plain / ours single
+    assert values[1][0] == pytest.approx(8 / 9) and values[1][1] is False  # fastest plain: 8
+    assert values[2] == (3.0, True) and values[3][0] == pytest.approx(1.2)
+    assert values[3][1] is False
+    assert values[4] == (None, None)  # no cnn ensemble row: not measured, not "not met"
+    assert values[5][0] == pytest.approx(0.6) and values[5][1] is True  # roofline 0.6/1.0
+    assert values[6][0] == pytest.approx(8.4 / 7) and values[6][1] is True  # slowest is P=8
+    assert values[7][1] is False  # 1.2 < the 1.3 aim
+    assert values[8] == (0.25, False)  # evaluation: at most 20%
+
+
+def test_a_failing_row_is_recorded_and_the_rest_go_on():
+    def broken():
+        raise RuntimeError("no compiler\nmore detail")
+
+    row = Row("mlp", "mlp/x", "x", False, 1, broken)
+    row.run_sample(1, 1)
+    row.run_sample(1, 1)
+    assert row.error == "RuntimeError: no compiler" and row.samples == []
+
+
+def test_quick_bench_records_every_row_with_sane_numbers(mnist, tmp_path):
+    out = tmp_path / "bench.json"
+    result = main(["--quick", "--out", str(out), "--data-root", str(REPO / "data")])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    keys = [r["key"] for r in result["rows"]]
+    mlp_p, cnn_p = result["protocol"]["populations"].values()
+    assert keys == ["mlp/tutorial", "mlp/plain", "mlp/compiled",
+                    *(f"mlp/ensemble{p}" for p in mlp_p), "mlp/processes", "mlp/ours1",
+                    *(f"mlp/ours{p}" for p in mlp_p), "cnn/plain", "cnn/plain_channels_last",
+                    f"cnn/ensemble{max(cnn_p)}", f"cnn/sequential{max(cnn_p)}", "cnn/ours1",
+                    *(f"cnn/ours{p}" for p in cnn_p), f"cnn/ours{max(cnn_p)}_grouped"]
+    for r in result["rows"]:
+        assert "error" not in r, r
+        if r["key"] in ("mlp/compiled", "mlp/processes"):  # too slow to start for --quick
+            assert r["skipped"] and r["ms_per_model_step"] is None
+            continue
+        ms = r["ms_per_model_step"]
+        assert 0 < ms["min"] <= ms["median"] <= ms["max"] < math.inf, r
+        assert r["roofline_fraction"] > 0 and r["speedup_vs_plain"] > 0
+    roof = result["roofline"]
+    assert roof["sgemm_gflops"] > 0 and all(c["gflops"] > 0 for c in roof["conv_rates"])
+    assert all(c["grouped_ms"] > 0 and c["per_member_ms"] > 0
+               for c in result["conv_execution"])
+    ev = result["evaluation"]
+    parts = ev["one_evaluation_s"]
+    assert parts["whole_evaluation"] == pytest.approx(
+        parts["alg2_statistics"] + parts["validation_and_test"] + parts["probes"], abs=1e-3)
+    assert 0 < ev["full_run"]["evaluation_fraction"] < 1
+    assert 0 < ev["short_run"]["not_training_fraction"] < 1
+    measures = result["measures"]
+    assert measures["step_ms"] > 0
+    assert all(math.isfinite(measures[name]["ms"]) for name in ("ics", "landscape"))
+    assert all(t["met"] in (True, False) for t in result["targets"]), result["targets"]
+    table = out.with_suffix(".md").read_text()
+    assert all(r["label"] in table for r in result["rows"])
+
+
+@pytest.mark.slow
+def test_separate_processes_start_together_and_time_their_steps(mlp):
+    sample = peers.separate_processes(mlp, REPO / "data", 2)
+    assert 0 < sample(2, 5) < math.inf

@@ -1,0 +1,116 @@
+"""model.conv_execution: a population's convs run grouped or member by member, same results."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from bnrepro.checkpoint import fingerprint
+from bnrepro.config import CONF_DIR, compose_config
+from bnrepro.models import CNN, PopulationConv2d
+from bnrepro.models.layers import fold, unfold
+from bnrepro.validation import ConfigError, validate
+
+TINY = {"widths": (4, 8), "classifier_hidden": 16, "image_size": 8, "convs_per_stage": (1, 2)}
+
+
+def conv_pair(P: int, bias: bool) -> dict[str, PopulationConv2d]:
+    """The same weights (members that differ) in both executions."""
+    torch.manual_seed(0)
+    grouped = PopulationConv2d(P, 3, 5, bias=bias, execution="grouped")
+    torch.nn.init.normal_(grouped.weight)
+    if bias:
+        torch.nn.init.normal_(grouped.bias)
+    per_member = PopulationConv2d(P, 3, 5, bias=bias, execution="per_member")
+    per_member.load_state_dict(grouped.state_dict())
+    return {"grouped": grouped, "per_member": per_member}
+
+
+def forward_backward(conv: PopulationConv2d, x: torch.Tensor, upstream: torch.Tensor
+                     ) -> tuple[torch.Tensor, ...]:
+    """Output and gradients for an input laid out as inside a net (a view of [B, P*C, H, W])."""
+    conv.zero_grad()
+    folded = fold(x).detach().requires_grad_(True)
+    y = conv(unfold(folded, x.shape[0]))
+    (y * upstream).sum().backward()
+    grads = (unfold(folded.grad, x.shape[0]), conv.weight.grad)
+    return (y.detach(), *grads, *(() if conv.bias is None else (conv.bias.grad,)))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_grouped_and_per_member_agree_forward_and_backward(bias):
+    P = 4
+    convs = conv_pair(P, bias)
+    x = torch.randn(P, 6, 3, 9, 9)
+    upstream = torch.randn(P, 6, 5, 9, 9)
+    grouped = forward_backward(convs["grouped"], x, upstream)
+    per_member = forward_backward(convs["per_member"], x, upstream)
+    for a, b in zip(grouped, per_member, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # and both are the right thing: member k's output is conv2d with member k's filters
+    for k in range(P):
+        b = convs["grouped"].bias[k] if bias else None
+        expected = F.conv2d(x[k], convs["grouped"].weight[k], b, padding=1)
+        torch.testing.assert_close(per_member[0][k], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_per_member_is_bit_identical_to_each_members_solo_conv(bias):
+    P = 3
+    population = conv_pair(P, bias)["per_member"]
+    x = torch.randn(P, 5, 3, 8, 8)
+    upstream = torch.randn(P, 5, 5, 8, 8)
+    together = forward_backward(population, x, upstream)
+    for k in range(P):
+        solo = PopulationConv2d(1, 3, 5, bias=bias)
+        with torch.no_grad():
+            solo.weight.copy_(population.weight[k:k + 1])
+            if bias:
+                solo.bias.copy_(population.bias[k:k + 1])
+        alone = forward_backward(solo, x[k:k + 1], upstream[k:k + 1])
+        for a, b in zip(alone, together, strict=True):
+            assert torch.equal(a[0], b[k])
+
+
+def test_a_cnn_member_trains_bit_identically_to_its_solo_run():
+    """One thread: torch's batched matrix products (the linear head) may split work between
+    threads differently for P members than for one, which changes float rounding only."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seeds = [3, 7, 11]
+        population = CNN(seeds, norm="bn", activation="relu", conv_execution="per_member",
+                         **TINY)
+        x, y = torch.randn(3, 6, 3, 8, 8), torch.randint(0, 10, (3, 6))
+        out = population(x)
+        F.cross_entropy(out.transpose(1, 2), y, reduction="none").mean(1).sum().backward()
+        for k, seed in enumerate(seeds):
+            alone = CNN([seed], norm="bn", activation="relu", **TINY)
+            solo = alone(x[k:k + 1])
+            F.cross_entropy(solo.transpose(1, 2), y[k:k + 1]).backward()
+            assert torch.equal(solo[0], out[k])
+            for a, b in zip(alone.parameters(), population.parameters(), strict=True):
+                assert torch.equal(a.grad[0], b.grad[k])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_auto_means_per_member_on_cpu_and_bad_values_are_refused():
+    assert PopulationConv2d(2, 1, 1, bias=False).resolved_execution(
+        torch.device("cpu")) == "per_member"
+    assert PopulationConv2d(2, 1, 1, bias=False, execution="grouped").resolved_execution(
+        torch.device("cpu")) == "grouped"
+    with pytest.raises(ValueError, match="model.conv_execution"):
+        PopulationConv2d(2, 1, 1, bias=False, execution="loop")
+    with pytest.raises(ConfigError, match="model.conv_execution"):
+        validate(compose_config(["model=cnn", "dataset=cifar10", "model.conv_execution=loop"]))
+
+
+def test_conv_execution_is_not_part_of_a_runs_identity():
+    """It changes speed and float rounding only: a run resumes whichever execution it uses."""
+    base = ["model=cnn", "dataset=cifar10"]
+    assert "conv_execution" in compose_config(base).model
+    assert fingerprint(compose_config(base)) == \
+        fingerprint(compose_config([*base, "model.conv_execution=grouped"]))
+    train_yaml = OmegaConf.load(CONF_DIR / "train.yaml")
+    assert "model.conv_execution" in train_yaml.hydra.job.config.override_dirname.exclude_keys

@@ -1,0 +1,241 @@
+"""scripts/plot_santurkar.py on tiny real santurkar_mnist runs (trained once per session):
+numbers read from the logged metrics, verdicts that follow them (and flip when a copy of the
+run store is edited to say the opposite), diverged seeds scored, nets that were not run
+reported as not measured, bad input refused with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from bnrepro.claims import read_claims
+from tests.conftest import REPO, load_script
+
+TINY = ["model.hidden=[16,16]", "trainer.max_steps=20", "trainer.eval_every=10",
+        "trainer.test_every=20", "trainer.population_batches=2", "probe.num_examples=120",
+        "dataset.val_size=1000", "trainer.progress=false"]
+NORMS = ("none", "bn", "noisy_bn", "noise_only", "lp1", "lp2", "lpinf")
+
+plot_santurkar = load_script("plot_santurkar")
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory, mnist) -> Path:
+    """Real runs: every norm of the experiment, seeds 0 and 1, 20 steps, evaluated every 10."""
+    sweep = tmp_path_factory.mktemp("santurkar") / "santurkar_mnist"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bnrepro.train", "-m", "experiment=santurkar_mnist", "seed=0,1",
+         *TINY, f"hydra.sweep.dir={sweep}"], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(sweep.rglob("summary.json"))) == 2 * len(NORMS)
+    return sweep
+
+
+def copy_store(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.pt", ".hydra", ".lock"))
+    return dst
+
+
+def config(run_dir: Path) -> dict:
+    return yaml.safe_load((run_dir / "config.yaml").read_text())
+
+
+def run_dirs(root: Path, norm: str | None = None) -> list[Path]:
+    dirs = sorted(p.parent for p in root.rglob("summary.json"))
+    return [d for d in dirs if norm is None or config(d)["model"]["norm"] == norm]
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def edit(root: Path, norm: str, change, rows: int | None = None, status: str | None = None
+         ) -> None:
+    """For every seed of `norm`: change(row, seed_index) edits each metrics row in place;
+    keep the first `rows` rows; set the summary status."""
+    for i, d in enumerate(run_dirs(root, norm)):
+        lines = metrics(d)[:rows]
+        for row in lines:
+            change(row, i)
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        if status:
+            summary = json.loads((d / "summary.json").read_text())
+            (d / "summary.json").write_text(json.dumps(summary | {"status": status}))
+
+
+def set_keys(suffix: str, values) -> callable:
+    """A change setting every key ending in `suffix` to values[seed index] (steps > 0)."""
+    def change(row, i):
+        for key in row:
+            if key.endswith(suffix) and row["step"] > 0:
+                row[key] = values[i]
+    return change
+
+
+def run_script(root: Path, out: Path, *extra: str) -> tuple[pd.DataFrame, dict[str, str], dict]:
+    """The script's CSV, verdicts by claim and JSON; without figures unless asked (drawing
+    takes most of its time; test_numbers_are_read_from_the_logged_metrics draws them)."""
+    assert plot_santurkar.main([str(root), "--out", str(out), *(extra or ["--no-figures"])]) == 0
+    table = pd.read_csv(out / "santurkar_mnist.csv").set_index("norm")
+    numbers = json.loads((out / "santurkar_mnist.json").read_text())
+    claims = numbers["distributional_shift"]["groups"][0]["claims"]
+    return table, {c["claim"].removesuffix(" (lr 0.1)"): c["verdict"] for c in claims}, numbers
+
+
+def independent_run_mean(root: Path, norm: str, key: str) -> list[float]:
+    """Per seed: the mean of `key` over the logged evaluations after step 0."""
+    out = []
+    for d in run_dirs(root, norm):
+        values = [r[key] for r in metrics(d) if r["step"] > 0 and r.get(key) is not None]
+        out.append(sum(values) / len(values))
+    return out
+
+
+def test_numbers_are_read_from_the_logged_metrics(store, tmp_path):
+    out = tmp_path / "results"
+    table, verdicts, numbers = run_script(store, out, "--out", str(out))  # with figures
+    assert list(table.index) == list(NORMS)  # the paper's order
+    for norm in NORMS:
+        train = independent_run_mean(store, norm, "train/acc")
+        assert table.loc[norm, "train_acc_mean"] == pytest.approx(sum(train) / 2, abs=1e-6)
+        assert table.loc[norm, "train_acc_min"] == pytest.approx(min(train), abs=1e-6)
+        shift = independent_run_mean(store, norm, "shift/h2/w1_prev_rel")
+        assert table.loc[norm, "h2/w1_prev_rel_mean"] == pytest.approx(sum(shift) / 2, abs=1e-6)
+        assert table.loc[norm, "seeds"] == 2 and table.loc[norm, "diverged"] == 0
+    assert numbers["distributional_shift"]["groups"][0]["layers"] == [1, 2]
+    assert len(verdicts) == 10 and "not measured" not in verdicts.values()
+    for name in ("santurkar_mnist", "santurkar_mnist_distributions", "santurkar_mnist_lp",
+                 "santurkar_mnist_lp_distributions"):
+        for ext in ("png", "pdf"):
+            assert (out / f"{name}.{ext}").stat().st_size > 0
+    claims = (out / "santurkar_claims.md").read_text()
+    assert "| mnist |" in claims and "Verdict rule" in claims
+    data = read_claims(out / "santurkar_claims.json")  # the format scripts/report.py reads
+    assert [c["verdict"] for c in data["claims"]] == list(verdicts.values())
+    assert {c["dataset"] for c in data["claims"]} == {"mnist"}
+    assert all(c["claim"].endswith("(lr 0.1)") for c in data["claims"])
+    assert {c["source"] for c in data["claims"]} == {"Santurkar et al. (2018)",
+                                                     "Ioffe & Szegedy (2015)"}
+    assert "santurkar_mnist_distributions.png" in data["figures"]
+
+
+@pytest.mark.parametrize(("noisy", "bn", "about", "better"), [
+    ((0.5, 0.5), (0.5, 0.5), "holds", "holds"),          # standard stays below 0.5
+    ((0.9, 0.9), (0.5, 0.5), "does not hold", "holds"),
+    ((0.7, 0.3), (0.5, 0.5), "mixed", "mixed"),            # means hold; seeds do not
+    ((0.0, 0.0), (0.5, 0.5), "does not hold", "does not hold")])
+def test_accuracy_verdicts_follow_the_numbers(store, tmp_path, noisy, bn, about, better):
+    root = copy_store(store, tmp_path / "store")
+    edit(root, "noisy_bn", set_keys("train/acc", noisy))
+    edit(root, "bn", set_keys("train/acc", bn))
+    edit(root, "none", set_keys("train/acc", (0.3, 0.3)))
+    verdicts = run_script(root, tmp_path / "out")[1]
+    assert verdicts["noisy BN trains about as well as BN"] == about
+    assert verdicts["noisy BN trains better than standard"] == better
+    assert verdicts["BN trains faster than standard"] == "holds"
+
+
+@pytest.mark.parametrize(("noisy", "standard", "expected"), [
+    ((1.0, 1.0), (0.01, 0.02), "holds"), ((0.01, 0.02), (1.0, 1.0), "does not hold"),
+    ((1.0, 0.01), (0.1, 0.1), "mixed")])
+def test_shift_verdicts_follow_the_numbers(store, tmp_path, noisy, standard, expected):
+    root = copy_store(store, tmp_path / "store")
+    edit(root, "noisy_bn", set_keys("w1_prev_rel", noisy))
+    edit(root, "none", set_keys("w1_prev_rel", standard))
+    edit(root, "bn", set_keys("w1_prev_rel", standard))  # BN exactly as standard
+    verdicts = run_script(root, tmp_path / "out")[1]
+    assert verdicts["noisy BN has less stable distributions (more shift) than standard"] == (
+        expected)
+    assert verdicts["BN's distributional stability differs only marginally from standard's"] == (
+        "holds")
+    assert verdicts["BN reduces internal covariate shift (distributional shift) vs standard"] == (
+        "does not hold")  # equal means: standard is not above BN
+
+
+def test_one_layer_against_the_claim_makes_it_not_hold(store, tmp_path):
+    """Every layer must show it: a claim over layers takes the worst layer's verdict."""
+    root = copy_store(store, tmp_path / "store")
+    edit(root, "noisy_bn", set_keys("w1_prev_rel", (1.0, 1.0)))
+    edit(root, "none", set_keys("w1_prev_rel", (0.01, 0.01)))
+    edit(root, "none", set_keys("h2/w1_prev_rel", (5.0, 5.0)))
+    verdicts = run_script(root, tmp_path / "out")[1]
+    assert verdicts["noisy BN has less stable distributions (more shift) than standard"] == (
+        "does not hold")
+
+
+@pytest.mark.parametrize(("lp", "expected"), [((0.5, 0.5), "holds"), ((0.45, 0.45),
+                                                                        "does not hold")])
+def test_lp_verdicts_follow_the_numbers(store, tmp_path, lp, expected):
+    root = copy_store(store, tmp_path / "store")
+    edit(root, "bn", set_keys("train/acc", (0.5, 0.5)))
+    for norm in ("lp1", "lp2"):
+        edit(root, norm, set_keys("train/acc", (0.6, 0.6)))
+    edit(root, "lpinf", set_keys("train/acc", lp))  # the worst l_p norm decides
+    edit(root, "none", set_keys("train/acc", (0.2, 0.2)))
+    verdicts = run_script(root, tmp_path / "out")[1]
+    assert verdicts["l_p normalisations perform comparably to BN"] == expected
+    assert verdicts["l_p normalisations train better than standard"] == "holds"
+
+
+@pytest.mark.parametrize(("val", "expected"), [(0.12, "holds"), (0.6, "does not hold")])
+def test_noise_only_verdict_follows_the_numbers(store, tmp_path, val, expected):
+    root = copy_store(store, tmp_path / "store")
+    edit(root, "noise_only", lambda row, i: row.update({"val/acc": val}))
+    verdicts = run_script(root, tmp_path / "out")[1]
+    assert verdicts["the same noise without BN prevents training entirely"] == expected
+
+
+def test_a_diverged_seed_scores_chance_after_it_diverged(store, tmp_path):
+    root = copy_store(store, tmp_path / "store")
+    edit(root, "bn", set_keys("train/acc", (0.8, 0.8)))
+    first = run_dirs(root, "bn")[0]
+    lines = metrics(first)[:2]  # steps 0 and 10 only
+    (first / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    summary = json.loads((first / "summary.json").read_text())
+    (first / "summary.json").write_text(json.dumps(summary | {"status": "diverged"}))
+    table = run_script(root, tmp_path / "out")[0]
+    # seed 0: 0.8 at step 10, chance at step 20; seed 1: 0.8 at both
+    assert table.loc["bn", "train_acc_min"] == pytest.approx((0.8 + 0.1) / 2)
+    assert table.loc["bn", "train_acc_max"] == pytest.approx(0.8)
+    assert table.loc["bn", "diverged"] == 1
+
+
+def test_a_net_without_runs_is_not_measured(store, tmp_path):
+    root = copy_store(store, tmp_path / "store")
+    for d in run_dirs(root, "noise_only") + run_dirs(root, "lp2"):
+        shutil.rmtree(d)
+    verdicts = run_script(root, tmp_path / "out")[1]
+    for claim in ("the same noise without BN prevents training entirely",
+                  "l_p normalisations perform comparably to BN",
+                  "l_p normalisations have more distributional shift than standard"):
+        assert verdicts[claim] == "not measured"
+    assert verdicts["noisy BN trains better than standard"] != "not measured"
+
+
+def test_mixed_setups_and_bad_input_exit_2_with_one_error_line(store, tmp_path, capsys):
+    root = copy_store(store, tmp_path / "store")
+    d = run_dirs(root, "bn")[0]
+    cfg = config(d)
+    cfg["trainer"]["max_steps"] = 40
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert plot_santurkar.main([str(root), "--out", str(tmp_path / "out")]) == 2
+    assert "trainer.max_steps" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = subprocess.run([sys.executable, "scripts/plot_santurkar.py", str(empty), "--out",
+                             str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and "no santurkar_mnist" in lines[0]
+    assert not (tmp_path / "out").exists()
