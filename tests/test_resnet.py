@@ -97,15 +97,18 @@ def test_init_is_he_for_convs_and_variance_preserving_for_shortcuts():
     assert fixed.blocks[1].shortcut.weight.std().item() == pytest.approx(0.05, rel=0.2)
 
 
-@pytest.mark.parametrize(("norm", "residual_scale"), [("bn", "none"), ("none", "none"),
-                                                      ("gn", "none"), ("ln", "none"),
-                                                      ("brn", "none"), ("bn", "skipinit"),
-                                                      ("none", "skipinit")])
-def test_population_member_equals_its_solo_run(norm, residual_scale):
+@pytest.mark.parametrize(("norm", "residual_scale", "execution"), [
+    ("bn", "none", "auto"), ("none", "none", "auto"), ("gn", "none", "auto"),
+    ("ln", "none", "auto"), ("brn", "none", "auto"), ("bn", "skipinit", "auto"),
+    ("none", "skipinit", "auto"), ("bn", "skipinit", "grouped"),
+    ("none", "none", "per_member")])
+def test_population_member_equals_its_solo_run(norm, residual_scale, execution):
     """Forward and gradients of member k equal the same seed's net alone (distinct seeds,
-    dropout rates, alphas and inputs per member, so any mix-up shows)."""
+    dropout rates, alphas and inputs per member, so any mix-up shows), with either way of
+    running the strided and 1x1 convs of a population (layers.CONV_EXECUTIONS)."""
     seeds, rates = [3, 7, 11], [0.0, 0.5, 0.2]
-    kwargs = dict(depth=8, norm=norm, residual_scale=residual_scale, **TINY)
+    kwargs = dict(depth=8, norm=norm, residual_scale=residual_scale, conv_execution=execution,
+                  **TINY)
     population = ResNet(seeds, dropout=rates, **kwargs)
     x = torch.randn(3, 6, 3, 8, 8)
     y = torch.randint(0, 10, (3, 6))
