@@ -16,7 +16,7 @@ from bnrepro.evaluation import Evaluator
 from bnrepro.measures.ics import model_layers
 from bnrepro.models import MODELS, ResNet, build_model
 from bnrepro.models.resnet import ResidualBlock
-from bnrepro.norms import set_norm_step
+from bnrepro.norms import NORMS, set_norm_step
 from bnrepro.norms.batch import BatchNorm, batch_norms
 from bnrepro.residual_variance import ResidualMoments
 from bnrepro.sampling import fixed_subset, validation_split
@@ -98,9 +98,8 @@ def test_init_is_he_for_convs_and_variance_preserving_for_shortcuts():
 
 
 @pytest.mark.parametrize(("norm", "residual_scale", "execution"), [
-    ("bn", "none", "auto"), ("none", "none", "auto"), ("gn", "none", "auto"),
-    ("ln", "none", "auto"), ("brn", "none", "auto"), ("bn", "skipinit", "auto"),
-    ("none", "skipinit", "auto"), ("bn", "skipinit", "grouped"),
+    *((norm, "none", "auto") for norm in NORMS),  # every norm of the registry
+    ("bn", "skipinit", "auto"), ("none", "skipinit", "auto"), ("bn", "skipinit", "grouped"),
     ("none", "none", "per_member")])
 def test_population_member_equals_its_solo_run(norm, residual_scale, execution):
     """Forward and gradients of member k equal the same seed's net alone (distinct seeds,
