@@ -8,8 +8,8 @@ PY := $(VENV)/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: help setup test test-all reproduce fig1 sweep-mnist fig2 fig2-lr sweep-cifar bench lint \
-	format clean
+.PHONY: help setup test test-all reproduce fig1 sweep-mnist fig2 fig2-lr sweep-cifar batchsize \
+	batchsize-lr bench lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -61,6 +61,25 @@ sweep-cifar: setup  ## CPU-sized CIFAR grid (cnn quick profile), aggregated into
 	$(PY) -m bnrepro.train -m experiment=sweep_cifar dataset=$$ds $(CIFAR_SLICE) && \
 	$(PY) scripts/aggregate.py runs/sweep_$$ds --out results \
 		--where model.width_multiplier=0.5 --where trainer.max_steps=400
+
+# Norms vs batch size (Wu & He 2018, Fig. 1 style): BN, Batch Renorm, GN, LN and no norm at batch
+# sizes 2..256 (MNIST) and 2..128 (CIFAR), 3 seeds, the CPU profile of
+# conf/experiment/batchsize_{mnist,cifar}.yaml. CIFAR as in fig2: true CIFAR-10 when it can be
+# loaded, else the JPEG mirror (labelled cifar10-jpeg everywhere).
+BATCHSIZE_LRS ?= 0.025,0.05,0.1,0.2,0.4
+batchsize: setup batchsize-lr  ## norms vs batch size on MNIST and CIFAR, 3 seeds, then the figures
+	$(PY) -m bnrepro.train -m experiment=batchsize_mnist
+	@ds=$(CIFAR) && \
+	$(PY) -m bnrepro.train -m experiment=batchsize_cifar dataset=$$ds && \
+	$(PY) scripts/plot_batchsize.py runs/batchsize_mnist runs/batchsize_$$ds \
+		--lr-runs runs/batchsize_lr_mnist runs/batchsize_lr_$$ds --out results
+
+batchsize-lr: setup  ## batchsize's base rates: 5 candidates x 5 norms at batch 32, seed 0
+	$(PY) -m bnrepro.train -m experiment=batchsize_mnist trainer.batch_size=32 seed=0 \
+		optim.lr=$(BATCHSIZE_LRS) hydra.sweep.dir=runs/batchsize_lr_mnist
+	@ds=$(CIFAR) && $(PY) -m bnrepro.train -m experiment=batchsize_cifar dataset=$$ds \
+		trainer.batch_size=32 seed=0 optim.lr=$(BATCHSIZE_LRS) \
+		hydra.sweep.dir=runs/batchsize_lr_$$ds
 
 bench: setup  ## ms per step: canonical PyTorch loop vs ours (single and populations)
 	$(PY) scripts/bench.py

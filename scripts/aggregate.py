@@ -67,7 +67,8 @@ BASE_CELL = ["norm", "activation", "lr", "dropout"]
 # replicates of one cell. An entry ending in "." covers everything under it.
 NON_TRAJECTORY_KEYS = ("name", "trainer.progress", "trainer.resume", "trainer.checkpoint_every",
                        "trainer.device", "trainer.threads", "trainer.eval_memory_mb",
-                       "dataset.root", "dataset.mirror", "logger.", "hydra.")
+                       "trainer.test_examples", "probe.inference_gap", "dataset.root",
+                       "dataset.mirror", "logger.", "hydra.")
 TUNABLE_PREFIXES = ("optim.",)  # besides the axes, the only keys a sweep may vary
 REQUIRED_SUMMARY_KEYS = ["status", "axes", "final_val_acc", "final_test_acc"]
 SUMMARY_KEYS = ["status", "reason", "steps_done", "max_steps", "diverged_at_step",

@@ -38,8 +38,9 @@ from bnrepro.sampling import EpochSampler
 FILE_PATTERN = re.compile(r"checkpoint-(\d+)\.pt")
 # Keys that may change between a run and its resumption without changing its trajectory.
 RESUME_INSENSITIVE = ("fresh", "trainer.progress", "trainer.resume", "trainer.checkpoint_every",
-                      "trainer.device", "trainer.eval_memory_mb", "trainer.test_every", "logger",
-                      "dataset.root", "dataset.mirror")
+                      "trainer.device", "trainer.eval_memory_mb", "trainer.test_every",
+                      "trainer.test_examples", "probe.inference_gap", "logger", "dataset.root",
+                      "dataset.mirror")
 
 
 # Keys added after runs were made, with the value that reproduces how those runs trained: a
