@@ -66,7 +66,7 @@ sweep-cifar: setup  ## CPU-sized CIFAR grid (cnn quick profile), aggregated into
 # sizes 2..256 (MNIST) and 2..128 (CIFAR), 3 seeds, the CPU profile of
 # conf/experiment/batchsize_{mnist,cifar}.yaml. CIFAR as in fig2: true CIFAR-10 when it can be
 # loaded, else the JPEG mirror (labelled cifar10-jpeg everywhere).
-BATCHSIZE_LRS ?= 0.025,0.05,0.1,0.2,0.4
+BATCHSIZE_LRS ?= 0.00625,0.0125,0.025,0.05,0.1,0.2,0.4
 batchsize: setup batchsize-lr  ## norms vs batch size on MNIST and CIFAR, 3 seeds, then the figures
 	$(PY) -m bnrepro.train -m experiment=batchsize_mnist
 	@ds=$(CIFAR) && \
@@ -74,7 +74,7 @@ batchsize: setup batchsize-lr  ## norms vs batch size on MNIST and CIFAR, 3 seed
 	$(PY) scripts/plot_batchsize.py runs/batchsize_mnist runs/batchsize_$$ds \
 		--lr-runs runs/batchsize_lr_mnist runs/batchsize_lr_$$ds --out results
 
-batchsize-lr: setup  ## batchsize's base rates: 5 candidates x 5 norms at batch 32, seed 0
+batchsize-lr: setup  ## batchsize's base rates: 7 candidates x 5 norms at batch 32, seed 0
 	$(PY) -m bnrepro.train -m experiment=batchsize_mnist trainer.batch_size=32 seed=0 \
 		optim.lr=$(BATCHSIZE_LRS) hydra.sweep.dir=runs/batchsize_lr_mnist
 	@ds=$(CIFAR) && $(PY) -m bnrepro.train -m experiment=batchsize_cifar dataset=$$ds \

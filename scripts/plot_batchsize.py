@@ -424,6 +424,18 @@ def plot(dataset: str, table: dict[str, dict[int, dict[str, Any]]], out: Path) -
     plt.close(fig)
 
 
+def setup_line(dataset: str, shared: dict[str, Any], table: dict[str, dict[int, Any]]) -> str:
+    """One sentence saying what the numbers of `dataset` are from."""
+    batches = sorted({b for cells in table.values() for b in cells})
+    seeds = max(c["seeds"] for cells in table.values() for c in cells.values())
+    test = shared.get("trainer.test_examples")
+    return (f"{dataset}: model {shared.get('model.kind')} ({shared.get('model.activation')}), "
+            f"{shared['batch_scaling.examples']} training examples per run at every batch size "
+            f"({', '.join(map(str, batches))}), lr = {shared['batch_scaling.base_lr']:g} x batch"
+            f" / {shared['batch_scaling.reference_batch']}, up to {seeds} seeds; final test "
+            f"error on {'all' if test is None else f'a fixed subset of {test}'} test images")
+
+
 def csv_rows(table: dict[str, dict[int, dict[str, Any]]]) -> pd.DataFrame:
     rows = []
     for norm, cells in table.items():
@@ -460,8 +472,11 @@ def analyse(roots: Sequence[Path], out: Path, lr_roots: Sequence[Path] = ()
         all_claims += rows
         plot(dataset, table, out)
         atomic_write_text(out / f"batchsize_{dataset}.csv", csv_rows(table).to_csv(index=False))
+        shared = {k: v for k, v in group[0]["config"].items()
+                  if not matches(k, (*AXES, *DERIVED, *NON_TRAJECTORY))}
         numbers = {
             "dataset": dataset, "experiment": group[0]["config"]["name"],
+            "setup": setup_line(dataset, shared, table), "shared_config": shared,
             "batch_scaling": {k.split(".", 1)[1]: v for k, v in group[0]["config"].items()
                               if k.startswith("batch_scaling.")},
             "definitions": {"reported": "final test error, 1 - test/acc at the last "
@@ -480,7 +495,8 @@ def analyse(roots: Sequence[Path], out: Path, lr_roots: Sequence[Path] = ()
              "over seeds) | verdict |", "|---|---|---|---|---|"]
     lines += [f"| {c['dataset']} | {c['claim']} | {c['paper']} | {c['ours']} | {c['verdict']} |"
               for c in all_claims]
-    lines += ["", f"Verdict rule: {VERDICT_RULE}", "",
+    lines += ["", *[f"- {numbers['setup']}" for numbers in results.values()], "",
+              f"Verdict rule: {VERDICT_RULE}", "",
               f"Wu & He's words: {WU_HE_ABSTRACT}. Their Table 2 (ImageNet, ResNet-50, error %"
               " by images per GPU): BN " + ", ".join(f"{b}: {e}" for b, e in
                                                       WU_HE_TABLE2["BN"].items())
