@@ -63,7 +63,7 @@ sweep-cifar: setup  ## CPU-sized CIFAR grid (cnn quick profile), aggregated into
 		--where model.width_multiplier=0.5 --where trainer.max_steps=400
 
 # Norms vs batch size (Wu & He 2018, Fig. 1 style): BN, Batch Renorm, GN, LN and no norm at batch
-# sizes 2..256 (MNIST) and 2..128 (CIFAR), 3 seeds, the CPU profile of
+# sizes 2..128 (MNIST) and 2..32 (CIFAR), 3 seeds, the CPU profile of
 # conf/experiment/batchsize_{mnist,cifar}.yaml. CIFAR as in fig2: true CIFAR-10 when it can be
 # loaded, else the JPEG mirror (labelled cifar10-jpeg everywhere).
 BATCHSIZE_LRS ?= 0.00625,0.0125,0.025,0.05,0.1,0.2,0.4
