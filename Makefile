@@ -9,7 +9,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?= -m "not slow"
 
 .PHONY: help setup test test-all reproduce fig1 sweep-mnist fig2 fig2-lr depth sweep-cifar dln \
-	santurkar bench notebooks lint format clean report wandb-workspace
+	santurkar batchsize batchsize-lr bench notebooks lint format clean report wandb-workspace
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -98,6 +98,25 @@ bench: setup  ## ms per model-step, ours vs the loops a PyTorch user writes, and
 # their outputs, go to results/notebooks/ (ignored by git). Trains nothing: reads runs/.
 notebooks: setup  ## execute every notebook on runs/ into results/notebooks/*.ipynb
 	$(PY) scripts/run_notebooks.py --out results/notebooks
+
+# Norms vs batch size (Wu & He 2018, Fig. 1 style): BN, Batch Renorm, GN, LN and no norm at batch
+# sizes 2..128 (MNIST) and 2..32 (CIFAR), 3 seeds, the CPU profile of
+# conf/experiment/batchsize_{mnist,cifar}.yaml. CIFAR as in fig2: true CIFAR-10 when it can be
+# loaded, else the JPEG mirror (labelled cifar10-jpeg everywhere).
+BATCHSIZE_LRS ?= 0.00625,0.0125,0.025,0.05,0.1,0.2,0.4
+batchsize: setup batchsize-lr  ## norms vs batch size on MNIST and CIFAR, 3 seeds, then the figures
+	$(PY) -m bnrepro.train -m experiment=batchsize_mnist
+	@ds=$(CIFAR) && \
+	$(PY) -m bnrepro.train -m experiment=batchsize_cifar dataset=$$ds && \
+	$(PY) scripts/plot_batchsize.py runs/batchsize_mnist runs/batchsize_$$ds \
+		--lr-runs runs/batchsize_lr_mnist runs/batchsize_lr_$$ds --out results
+
+batchsize-lr: setup  ## batchsize's base rates: 7 candidates x 5 norms at batch 32, seed 0
+	$(PY) -m bnrepro.train -m experiment=batchsize_mnist trainer.batch_size=32 seed=0 \
+		optim.lr=$(BATCHSIZE_LRS) hydra.sweep.dir=runs/batchsize_lr_mnist
+	@ds=$(CIFAR) && $(PY) -m bnrepro.train -m experiment=batchsize_cifar dataset=$$ds \
+		trainer.batch_size=32 seed=0 optim.lr=$(BATCHSIZE_LRS) \
+		hydra.sweep.dir=runs/batchsize_lr_$$ds
 
 lint: setup  ## ruff
 	$(PY) -m ruff check src scripts tests notebooks

@@ -70,7 +70,8 @@ BASE_CELL = ["norm", "activation", "lr", "dropout"]
 NON_TRAJECTORY_KEYS = ("name", "trainer.progress", "trainer.resume", "trainer.checkpoint_every",
                        "trainer.device", "trainer.threads", "trainer.eval_memory_mb",
                        "dataset.root", "dataset.mirror", "logger.", "hydra.", "measures.",
-                       "probe.residual_variance")
+                       "probe.residual_variance", "trainer.test_examples",
+                       "probe.inference_gap")
 TUNABLE_PREFIXES = ("optim.",)  # besides the axes, the only keys a sweep may vary
 REQUIRED_SUMMARY_KEYS = ["status", "axes", "final_val_acc", "final_test_acc"]
 SUMMARY_KEYS = ["status", "reason", "steps_done", "max_steps", "diverged_at_step",

@@ -71,7 +71,7 @@ PLATEAU_MAX_GAIN = 0.01  # "plateaued" = gain over the last 25% of steps below 1
 PLATEAU_FROM = 0.75  # the plateau check compares the end with this fraction of max_steps
 # Keys that never change a trajectory (ignored by the same-setup check); "x." = all under x.
 NON_TRAJECTORY_KEYS = ("name", "seed", "fresh", "trainer.progress", "trainer.resume",
-                       "trainer.test_every",
+                       "trainer.test_every", "trainer.test_examples", "probe.inference_gap",
                        "trainer.checkpoint_every", "trainer.device", "trainer.threads",
                        "trainer.eval_memory_mb", "dataset.root", "dataset.mirror", "logger.",
                        "hydra.", "measures.", "probe.residual_variance")

@@ -43,7 +43,8 @@ RESUME_INSENSITIVE = ("fresh", "trainer.progress", "trainer.resume", "trainer.ch
                       "trainer.device", "trainer.eval_memory_mb", "trainer.test_every", "logger",
                       "dataset.root", "dataset.mirror", "measures", "probe.shift",
                       "probe.train_noise", "model.conv_execution",
-                      "probe.residual_variance")
+                      "probe.residual_variance", "trainer.test_examples",
+                      "probe.inference_gap")
 
 
 # Keys added after runs were made, with the value that reproduces how those runs trained: a

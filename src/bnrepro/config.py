@@ -25,6 +25,15 @@ def divided(value: float, divisor: float) -> float:
     return value / divisor
 
 
+def floor_divided(value: float, divisor: float) -> int:
+    """${bnrepro.floor_divided:${x},${batch}}: how many whole `divisor`s fit in `value`, as an
+    integer, for counts a config derives (steps = examples / batch size; the trainer's step
+    counts must be integers, which ${bnrepro.divided:...} never is)."""
+    if divisor <= 0:
+        raise ValueError(f"bnrepro.floor_divided needs a divisor > 0, got {divisor}")
+    return int(value // divisor)
+
+
 def register_resolvers() -> None:
     """Make the ${bnrepro.*} resolvers known to OmegaConf (before Hydra composes a config:
     hydra.run.dir uses two of them)."""
@@ -33,6 +42,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("bnrepro.fresh_suffix", fresh_suffix)
         OmegaConf.register_new_resolver("bnrepro.times", times)
         OmegaConf.register_new_resolver("bnrepro.divided", divided)
+        OmegaConf.register_new_resolver("bnrepro.floor_divided", floor_divided)
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:

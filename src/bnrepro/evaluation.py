@@ -2,7 +2,8 @@
 
 Inputs are prepared once and fed to every member (shared):
 - the validation split (`dataset.val_size` images held out from the training set: every
-  selection and every "steps to reach X" uses it) and the test set (the reported curves);
+  selection and every "steps to reach X" uses it) and the test set (the reported curves; a
+  fixed random subset of `trainer.test_examples` test images when set, the same for every run);
 - fixed training mini-batches for Alg. 2's population statistics;
 - two probe sets for Fig. 1 (b, c), each a network the paper defines:
     `act/...`       the inference network (BN with Alg. 2's statistics: what the trained model
@@ -27,6 +28,37 @@ probe.shift). The training network's probes of a noisy norm
 the probe stream (norms/noisy.py: ProbeNoise): that is the network that trains.
 Forward passes run in chunks sized from `trainer.eval_memory_mb` and the model's widest layer,
 so a wide CNN population never materialises thousands of examples' activations at once.
+
+The train/inference gap (`probe.inference_gap: true`; off by default, then nothing below is
+computed). For a norm with batch statistics (NormSpec.batch_statistics: bn, noisy_bn, brn,
+lp1, lp2, lpinf) the test set is scored three ways, at every evaluation that scores it:
+    test/acc, test/loss                  the configured inference network, as always: BN and
+                                         noisy BN with Alg. 2's population statistics
+                                         (model.bn_inference=population) or their moving
+                                         averages (=running); Batch Renorm and l_p with their
+                                         moving averages (their only inference);
+    test/acc_batch, test/loss_batch      the training network N_BN^tr: the test images in a
+                                         fixed random order (the same for every run; the
+                                         mirrors are sorted by class), cut into mini-batches
+                                         of trainer.batch_size, each normalised by its own
+                                         statistics (bn_mode "batch"; Batch Renorm with its
+                                         r, d clipped as at the last training step; no
+                                         training noise). A last, short mini-batch is filled
+                                         up with the first images of the order, which are not
+                                         scored twice: every image is scored once, always in a
+                                         mini-batch of exactly trainer.batch_size;
+    test/acc_running, test/loss_running  the moving averages (the EMA most frameworks infer
+                                         with), whatever model.bn_inference says: for BN and
+                                         noisy BN with Alg. 2 configured, a separate pass with
+                                         their running_mean/var (updated at every training
+                                         step either way: rate bn_momentum, torch's unbiased
+                                         batch variance); where the configured inference
+                                         already is the moving averages (Batch Renorm, l_p,
+                                         BN with bn_inference=running) it is test/acc itself,
+                                         copied, not recomputed.
+Norms without batch statistics (none, ln, gn, in, noise_only) compute the same function in
+training and inference: they log test/acc and test/loss only; the _batch and _running keys are
+absent (not copies), so a table never mistakes a copy for a measurement.
 """
 
 from __future__ import annotations
@@ -42,7 +74,7 @@ from torch import nn
 from bnrepro.data import Dataset, InputTransform
 from bnrepro.models import MODELS
 from bnrepro.norms import norm_spec
-from bnrepro.norms.batch import bn_mode, estimate_population_statistics
+from bnrepro.norms.batch import bn_inference, bn_mode, estimate_population_statistics
 from bnrepro.norms.noisy import probe_noise
 from bnrepro.probes import ProbeCollector
 from bnrepro.residual_variance import ResidualMoments
@@ -54,6 +86,9 @@ SHIFT_PREFIX = {"act_train": "shift", "act": "shift_inference"}  # probe prefix 
 # Float tensors of the widest layer's size alive at once in one forward pass (input, output
 # and the normalisation's temporaries): the chunk size divides the budget by this much.
 LIVE_ACTIVATIONS = 4
+# Seeds of fixed_subset draws from the test set, distinct so that the two draws are unrelated:
+TEST_SUBSET_SEED = 3  # which images trainer.test_examples keeps
+BATCH_ORDER_SEED = 4  # the order in which test/acc_batch cuts the test images into mini-batches
 
 
 def examples_per_chunk(model: nn.Module, memory_mb: float, multiple: int = 1) -> int:
@@ -64,18 +99,47 @@ def examples_per_chunk(model: nn.Module, memory_mb: float, multiple: int = 1) ->
     return max(multiple, fits // multiple * multiple)
 
 
+def _summed_scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy and number correct per member: logits [P, n, C], labels [n]."""
+    target = y.expand(logits.shape[0], -1)
+    loss = F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(1)
+    return loss, (logits.argmax(-1) == target).sum(1)
+
+
 @torch.no_grad()
 def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, chunk: int
                       ) -> tuple[list[float], list[float]]:
     """Mean cross-entropy and accuracy per member on (x, y)."""
     loss_sum = correct = 0
     for start in range(0, len(x), chunk):
-        logits = model(x[start:start + chunk], shared=True)  # [P, n, C]
-        target = y[start:start + chunk].expand(logits.shape[0], -1)
-        loss_sum = loss_sum + F.cross_entropy(logits.transpose(1, 2), target,
-                                              reduction="none").sum(1)
-        correct = correct + (logits.argmax(-1) == target).sum(1)
+        loss, right = _summed_scores(model(x[start:start + chunk], shared=True),  # [P, n, C]
+                                     y[start:start + chunk])
+        loss_sum, correct = loss_sum + loss, correct + right
     return (loss_sum / len(x)).tolist(), [c / len(x) for c in correct.tolist()]
+
+
+@torch.no_grad()
+def batch_statistics_loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                                       order: torch.Tensor, batch_size: int, memory_mb: float
+                                       ) -> tuple[list[float], list[float]]:
+    """Mean cross-entropy and accuracy per member of the training network N_BN^tr on (x, y):
+    the examples taken in `order` (a permutation of x's indices), cut into consecutive
+    mini-batches of `batch_size`, each normalised by its own statistics (bn_mode "batch").
+    When batch_size does not divide len(x) the last mini-batch is completed with the first
+    examples of `order` again; those are not scored twice, so every example is scored once,
+    always in a mini-batch of exactly batch_size."""
+    n = len(order)
+    index = order[torch.arange(n + -n % batch_size, device=order.device) % n]
+    chunk = examples_per_chunk(model, memory_mb, batch_size)  # whole mini-batches
+    loss_sum = correct = 0
+    with bn_mode(model, "batch", batch_size):
+        for start in range(0, len(index), chunk):
+            part = index[start:start + chunk]
+            scored = min(len(part), n - start)  # past n: the fill of the last mini-batch
+            loss, right = _summed_scores(model(x[part], shared=True)[:, :scored],
+                                         y[part[:scored]])
+            loss_sum, correct = loss_sum + loss, correct + right
+    return (loss_sum / n).tolist(), [c / n for c in correct.tolist()]
 
 
 class Evaluator:
@@ -100,6 +164,10 @@ class Evaluator:
 
         self.val_x, self.val_y = images(val_index), ds.train_labels[val_index.to(device)]
         self.test_x, self.test_y = transform(ds.test_images), ds.test_labels
+        if cfg.trainer.get("test_examples"):
+            keep = fixed_subset(len(self.test_y), cfg.trainer.test_examples,
+                                TEST_SUBSET_SEED).to(device)
+            self.test_x, self.test_y = self.test_x[keep], self.test_y[keep]
         self.alg2_x = images(train_index[fixed_subset(
             len(train_index), cfg.trainer.population_batches * self.batch_size)])
         num_probe = cfg.probe.num_examples
@@ -121,6 +189,27 @@ class Evaluator:
         # averages (Batch Renorm, l_p) or need no batch (LN, GN, IN, none).
         self.population_statistics = norm_spec(cfg.model.norm).population_statistics and \
             cfg.model.bn_inference == "population"
+        # The train/inference gap: only norms whose training network differs from inference.
+        self.batch_order = None
+        if cfg.probe.get("inference_gap", False) and norm_spec(cfg.model.norm).batch_statistics:
+            self.batch_order = fixed_subset(len(self.test_y), len(self.test_y),
+                                            BATCH_ORDER_SEED).to(device)
+
+    @torch.no_grad()
+    def _inference_gap(self, model: nn.Module, rows: list[dict[str, float]],
+                       test: tuple[list[float], list[float]], chunk: int) -> None:
+        """Add test/{loss,acc}_batch and test/{loss,acc}_running to every member's row (see the
+        module docstring); `test` is the configured inference's (losses, accuracies)."""
+        batch = batch_statistics_loss_and_accuracy(model, self.test_x, self.test_y,
+                                                   self.batch_order, self.batch_size,
+                                                   self.memory_mb)
+        running = test  # the configured inference already uses the moving averages
+        if self.population_statistics:
+            with bn_inference(model, "running"), bn_mode(model, "eval"):
+                running = loss_and_accuracy(model, self.test_x, self.test_y, chunk)
+        for k, row in enumerate(rows):
+            row |= {"test/loss_batch": batch[0][k], "test/acc_batch": batch[1][k],
+                    "test/loss_running": running[0][k], "test/acc_running": running[1][k]}
 
     def resumable(self) -> dict:
         """Per-member state a checkpoint must carry for a resumed run to log what an
@@ -130,9 +219,10 @@ class Evaluator:
     @torch.no_grad()
     def __call__(self, model: nn.Module, with_test: bool = True, step: int = 0
                  ) -> list[dict[str, float]]:
-        """Per member: val/loss, val/acc, test/loss and test/acc (unless not `with_test`), the
-        probes and the shift. `step` is the training step (it seeds the probe noise). Leaves
-        model in eval mode."""
+        """Per member: val/loss, val/acc, test/loss and test/acc (unless not `with_test`; with
+        probe.inference_gap also the _batch and _running test keys, see the module
+        docstring), the probes and the shift. `step` is the training step (it seeds the probe
+        noise). Leaves model in eval mode."""
         model.eval()
         self.estimate_statistics(model)
         rows = self.losses(model, with_test)
@@ -157,9 +247,11 @@ class Evaluator:
             val = loss_and_accuracy(model, self.val_x, self.val_y, chunk)
             rows = [{"val/loss": vl, "val/acc": va} for vl, va in zip(*val, strict=True)]
             if with_test:
-                for row, tl, ta in zip(rows, *loss_and_accuracy(model, self.test_x, self.test_y,
-                                                                chunk), strict=True):
+                test = loss_and_accuracy(model, self.test_x, self.test_y, chunk)
+                for row, tl, ta in zip(rows, *test, strict=True):
                     row |= {"test/loss": tl, "test/acc": ta}
+        if with_test and self.batch_order is not None:
+            self._inference_gap(model, rows, test, chunk)
         return rows
 
     @torch.no_grad()

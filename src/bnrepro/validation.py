@@ -86,6 +86,8 @@ def config_problems(cfg: DictConfig) -> list[str]:
           and cfg.probe.num_examples >= 2, "must be an integer >= 2")
     check("probe.networks", all(n in PROBE_NETWORKS for n in cfg.probe.networks),
           f"each one of {list(PROBE_NETWORKS)}")
+    check("probe.inference_gap", isinstance(cfg.probe.get("inference_gap", False), bool),
+          "must be true or false")
     check("trainer.eval_memory_mb", _number(t.eval_memory_mb) and t.eval_memory_mb > 0,
           "must be > 0")
     check("probe.train_noise", isinstance(cfg.probe.get("train_noise"), bool),
@@ -108,7 +110,10 @@ def config_problems(cfg: DictConfig) -> list[str]:
         problems += _norm_problems(cfg.model, spec.knobs)
     problems += measure_problems(cfg.get("measures"), t.max_steps,
                                  model_spec.num_layers(cfg.model) if model_spec else None)
-    n_train = SPECS.get(cfg.dataset.name, (None, 0))[1]
+    n_train, n_test = SPECS.get(cfg.dataset.name, (None, 0, 0))[1:]
+    check("trainer.test_examples", t.get("test_examples") is None or (
+        _integer(t.test_examples) and 1 <= t.test_examples <= n_test),
+          f"must be null (the whole test set) or an integer in [1, {n_test}]")
     check("dataset.val_size", _integer(cfg.dataset.val_size) and _integer(t.batch_size) and
           1 <= cfg.dataset.val_size <= n_train - t.batch_size,
           f"must be an integer in [1, {n_train} - trainer.batch_size]")

@@ -133,6 +133,28 @@ def bn_mode(model: nn.Module, mode: str, ghost_batch: int = 0) -> Iterator[None]
             bn.mode, bn.ghost_batch = old_mode, old_ghost
 
 
+@contextmanager
+def bn_inference(model: nn.Module, inference: str) -> Iterator[None]:
+    """Temporarily make every BN layer of `model` (BN, noisy BN) infer with `inference`
+    statistics (INFERENCE: "running" = the moving averages, "population" = Alg. 2's) in eval
+    mode, whatever model.bn_inference configured. Both sets of buffers exist in every BN layer:
+    training updates the moving averages at every step (torch's update: rate bn_momentum,
+    unbiased batch variance) whichever inference is configured, and Alg. 2 refills the
+    population ones at each evaluation. The other modal norms (Batch Renorm, l_p) have only
+    moving averages and are left as they are."""
+    if inference not in INFERENCE:
+        raise ValueError(f"BN inference must be one of {INFERENCE}, got {inference!r}")
+    layers = batch_norms(model)
+    previous = [bn.inference for bn in layers]
+    for bn in layers:
+        bn.inference = inference
+    try:
+        yield
+    finally:
+        for bn, old in zip(layers, previous, strict=True):
+            bn.inference = old
+
+
 @torch.no_grad()
 def estimate_population_statistics(model: nn.Module, batches: Iterable[torch.Tensor],
                                    batch_size: int,
