@@ -70,7 +70,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from bnrepro import wandb_figures  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
+from bnrepro.claims import write_claims  # noqa: E402
 from bnrepro.config import flatten  # noqa: E402
 from bnrepro.runs import find_runs  # noqa: E402
 
@@ -120,6 +122,8 @@ VERDICT_RULE = (
 class BatchsizeError(Exception):
     """Bad input: reported as one `error:` line, exit code 2."""
 
+
+TITLE = "Batch size: BN and its alternatives (Wu & He 2018; Batch Renorm, Ioffe 2017)"
 
 def matches(key: str, patterns: Sequence[str]) -> bool:
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
@@ -225,6 +229,13 @@ def cell_text(cell: dict[str, Any], column: str = "err") -> str:
             f"{pct(cell[f'{column}_max'])})")
 
 
+def source_of(claim: str) -> str:
+    """bnrepro.claims SOURCES: Batch Renorm and the train/inference discrepancy it addresses
+    are Ioffe (2017)'s; the rest Wu & He (2018)'s."""
+    return "Ioffe (2017)" if claim.startswith(("Batch Renorm", "BN's train/inference")) or \
+        " inference errs more" in claim else "Wu & He (2018)"
+
+
 def claims(dataset: str, table: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str, str]]:
     """The claims of the module docstring on one dataset, each with its computed verdict."""
     rows: list[dict[str, str]] = []
@@ -233,7 +244,7 @@ def claims(dataset: str, table: dict[str, dict[int, dict[str, Any]]]) -> list[di
 
     def add(claim: str, paper: str, ours: str, result: str) -> None:
         rows.append({"dataset": dataset, "claim": claim, "paper": paper, "ours": ours,
-                     "verdict": result})
+                     "verdict": result, "source": source_of(claim)})
 
     def cell(norm: str, batch: int | None, column: str = "err") -> dict[str, Any] | None:
         c = table.get(norm, {}).get(batch)
@@ -352,7 +363,7 @@ def lr_selection(roots: Sequence[Path], dataset: str, base_lr: float, reference_
     if not runs:
         return None, {"dataset": dataset, "claim": claim, "paper": paper,
                       "ours": f"no learning-rate runs on {dataset} at batch {reference_batch}",
-                      "verdict": "not measured"}
+                      "verdict": "not measured", "source": "ours"}
     rows = [{"lr": float(r.config.optim.lr), "norm": r.config.model.norm, "seed": r.config.seed,
              "status": r.summary["status"],
              "final_val_acc": (float(r.summary["final_val_acc"]) if r.summary["status"]
@@ -371,10 +382,16 @@ def lr_selection(roots: Sequence[Path], dataset: str, base_lr: float, reference_
             + ", ".join(f"lr {lr:g}: {s:.4f}" for lr, s in score.items())
             + f" -> best {best:g}")
     return info, {"dataset": dataset, "claim": claim, "paper": paper, "ours": ours,
-                  "verdict": "holds" if ok else "does not hold"}
+                  "verdict": "holds" if ok else "does not hold", "source": "ours"}
 
 
 def plot(dataset: str, table: dict[str, dict[int, dict[str, Any]]], out: Path) -> None:
+    fig = figure(dataset, table)
+    atomic_save_figure(fig, out / f"batchsize_{dataset}")
+    plt.close(fig)
+
+
+def figure(dataset: str, table: dict[str, dict[int, dict[str, Any]]]) -> plt.Figure:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [5, 5, 3]})
     batches = sorted({b for cells in table.values() for b in cells})
 
@@ -420,8 +437,7 @@ def plot(dataset: str, table: dict[str, dict[int, dict[str, Any]]], out: Path) -
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    atomic_save_figure(fig, out / f"batchsize_{dataset}")
-    plt.close(fig)
+    return fig
 
 
 def setup_line(dataset: str, shared: dict[str, Any], table: dict[str, dict[int, Any]]) -> str:
@@ -450,8 +466,8 @@ def csv_rows(table: dict[str, dict[int, dict[str, Any]]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def analyse(roots: Sequence[Path], out: Path, lr_roots: Sequence[Path] = ()
-            ) -> dict[str, dict[str, Any]]:
+def analyse(roots: Sequence[Path], out: Path, lr_roots: Sequence[Path] = (),
+            wandb: bool = False) -> dict[str, dict[str, Any]]:
     runs = load(roots)
     if not runs:
         raise BatchsizeError(f"no batch-size runs (completed or diverged; experiment "
@@ -504,6 +520,14 @@ def analyse(roots: Sequence[Path], out: Path, lr_roots: Sequence[Path] = ()
               "", "Datasets are named as the runs name them: cifar10-jpeg is the JPEG mirror, "
               "not CIFAR-10. Written by scripts/plot_batchsize.py from the run store.", ""]
     atomic_write_text(out / "batchsize_claims.md", "\n".join(lines))
+    write_claims(out / "batchsize_claims.json", all_claims, experiment=", ".join(EXPERIMENTS),
+                 title=TITLE, make="make batchsize",
+                 setup="; ".join(n["setup"] for n in results.values()),
+                 figures=[f"batchsize_{d}.png" for d in results], verdict_rule=VERDICT_RULE)
+    if wandb:
+        wandb_figures.publish(True, runs[0]["run"].config,
+                              [out / f"batchsize_{d}.png" for d in results],
+                              claims=all_claims, wandb_dir=Path(roots[0]))
     return results
 
 
@@ -514,9 +538,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr-runs", type=Path, nargs="*", default=[],
                         help="the base-rate selection runs, runs/batchsize_lr_<dataset>")
     parser.add_argument("--out", type=Path, default=Path("results"))
+    wandb_figures.add_flag(parser)
     args = parser.parse_args(argv)
     try:
-        results = analyse(args.run_dirs, args.out, args.lr_runs)
+        results = analyse(args.run_dirs, args.out, args.lr_runs, wandb=args.wandb)
     except BatchsizeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

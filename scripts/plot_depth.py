@@ -404,9 +404,9 @@ def csv_table(table: dict[str, dict[int, dict[str, Any]]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def analyse(root: Path, out: Path, wandb: bool = False) -> dict[str, Any]:
-    """Everything of the module docstring, written to `out`; returns depth_<dataset>.json's
-    numbers (with `wandb`, the figure and claims also go to wandb: bnrepro.wandb_figures)."""
+def summarise(root: Path) -> tuple[list[dict[str, Any]], str, list[int], dict, dict]:
+    """The runs under `root`, their dataset and depths, the table (variant -> depth -> numbers,
+    `describe`) and the training curves of the deepest nets (`training_curves`)."""
     runs = load_runs(root)
     if not runs:
         raise DepthError(f"no {EXPERIMENT} runs (completed or diverged) under {root}; train "
@@ -421,6 +421,13 @@ def analyse(root: Path, out: Path, wandb: bool = False) -> dict[str, Any]:
              for v in VARIANTS if any(r["variant"] == v for r in runs)}
     curves = {v: training_curves([r for r in runs if r["variant"] == v
                                   and r["depth"] == depths[-1]]) for v in table}
+    return runs, dataset, depths, table, curves
+
+
+def analyse(root: Path, out: Path, wandb: bool = False) -> dict[str, Any]:
+    """Everything of the module docstring, written to `out`; returns depth_<dataset>.json's
+    numbers (with `wandb`, the figure and claims also go to wandb: bnrepro.wandb_figures)."""
+    runs, dataset, depths, table, curves = summarise(root)
     claim_rows = claims(table, depths, dataset)
 
     out.mkdir(parents=True, exist_ok=True)

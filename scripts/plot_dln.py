@@ -1,11 +1,11 @@
 """Santurkar et al.'s deep linear network (Figs. 3b and 10): ICS and the loss landscape, from
 our run store (`python -m bnrepro.train_dln`, `make dln`).
 
-(a) training loss; (b, c) gradient ICS of two layers, l2 difference and cosine (Def. 2.1);
-(d) variation of the loss along the gradient, (e) gradient predictiveness (the l2 change of
-the gradient along it), (f) "effective" beta-smoothness. Lines are the mean over seeds, bands
-min..max over seeds; (d, e) draw the range over step lengths (mean over seeds of its min and
-max), as the paper's shaded regions do; (b-f) at the paper's rate (the largest of `lrs`).
+One row per learning rate: the training loss; gradient ICS of two layers, l2 difference and
+cosine (Def. 2.1); variation of the loss along the gradient, gradient predictiveness (the l2
+change of the gradient along it), "effective" beta-smoothness (bnrepro.measures.figure: lines
+are the mean over seeds, bands min..max over seeds; the loss and gradient change are drawn as
+the paper's shaded ranges over step lengths).
 Writes results/dln.{png,pdf,csv} and dln_claims.{json,md}.
 
 Verdicts (all at the paper's rate, the first of `lrs`): a per-seed number for BN and for the
@@ -30,8 +30,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bnrepro import wandb_figures  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write_text  # noqa: E402
 from bnrepro.claims import to_markdown, write_claims  # noqa: E402
+from bnrepro.measures.figure import ics_layers, measures_figure  # noqa: E402
 from bnrepro.runs import Run, find_runs  # noqa: E402
 
 DATASET = "gaussian-linear (synthetic, App. A.1)"
@@ -112,56 +114,22 @@ def claims(runs: list[Run], lr: float, layers: list[int]) -> list[dict]:
     return rows
 
 
-def band(ax, runs: list[Run], norm: str, lr: float, key: str, table: str = "measures",
-         low: str | None = None, ls: str = "-", what: str = "") -> pd.DataFrame:
-    frames = [getattr(r, table).set_index("step")[[k for k in (key, low) if k]]
-              for r in runs if r.config.norm == norm and r.config.lr == lr
-              and key in getattr(r, table)]
-    if not frames:
-        return pd.DataFrame()
-    both = pd.concat(frames, axis=1, keys=range(len(frames)))
-    label, color = STYLE.get(norm, (norm, None))
-    mean = both.xs(key, axis=1, level=1).mean(axis=1)
-    if low:  # a range per seed (the paper's shaded region): mean of its ends
-        bottom = both.xs(low, axis=1, level=1).mean(axis=1)
-        ax.fill_between(mean.index, bottom, mean, color=color, alpha=0.3, label=label)
-    else:
-        values = both.xs(key, axis=1, level=1)
-        ax.plot(mean.index, mean, color=color, ls=ls, label=f"{label}, {what or f'lr {lr:g}'}")
-        ax.fill_between(mean.index, values.min(axis=1), values.max(axis=1), color=color,
-                        alpha=0.15)
-    return both
+def figure(runs: list[Run]) -> plt.Figure:
+    """Figs. 3b and 10 analog: one row per learning rate (bnrepro.measures.figure)."""
+    lrs = sorted({float(r.config.lr) for r in runs}, reverse=True)
+    rows = [(f"lr {rate:g}", {norm: [r for r in runs if r.config.norm == norm
+                                     and r.config.lr == rate] for norm in STYLE})
+            for rate in lrs]
+    return measures_figure(rows, STYLE, f"Deep linear network, {runs[0].config.depth} layers, "
+                           f"full-batch GD ({DATASET}): mean over seeds, bands min..max over "
+                           "seeds", lead=("train/loss", "training loss", True))
 
 
 def plot(runs: list[Run], out_dir: Path) -> dict:
     lrs = sorted({float(r.config.lr) for r in runs}, reverse=True)
     lr = lrs[0]  # the largest: the paper's 1e-6 in conf/dln.yaml
-    layers = sorted({int(k.split("/")[1][1:]) for r in runs for k in r.measures.columns
-                     if k.startswith("ics/") and k.endswith("/cos")} - {1})
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    for norm in STYLE:
-        for rate, ls in zip(lrs, ("-", "--", ":"), strict=False):
-            band(axes[0, 0], runs, norm, rate, "train/loss", table="metrics", ls=ls)
-        for layer, ls in zip(layers[:2], ("-", "--"), strict=False):
-            for ax, stat in ((axes[0, 1], "l2"), (axes[0, 2], "cos")):
-                band(ax, runs, norm, lr, f"ics/h{layer}/{stat}", ls=ls, what=f"layer {layer}")
-        band(axes[1, 0], runs, norm, lr, "landscape/loss_max", low="landscape/loss_min")
-        band(axes[1, 1], runs, norm, lr, "landscape/grad_change_max",
-             low="landscape/grad_change_min")
-        band(axes[1, 2], runs, norm, lr, "landscape/beta")
-    titles = ["(a) training loss", "(b) ICS: ||G - G'||",
-              "(c) ICS: cos(G, G')", "(d) loss along the gradient (range)",
-              "(e) gradient predictiveness: ||g - g'||", "(f) effective beta-smoothness"]
-    for ax, title in zip(axes.flat, titles, strict=True):
-        ax.set(title=title, xlabel="training steps")
-        ax.grid(alpha=0.3)
-        if ax is not axes[0, 2]:  # all but the cosine span decades
-            ax.set_yscale("log")
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    fig.suptitle(f"Deep linear network, {runs[0].config.depth} layers, full-batch GD "
-                 f"({DATASET}); measures at lr {lr:g}, bands min..max over seeds")
-    fig.tight_layout()
+    layers = ics_layers(runs)
+    fig = figure(runs)
     atomic_save_figure(fig, out_dir / "dln")
     plt.close(fig)
 
@@ -192,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", type=Path)
     parser.add_argument("--out", type=Path, default=Path("results"))
+    wandb_figures.add_flag(parser)
     args = parser.parse_args(argv)
     runs = find_runs([args.runs])
     if not runs:
@@ -200,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     result = plot(runs, args.out)
+    wandb_figures.publish(args.wandb, {"name": "dln", "logger": {"group": "dln"}},
+                          [args.out / "dln.png"], claims=result["claims"], wandb_dir=args.runs)
     for c in result["claims"]:
         print(f"{c['verdict']:>14}  {c['claim']}")
     return 0

@@ -40,8 +40,13 @@ santurkar_<dataset>_lp_distributions.png/.pdf (Figs. 5-6), santurkar_<dataset>.c
 per lr and norm) and santurkar_<dataset>.json; and santurkar_claims.md and .json over all
 datasets. Bad input prints one `error:` line and exits with 2.
 
-Extending (the gradient-ICS and landscape part, Figs. 3-4; the deep linear net has its own
-scripts/plot_dln.py): add a function to SECTIONS. Each takes one dataset's Groups (one per
+Sec. 2.2 and 3.1 (Figs. 3-4: gradient ICS and the loss landscape, BN vs standard; the deep
+linear net's are scripts/plot_dln.py), from the runs' measures (conf/measures/, on in both
+experiments): santurkar_<dataset>_measures.png/.pdf (bnrepro.measures.figure), and claims per
+rate: a seed's number is the median of the measure over its measured steps; ICS holds when
+BN's cosine is not above standard's, landscape claims when BN's value is below standard's.
+
+Extending: add a function to SECTIONS. Each takes one dataset's Groups (one per
 learning rate), the output folder and whether to draw; it returns its numbers, with its claim
 rows under "groups"[i]["claims"] (rows: bnrepro.claims fields).
 """
@@ -65,9 +70,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from bnrepro import wandb_figures  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
 from bnrepro.claims import write_claims  # noqa: E402
 from bnrepro.config import flatten  # noqa: E402
+from bnrepro.measures.figure import ics_layers, measures_figure, median_per_seed  # noqa: E402
 from bnrepro.runs import Run, find_runs  # noqa: E402
 
 EXPERIMENTS = ("santurkar_mnist", "santurkar_cifar")  # config `name` of the runs read
@@ -123,6 +130,11 @@ class Group:
     @property
     def label(self) -> str:
         return f"{self.dataset}, lr {self.lr:g}"
+
+    @property
+    def config(self):
+        """The config of one of its runs (the experiment, dataset and wandb group)."""
+        return next(r for runs in self.nets.values() for r in runs).config
 
 
 def seed_of(run: Run) -> int:
@@ -385,8 +397,8 @@ def held_out_key(group: Group) -> str:
     return "test/acc" if every else "val/acc"
 
 
-def accuracy_and_shift_figure(groups: list[Group], nets: Sequence[str], stem: Path,
-                              title: str) -> None:
+def accuracy_and_shift_figure(groups: list[Group], nets: Sequence[str], title: str
+                              ) -> plt.Figure:
     """Rows: learning rates; columns: training accuracy, held-out accuracy, shift vs the
     previous evaluation and vs step 0 (per layer: line style)."""
     styles = ["-", "--", ":", "-."]
@@ -418,8 +430,7 @@ def accuracy_and_shift_figure(groups: list[Group], nets: Sequence[str], stem: Pa
         row[2].legend(fontsize=6, frameon=False, ncol=2)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    atomic_save_figure(fig, stem)
-    plt.close(fig)
+    return fig
 
 
 def shown_layers(layers: list[int]) -> list[int]:
@@ -433,7 +444,7 @@ def fan_levels(run: Run, layer: int) -> list[int]:
                   if c.startswith(head) and c[len(head):].isdigit())
 
 
-def distributions_figure(group: Group, nets: Sequence[str], stem: Path, title: str) -> None:
+def distributions_figure(group: Group, nets: Sequence[str], title: str) -> plt.Figure:
     """Fig. 2 / Fig. 6 analog: per layer (rows) and net (columns), the tracked unit's input
     quantiles over training, lowest seed: fans 5-95, 15-85, 25-75 and the median."""
     nets = [n for n in nets if n in group.nets]
@@ -466,30 +477,42 @@ def distributions_figure(group: Group, nets: Sequence[str], stem: Path, title: s
     axes[0, 0].legend(fontsize=6, frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    atomic_save_figure(fig, stem)
-    plt.close(fig)
+    return fig
 
 
 # ---- sections: one per part of the paper; each draws and returns numbers and claims ----
 
-def section_distributional_shift(groups: list[Group], out: Path, figures: bool = True
-                                 ) -> dict[str, Any]:
-    """Sec. 2.1 and 3.3: accuracy (Figs. 1, 2, 5), distributions (Figs. 2, 6), shift."""
-    dataset = groups[0].dataset
-    numbers: dict[str, Any] = {"groups": []}
+def save(figures: dict[str, plt.Figure], out: Path) -> None:
+    for name, fig in figures.items():
+        atomic_save_figure(fig, out / name)
+        plt.close(fig)
+
+
+def shift_figures(groups: list[Group]) -> dict[str, plt.Figure]:
+    """Figs. 1-2 and 5-6 analogs of one dataset's groups, by file stem."""
+    dataset, figures = groups[0].dataset, {}
     for nets, suffix, what in ((SEC21_NETS, "", "Figs. 1-2: standard vs BN vs noisy BN"),
                                (LP_NETS, "_lp", "Figs. 5-6: l_p normalisations")):
         shown = [g for g in groups if any(n in g.nets for n in nets[1:])]
-        if not shown or not figures:
+        if not shown:
             continue
-        accuracy_and_shift_figure(shown, nets, out / f"santurkar_{dataset}{suffix}",
-                                  f"Santurkar et al. {what}, on {dataset}: mean over seeds, "
-                                  "band min..max; shift lines: h1 solid, h2 dashed, h3 dotted, "
-                                  "h4 dash-dot (training network)")
+        figures[f"santurkar_{dataset}{suffix}"] = accuracy_and_shift_figure(
+            shown, nets, f"Santurkar et al. {what}, on {dataset}: mean over seeds, band "
+            "min..max; shift lines: h1 solid, h2 dashed, h3 dotted, h4 dash-dot (training "
+            "network)")
         main = shown[0]  # the highest learning rate (the paper's 0.1 where run)
-        distributions_figure(main, nets, out / f"santurkar_{dataset}{suffix}_distributions",
-                             f"{what.split(':')[0]} analog on {main.label}: input to one unit "
-                             "of the training network over training (fixed probe images)")
+        figures[f"santurkar_{dataset}{suffix}_distributions"] = distributions_figure(
+            main, nets, f"{what.split(':')[0]} analog on {main.label}: input to one unit of "
+            "the training network over training (fixed probe images)")
+    return figures
+
+
+def section_distributional_shift(groups: list[Group], out: Path, figures: bool = True
+                                 ) -> dict[str, Any]:
+    """Sec. 2.1 and 3.3: accuracy (Figs. 1, 2, 5), distributions (Figs. 2, 6), shift."""
+    numbers: dict[str, Any] = {"groups": []}
+    if figures:
+        save(shift_figures(groups), out)
     for group in groups:
         table = {norm: describe_net(runs, group) for norm, runs in group.nets.items()}
         numbers["groups"].append({"lr": group.lr, "layers": group.layers, "nets": table,
@@ -497,8 +520,84 @@ def section_distributional_shift(groups: list[Group], out: Path, figures: bool =
     return numbers
 
 
+ICS_PAPER = ('"Models with BatchNorm have similar, or even worse, internal covariate shift, '
+             'despite performing better in terms of accuracy and loss" (Sec. 2.2, Fig. 3)')
+LANDSCAPE_CLAIMS = (  # (key, what, the paper's words)
+    ("landscape/loss_range", "variation of the loss along the gradient",
+     '"the loss of a vanilla, i.e., non-BatchNorm, network has a very wide range of values '
+     'along the direction of the gradient" (Sec. 3.1, Fig. 4a)'),
+    ("landscape/grad_change_max", "gradient change along the gradient (predictiveness)",
+     '"a significant difference (close to two orders of magnitude) in such gradient '
+     'predictiveness" (Sec. 3.1, Fig. 4b)'),
+    ("landscape/beta", '"effective" beta-smoothness',
+     '"we observe consistent differences between these networks" (Sec. 3.1, Fig. 4c)'))
+
+
+def measured(runs: list[Run], key: str) -> dict[str, float]:
+    """Per seed the median of a measure over its measured steps; mean, min, max over seeds."""
+    return spread(median_per_seed(runs, key))
+
+
+def measures_claims(group: Group) -> list[dict[str, str]]:
+    """Fig. 3 (gradient ICS) and Fig. 4 (landscape), BN vs standard, at this group's rate."""
+    bn, std = group.nets.get("bn", []), group.nets.get("none", [])
+    rows = []
+
+    def add(claim: str, paper: str, ours: str, result: str) -> None:
+        rows.append({"claim": f"{claim} (lr {group.lr:g})", "paper": paper, "ours": ours,
+                     "verdict": result, "dataset": group.dataset, "source": SANTURKAR})
+
+    layers = ics_layers(bn + std)
+    claim = "BN does not reduce gradient ICS: cos(G, G') with BN is not above standard's"
+    if not (bn and std and layers):
+        add(claim, ICS_PAPER, "no gradient ICS measured for BN and standard (measures.ics)",
+            "not measured")
+    else:
+        b = {i: measured(bn, f"ics/h{i}/cos") for i in layers}
+        s = {i: measured(std, f"ics/h{i}/cos") for i in layers}
+        verdicts = [verdict(b[i]["mean"] <= s[i]["mean"], b[i]["max"] <= s[i]["min"])
+                    for i in layers]
+        add(claim, ICS_PAPER, "median cos(G, G') over the measured steps: " + "; ".join(
+            f"layer {i} BN {cell(b[i], 3)} vs standard {cell(s[i], 3)}" for i in layers),
+            worst(*verdicts))
+    for key, what, paper in LANDSCAPE_CLAIMS:
+        claim = f"BN makes the landscape smoother: smaller {what}"
+        b, s = measured(bn, key), measured(std, key)
+        if not (bn and std) or math.isnan(b["mean"]) or math.isnan(s["mean"]):
+            add(claim, paper, "no landscape measured for BN and standard (measures.landscape)",
+                "not measured")
+            continue
+        add(claim, paper, f"median over the measured steps: BN {b['mean']:.3g} "
+                          f"({b['min']:.3g}..{b['max']:.3g}) vs standard {s['mean']:.3g} "
+                          f"({s['min']:.3g}..{s['max']:.3g})",
+            verdict(b["mean"] < s["mean"], b["max"] < s["min"]))
+    return rows
+
+
+def measures_figures(groups: list[Group]) -> dict[str, plt.Figure]:
+    """Figs. 3-4 analog of one dataset's groups (those with measures), by file stem."""
+    dataset = groups[0].dataset
+    measured_groups = [g for g in groups if any(not r.measures.empty for runs in g.nets.values()
+                                                for r in runs)]
+    if not measured_groups:
+        return {}
+    return {f"santurkar_{dataset}_measures": measures_figure(
+        [(g.label, g.nets) for g in measured_groups], {n: NETS[n] for n in ("none", "bn")},
+        f"Santurkar et al. Figs. 3-4 analog on {dataset}: gradient ICS and the loss landscape "
+        "along the gradient, mean over seeds, band min..max",
+        lead=("val/acc", "validation accuracy", False))}
+
+
+def section_ics_and_landscape(groups: list[Group], out: Path, figures: bool = True
+                              ) -> dict[str, Any]:
+    """Sec. 2.2 (Fig. 3: gradient ICS) and 3.1 (Fig. 4: the landscape), BN vs standard."""
+    if figures:
+        save(measures_figures(groups), out)
+    return {"groups": [{"lr": g.lr, "claims": measures_claims(g)} for g in groups]}
+
+
 SECTIONS: list[Callable[[list[Group], Path, bool], dict[str, Any]]] = [
-    section_distributional_shift]
+    section_distributional_shift, section_ics_and_landscape]
 
 
 # ---- outputs ----
@@ -537,8 +636,11 @@ def claims_rule() -> str:
             f"mean over its evaluations. Thresholds: about as well = within {ABOUT_AS_WELL:g}; "
             f"comparably = at most {ABOUT_AS_WELL:g} below BN; marginal = BN's shift at least "
             f"{MARGINAL:g} x the standard net's; trains at all = max validation accuracy above "
-            f"{CHANCE + CHANCE_MARGIN:g}. Datasets as named in the runs (cifar10-jpeg is the "
-            "JPEG mirror, not CIFAR-10).")
+            f"{CHANCE + CHANCE_MARGIN:g}. Gradient ICS and landscape (Figs. 3-4): a seed's "
+            "number is the median of the measure over its measured steps; the ICS claim "
+            "compares BN's cos(G, G') with standard's per measured layer (worst layer), the "
+            "landscape claims BN's value with standard's. Datasets as named in the runs "
+            "(cifar10-jpeg is the JPEG mirror, not CIFAR-10).")
 
 
 def claims_markdown(all_claims: list[dict[str, str]]) -> str:
@@ -591,7 +693,7 @@ def analyse(roots: Sequence[Path], out: Path, figures: bool = True) -> dict[str,
                  title=TITLE, make="make santurkar",
                  setup="; ".join(setup_words(g) for g in groups.values()), figures=figures,
                  verdict_rule=claims_rule())
-    return {"datasets": everything, "claims": all_claims}
+    return {"datasets": everything, "claims": all_claims, "groups": groups}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -601,6 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--no-figures", action="store_true",
                         help="numbers, tables and claims only (drawing is most of the time)")
+    wandb_figures.add_flag(parser)
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings():
@@ -609,8 +712,14 @@ def main(argv: list[str] | None = None) -> int:
     except SanturkarError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if args.wandb and not args.no_figures:
+        for dataset, groups in result["groups"].items():
+            wandb_figures.publish(True, groups[0].config, sorted(args.out.glob(
+                f"santurkar_{dataset}*.png")), wandb_dir=args.run_dirs[0], claims=[
+                c for c in result["claims"] if c["dataset"] == dataset])
     for dataset in result["datasets"]:
-        print(f"wrote {args.out}/santurkar_{dataset}[_lp][_distributions].png/.pdf, .csv, .json")
+        print(f"wrote {args.out}/santurkar_{dataset}[_lp][_distributions][_measures].png/.pdf, "
+              ".csv, .json")
     print(f"wrote {args.out}/santurkar_claims.md and .json")
     for c in result["claims"]:
         print(f"  [{c['verdict']}] {c['dataset']}: {c['claim']}")

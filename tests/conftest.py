@@ -101,3 +101,44 @@ def fig2_store(tmp_path_factory, run_train) -> Path:
               "fig2_variant=baseline,bn_x5", "seed=0,1", *FIG2_TINY, f"hydra.sweep.dir={sweep}")
     assert len(list(sweep.rglob("summary.json"))) == 4
     return sweep
+
+
+SANTURKAR_TINY = ["model.hidden=[16,16]", "trainer.max_steps=20", "trainer.eval_every=10",
+                  "trainer.test_every=20", "trainer.population_batches=2",
+                  "probe.num_examples=120",
+                  "dataset.val_size=1000", "trainer.progress=false", "measures.ics.every=10",
+                  "measures.landscape.every=10", "measures.landscape.points=3"]
+
+
+@pytest.fixture(scope="session")
+def santurkar_store(tmp_path_factory, mnist) -> Path:
+    """Real runs: every norm of the experiment, seeds 0 and 1, 20 steps, evaluated every 10."""
+    sweep = tmp_path_factory.mktemp("santurkar") / "santurkar_mnist"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bnrepro.train", "-m", "experiment=santurkar_mnist", "seed=0,1",
+         *SANTURKAR_TINY, f"hydra.sweep.dir={sweep}"], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(sweep.rglob("summary.json"))) == 2 * 7
+    return sweep
+
+
+BATCHSIZE_TINY = ["model.hidden=[20]", "batch_scaling.examples=64",
+                  "batch_scaling.evaluations=2", "batch_scaling.alg2_examples=64",
+                  "dataset.val_size=500", "trainer.test_examples=200", "trainer.progress=false"]
+
+
+@pytest.fixture(scope="session")
+def batchsize_store(tmp_path_factory, mnist) -> Path:
+    """Real runs: BN, Batch Renorm and GN at batch 2 (32 steps) and 32 (2 steps), seeds 0, 1."""
+    sweep = tmp_path_factory.mktemp("batchsize") / "batchsize_mnist"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    result = subprocess.run(
+        [sys.executable, "-m", "bnrepro.train", "-m", "experiment=batchsize_mnist",
+         "model.norm=bn,brn,gn", "trainer.batch_size=2,32", "seed=0,1", *BATCHSIZE_TINY,
+         f"hydra.sweep.dir={sweep}"], cwd=REPO, env=env, capture_output=True, text=True,
+        timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list(sweep.rglob("summary.json"))) == 12
+    return sweep

@@ -29,13 +29,15 @@ import papermill
 import pytest
 from omegaconf import OmegaConf
 
+from bnrepro.data import DataUnavailableError, load_dataset
 from bnrepro.notebook import RECORD_KEY
 from bnrepro.store import evaluation_rows, read_metrics, read_summary
-from tests.conftest import REPO, load_script
+from tests.conftest import REPO, data_missing, load_script
 
 NOTEBOOK_DIR = REPO / "notebooks"
 # notebook -> the fixture giving its papermill parameters (a folder of real runs it reads)
-NOTEBOOKS = {"fig1_shift": "fig1_params", "sweep": "sweep_params", "fig2_cifar": "fig2_params"}
+NOTEBOOKS = {"fig1_shift": "fig1_params", "sweep": "sweep_params", "fig2_cifar": "fig2_params",
+             "santurkar": "santurkar_params", "batchsize_depth": "batchsize_depth_params"}
 plot_fig1 = load_script("plot_fig1")
 TINY = ["debug=smoke", "trainer.max_steps=4", "trainer.eval_every=2"]  # 3 evaluations
 MIN_PNG_SIDE = 200  # pixels: a figure, not an icon
@@ -112,6 +114,40 @@ def sweep_params(run_train, mirror, tmp_path_factory) -> dict:
 def fig2_params(fig2_store) -> dict:
     """The fig2 runs scripts/plot_fig2.py's tests use (conftest.fig2_store), no lr runs."""
     return {"RUNS": str(fig2_store), "LR_RUNS": ""}
+
+
+@pytest.fixture(scope="module")
+def santurkar_params(santurkar_store, tmp_path_factory) -> dict:
+    """The santurkar_mnist runs scripts/plot_santurkar.py's tests use (conftest), and a tiny
+    deep linear net: 4 layers, 2 seeds, 4 steps, ICS and landscape every 2 steps."""
+    from bnrepro.train_dln import train_population
+    from tests.test_dln import dln_config
+
+    dln = tmp_path_factory.mktemp("nb") / "dln"
+    for norm in ("none", "bn"):
+        train_population(dln_config(dln, steps=4, log_every=2, depth=4, samples=32,
+                                    seeds=[0, 1], lrs=[1e-4],
+                                    **{"measures.landscape.every": 2, "measures.ics.every": 2,
+                                       "measures.ics.layers": [1, 3]}), norm)
+    return {"MNIST_RUNS": str(santurkar_store), "CIFAR_RUNS": "", "DLN_RUNS": str(dln)}
+
+
+@pytest.fixture(scope="module")
+def batchsize_depth_params(batchsize_store, run_train, tmp_path_factory) -> dict:
+    """The batchsize_mnist runs of plot_batchsize's tests (conftest) and real depth_cifar runs
+    on cifar10-jpeg: the three variants at depth 8, seed 0, 4 steps, 200 test images."""
+    try:
+        load_dataset("cifar10-jpeg", REPO / "data")  # the cache the training subprocess reads
+    except DataUnavailableError as err:
+        data_missing(str(err))
+    depth = tmp_path_factory.mktemp("nb") / "depth_cifar10-jpeg"
+    run_train("-m", "experiment=depth_cifar", "dataset=cifar10-jpeg", "model.depth=8", "seed=0",
+              "model.width_multiplier=0.25", "trainer.max_steps=4", "trainer.eval_every=2",
+              "trainer.test_every=4", "dataset.val_size=200", "probe.num_examples=32",
+              "trainer.batch_size=16", "trainer.population_batches=2",
+              "trainer.test_examples=200", "trainer.progress=false",
+              f"hydra.sweep.dir={depth}")
+    return {"BATCHSIZE_RUNS": str(batchsize_store), "DEPTH_RUNS": str(depth)}
 
 
 @pytest.fixture(scope="module")
@@ -335,3 +371,48 @@ def test_fig1_notebook_draws_the_shift_measures_when_runs_log_them(fig1_params, 
                        for k in range(1, evaluations)]) for n, s in scales.items()}
     assert f"moves by w1_prev_rel {rel['none']:.4f} without BN and {rel['bn']:.4f} with BN" \
         in run.text
+
+
+def test_santurkar_notebook_shows_every_figure_and_the_computed_claims(executed, tmp_path):
+    parameters, run = executed("santurkar")
+    assert {"santurkar_mnist", "santurkar_mnist_distributions", "santurkar_mnist_lp",
+            "santurkar_mnist_lp_distributions", "santurkar_mnist_measures", "dln"} <= set(
+        run.figures)
+    # the claims table is the scripts' own claims, verdicts included
+    plot_santurkar, plot_dln = load_script("plot_santurkar"), load_script("plot_dln")
+    from bnrepro.runs import find_runs
+
+    expected = plot_santurkar.analyse([Path(parameters["MNIST_RUNS"])], tmp_path,
+                                      figures=False)["claims"]
+    dln = find_runs([parameters["DLN_RUNS"]])
+    expected += plot_dln.claims(dln, 1e-4, plot_dln.ics_layers(dln))
+    table = run.table("claims")
+    assert list(table["claim"]) == [c["claim"] for c in expected]
+    assert list(table["verdict"]) == [c["verdict"] for c in expected]
+    assert list(table["ours"]) == [c["ours"] for c in expected]
+    # the measures figure: a row per rate, ICS of the measured layers above 1 (layer 2 here)
+    axes = run.figures["santurkar_mnist_measures"]["axes"]
+    assert len(axes) == 6 and all(a["points"] > 0 for a in axes)
+
+
+def test_batchsize_depth_notebook_shows_the_store_errors_and_depths(executed):
+    parameters, run = executed("batchsize_depth")
+    assert {"batchsize_mnist", "depth_cifar10-jpeg"} <= set(run.figures)
+    errors = run.table("error_mnist")
+    errors.columns = [str(c) for c in errors.columns]
+    for d in sorted(Path(parameters["BATCHSIZE_RUNS"]).rglob("summary.json")):
+        cfg, rows = config(d.parent), metrics(d.parent)
+        seeds = [metrics(e.parent)["test/acc"].dropna().iloc[-1]
+                 for e in Path(parameters["BATCHSIZE_RUNS"]).rglob("summary.json")
+                 if config(e.parent)["model"]["norm"] == cfg["model"]["norm"]
+                 and config(e.parent)["trainer"]["batch_size"] == cfg["trainer"]["batch_size"]]
+        expected = 1 - sum(seeds) / len(seeds)
+        assert float(errors.loc[cfg["model"]["norm"], str(cfg["trainer"]["batch_size"])]) == (
+            pytest.approx(expected, abs=1e-6)), (d, rows["step"].max())
+    depth = run.table("depth_cifar10-jpeg").set_index("variant")
+    assert set(depth.index) == {"BN", "NoNorm", "SkipInit"}
+    assert set(depth["depth"]) == {8} and set(depth["seeds"]) == {1}
+    assert "not CIFAR-10 numbers" in run.text
+    claims = run.table("claims")
+    assert len(claims) and set(claims["verdict"]) <= {"holds", "mixed", "does not hold",
+                                                      "not measured"}

@@ -6,7 +6,6 @@ learning-rate check, and bad input refused with exit code 2."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,26 +17,12 @@ import yaml
 
 from tests.conftest import REPO, load_script
 
-TINY = ["model.hidden=[20]", "batch_scaling.examples=64", "batch_scaling.evaluations=2",
-        "batch_scaling.alg2_examples=64", "dataset.val_size=500", "trainer.test_examples=200",
-        "trainer.progress=false"]
-
 plot_batchsize = load_script("plot_batchsize")
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory, mnist) -> Path:
-    """Real runs: BN, Batch Renorm and GN at batch 2 (32 steps) and 32 (2 steps), seeds 0, 1."""
-    sweep = tmp_path_factory.mktemp("batchsize") / "batchsize_mnist"
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    result = subprocess.run(
-        [sys.executable, "-m", "bnrepro.train", "-m", "experiment=batchsize_mnist",
-         "model.norm=bn,brn,gn", "trainer.batch_size=2,32", "seed=0,1", *TINY,
-         f"hydra.sweep.dir={sweep}"], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(list(sweep.rglob("summary.json"))) == 12
-    return sweep
+def store(batchsize_store) -> Path:
+    return batchsize_store
 
 
 def copy_store(src: Path, dst: Path) -> Path:

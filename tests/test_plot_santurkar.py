@@ -6,7 +6,6 @@ reported as not measured, bad input refused with exit code 2."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -19,26 +18,14 @@ import yaml
 from bnrepro.claims import read_claims
 from tests.conftest import REPO, load_script
 
-TINY = ["model.hidden=[16,16]", "trainer.max_steps=20", "trainer.eval_every=10",
-        "trainer.test_every=20", "trainer.population_batches=2", "probe.num_examples=120",
-        "dataset.val_size=1000", "trainer.progress=false"]
 NORMS = ("none", "bn", "noisy_bn", "noise_only", "lp1", "lp2", "lpinf")
 
 plot_santurkar = load_script("plot_santurkar")
 
 
 @pytest.fixture(scope="session")
-def store(tmp_path_factory, mnist) -> Path:
-    """Real runs: every norm of the experiment, seeds 0 and 1, 20 steps, evaluated every 10."""
-    sweep = tmp_path_factory.mktemp("santurkar") / "santurkar_mnist"
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    result = subprocess.run(
-        [sys.executable, "-m", "bnrepro.train", "-m", "experiment=santurkar_mnist", "seed=0,1",
-         *TINY, f"hydra.sweep.dir={sweep}"], cwd=REPO, env=env, capture_output=True,
-        text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(list(sweep.rglob("summary.json"))) == 2 * len(NORMS)
-    return sweep
+def store(santurkar_store) -> Path:
+    return santurkar_store
 
 
 def copy_store(src: Path, dst: Path) -> Path:
@@ -115,13 +102,25 @@ def test_numbers_are_read_from_the_logged_metrics(store, tmp_path):
     assert numbers["distributional_shift"]["groups"][0]["layers"] == [1, 2]
     assert len(verdicts) == 10 and "not measured" not in verdicts.values()
     for name in ("santurkar_mnist", "santurkar_mnist_distributions", "santurkar_mnist_lp",
-                 "santurkar_mnist_lp_distributions"):
+                 "santurkar_mnist_lp_distributions", "santurkar_mnist_measures"):
         for ext in ("png", "pdf"):
             assert (out / f"{name}.{ext}").stat().st_size > 0
     claims = (out / "santurkar_claims.md").read_text()
     assert "| mnist |" in claims and "Verdict rule" in claims
     data = read_claims(out / "santurkar_claims.json")  # the format scripts/report.py reads
-    assert [c["verdict"] for c in data["claims"]] == list(verdicts.values())
+    measures = numbers["ics_and_landscape"]["groups"][0]["claims"]
+    assert [c["verdict"] for c in data["claims"]] == [*verdicts.values(),
+                                                      *(c["verdict"] for c in measures)]
+    assert "not measured" not in {c["verdict"] for c in measures} and len(measures) == 4
+    # a seed's number is the median over its measured steps (steps 10 and 20 here)
+    for norm, label in (("bn", "BN"), ("none", "standard")):
+        medians = []
+        for d in run_dirs(store, norm):
+            values = sorted(r["landscape/beta"] for r in metrics(d) if "landscape/beta" in r)
+            assert len(values) == 2
+            medians.append(sum(values) / 2)
+        mean = sum(medians) / len(medians)
+        assert f"{label} {mean:.3g} ({min(medians):.3g}..{max(medians):.3g})" in measures[3]["ours"]
     assert {c["dataset"] for c in data["claims"]} == {"mnist"}
     assert all(c["claim"].endswith("(lr 0.1)") for c in data["claims"])
     assert {c["source"] for c in data["claims"]} == {"Santurkar et al. (2018)",
@@ -239,3 +238,32 @@ def test_mixed_setups_and_bad_input_exit_2_with_one_error_line(store, tmp_path, 
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and lines[0].startswith("error:") and "no santurkar_mnist" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("bn", "standard", "ics", "smoother"), [
+    ((0.2, 0.3), (0.9, 0.95), "holds", "holds"),
+    ((0.9, 0.95), (0.2, 0.3), "does not hold", "does not hold"),
+    ((0.1, 0.8), (0.5, 0.5), "mixed", "mixed")])  # means on the paper's side, seeds overlap
+def test_ics_and_landscape_verdicts_follow_the_numbers(store, tmp_path, bn, standard, ics,
+                                                       smoother):
+    root = copy_store(store, tmp_path / "store")
+    for norm, values in (("bn", bn), ("none", standard)):
+        edit(root, norm, set_keys("/cos", values))
+        edit(root, norm, set_keys("landscape/beta", values))
+    numbers = run_script(root, tmp_path / "out")[2]
+    verdicts = {c["claim"].removesuffix(" (lr 0.1)"): c["verdict"]
+                for c in numbers["ics_and_landscape"]["groups"][0]["claims"]}
+    assert verdicts["BN does not reduce gradient ICS: cos(G, G') with BN is not above "
+                    "standard's"] == ics
+    assert verdicts['BN makes the landscape smoother: smaller "effective" beta-smoothness'] == (
+        smoother)
+
+
+def test_runs_without_measures_leave_those_claims_not_measured(store, tmp_path):
+    root = copy_store(store, tmp_path / "store")
+    for norm in NORMS:
+        edit(root, norm, lambda row, i: [row.pop(k) for k in list(row)
+                                         if k.startswith(("ics/", "landscape/"))])
+    numbers = run_script(root, tmp_path / "out")[2]
+    assert {c["verdict"] for c in numbers["ics_and_landscape"]["groups"][0]["claims"]} == {
+        "not measured"}

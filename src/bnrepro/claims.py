@@ -30,7 +30,7 @@ VERDICTS = ("holds", "mixed", "does not hold", "not measured")
 # Where a claim comes from. "ours": a check of our own setup (e.g. the baseline plateaued),
 # reported beside the papers' claims but not counted as any paper's.
 SOURCES = ("Ioffe & Szegedy (2015)", "Santurkar et al. (2018)", "Wu & He (2018)",
-           "De & Smith (2020)", "ours")
+           "Ioffe (2017)", "De & Smith (2020)", "ours")
 FIELDS = ("claim", "paper", "ours", "verdict", "dataset", "source")
 
 
