@@ -8,11 +8,11 @@ PY := $(VENV)/bin/python
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: help setup test test-all reproduce fig1 sweep-mnist fig2 fig2-lr depth sweep-cifar dln \
+.PHONY: help setup test test-all reproduce shift-trials norm-trials fig1 sweep-mnist fig2 fig2-lr depth sweep-cifar dln \
 	santurkar batchsize batchsize-lr bench notebooks lint format clean report wandb-workspace
 
 help:  ## list the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 setup: $(VENV)/.installed  ## create .venv from uv.lock (only when missing or stale)
 
@@ -27,9 +27,31 @@ test: setup  ## the default test suite (slow tests excluded)
 test-all: PYTEST_ARGS :=
 test-all: test  ## every test, slow ones included
 
-# Finished runs are not retrained (they resume as done), so an interrupted `make reproduce`
-# picks up where it stopped.
-reproduce: fig1 sweep-mnist fig2  ## every figure and table in results/ (trains what it needs)
+# `make reproduce`: five parts, two at a time (this CPU has 2 cores; each part's configs fix
+# its torch threads, so running beside another changes no number, only the time), longest
+# first, each logging to runs/logs/<part>.log; then results/REPORT.md. Finished runs are not
+# retrained (they resume as done), so an interrupted `make reproduce` picks up where it
+# stopped; a part that fails is reported with the end of its log, the others still run (-k).
+REPRODUCE_PARTS := fig2 sweep-mnist norm-trials shift-trials fig1
+reproduce: setup  ## every figure, claim and the report in results/ (trains what it needs)
+	@mkdir -p runs/logs
+	@echo "make reproduce: $(REPRODUCE_PARTS), two at a time; progress: tail -f runs/logs/<part>.log"
+	@start=$$(date +%s); $(MAKE) --no-print-directory -k -j2 $(addprefix logged-,$(REPRODUCE_PARTS)) \
+		&& $(MAKE) --no-print-directory report \
+		&& echo "make reproduce: done in $$(( $$(date +%s) - start )) s; see results/REPORT.md"
+
+logged-%: setup
+	@start=$$(date +%s); log=runs/logs/$*.log; echo "  $* started (log: $$log)"; \
+	if $(MAKE) --no-print-directory -j1 $* > $$log 2>&1; then \
+		echo "  $* done in $$(( $$(date +%s) - start )) s"; \
+	else echo "error: $* failed; the end of $$log:"; tail -n 20 $$log; exit 1; fi
+
+# The experiments that put the claim on trial, in two groups (each a part of `make reproduce`).
+shift-trials: setup  ## Santurkar et al. (make santurkar) and the deep linear net (make dln)
+	@$(MAKE) --no-print-directory -j1 santurkar dln
+
+norm-trials: setup  ## norms vs batch size (make batchsize) and residual depth (make depth)
+	@$(MAKE) --no-print-directory -j1 batchsize depth
 
 fig1: setup  ## Fig. 1: BN vs no-BN, 3 seeds x 50k steps, then the figure
 	$(PY) -m bnrepro.train -m experiment=fig1_mnist
@@ -76,16 +98,16 @@ report: setup  ## results/REPORT.md: every figure and claim in results/, with it
 wandb-workspace: setup  ## save the wandb workspace defined in code, print its URL
 	$(PY) scripts/wandb_workspace.py $(ARGS)
 
-# CPU profile of Santurkar et al.'s deep linear net: 3,000 of the paper's 10,000 full-batch steps
+# CPU profile of Santurkar et al.'s deep linear net: 2,000 of the paper's 10,000 full-batch steps
 # (the rest as the paper: conf/dln.yaml). Full size: DLN_PROFILE= make dln
-DLN_PROFILE ?= steps=3000
+DLN_PROFILE ?= steps=2000
 dln: setup  ## Santurkar's deep linear net: ICS and landscape, standard vs BN, 2 rates x 3 seeds
 	$(PY) -m bnrepro.train_dln $(DLN_PROFILE)
 	$(PY) scripts/plot_dln.py runs/dln --out results
 
 # Santurkar et al. (2018) Sec. 2.1 and 3.3: standard vs BN vs noisy BN (and l_p norms on MNIST),
 # distributions of layer inputs and their shift; CPU-sized (about 2 + 4 minutes).
-santurkar: setup  ## Santurkar et al. Figs. 1-2, 5-6 analogs: MNIST MLP + CIFAR CNN, then the figures
+santurkar: setup  ## Santurkar et al. Figs. 1-6 analogs: MNIST MLP + CIFAR CNN, 3 seeds, then the figures
 	$(PY) -m bnrepro.train -m experiment=santurkar_mnist
 	@ds=$(CIFAR) && \
 	$(PY) -m bnrepro.train -m experiment=santurkar_cifar dataset=$$ds && \
@@ -104,12 +126,16 @@ notebooks: setup  ## execute every notebook on runs/ into results/notebooks/*.ip
 # conf/experiment/batchsize_{mnist,cifar}.yaml. CIFAR as in fig2: true CIFAR-10 when it can be
 # loaded, else the JPEG mirror (labelled cifar10-jpeg everywhere).
 BATCHSIZE_LRS ?= 0.00625,0.0125,0.025,0.05,0.1,0.2,0.4
-batchsize: setup batchsize-lr  ## norms vs batch size on MNIST and CIFAR, 3 seeds, then the figures
+# The base rates in the configs were chosen on validation by `make batchsize-lr` (5 minutes;
+# not part of `make reproduce`, for time): when its runs are here the plot checks that choice,
+# else the report lists that check as not measured.
+batchsize: setup  ## norms vs batch size on MNIST and CIFAR, 3 seeds, then the figures
 	$(PY) -m bnrepro.train -m experiment=batchsize_mnist
 	@ds=$(CIFAR) && \
 	$(PY) -m bnrepro.train -m experiment=batchsize_cifar dataset=$$ds && \
+	lr=$$(ls -d runs/batchsize_lr_mnist runs/batchsize_lr_$$ds 2>/dev/null || true) && \
 	$(PY) scripts/plot_batchsize.py runs/batchsize_mnist runs/batchsize_$$ds \
-		--lr-runs runs/batchsize_lr_mnist runs/batchsize_lr_$$ds --out results
+		$${lr:+--lr-runs $$lr} --out results
 
 batchsize-lr: setup  ## batchsize's base rates: 7 candidates x 5 norms at batch 32, seed 0
 	$(PY) -m bnrepro.train -m experiment=batchsize_mnist trainer.batch_size=32 seed=0 \

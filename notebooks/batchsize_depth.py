@@ -38,16 +38,16 @@ plot_batchsize = load_script("plot_batchsize")
 plot_depth = load_script("plot_depth")
 
 # %% tags=["parameters"]
-BATCHSIZE_RUNS = ""  # comma-separated batchsize run stores; "": those of `make batchsize` here
-DEPTH_RUNS = ""  # a depth_cifar run store; "": ../runs/depth_cifar10 if it exists, else the mirror's
+BATCHSIZE_RUNS = "auto"  # comma-separated batchsize run stores; auto: `make batchsize`'s; "": skip
+DEPTH_RUNS = "auto"  # a depth_cifar run store; auto: ../runs/depth_cifar10[-jpeg]; "": skip
 
 # %%
 NOT_CIFAR = {"cifar10-jpeg": " (CIFAR-10's images after JPEG recompression, the offline "
                              "mirror: **not CIFAR-10 numbers**)"}
-if not BATCHSIZE_RUNS:
+if BATCHSIZE_RUNS == "auto":
     BATCHSIZE_RUNS = ",".join(f for f in ("../runs/batchsize_mnist", "../runs/batchsize_cifar10",
                                           "../runs/batchsize_cifar10-jpeg") if Path(f).is_dir())
-if not DEPTH_RUNS:
+if DEPTH_RUNS == "auto":
     DEPTH_RUNS = next((f for f in ("../runs/depth_cifar10", "../runs/depth_cifar10-jpeg")
                        if Path(f).is_dir()), "")
 say(f"Batch-size runs: `{BATCHSIZE_RUNS or 'none'}`; depth runs: `{DEPTH_RUNS or 'none'}`.")

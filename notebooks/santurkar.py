@@ -42,11 +42,11 @@ plot_dln = load_script("plot_dln")
 
 # %% tags=["parameters"]
 MNIST_RUNS = "../runs/santurkar_mnist"  # experiment=santurkar_mnist runs ("" to skip)
-CIFAR_RUNS = ""  # santurkar_cifar runs; "": ../runs/santurkar_cifar10 if it exists, else the mirror's
+CIFAR_RUNS = "auto"  # santurkar_cifar runs; auto: ../runs/santurkar_cifar10[-jpeg]; "": skip
 DLN_RUNS = "../runs/dln"  # deep linear net runs of `make dln` ("" to skip)
 
 # %%
-if not CIFAR_RUNS:  # `make santurkar` uses true CIFAR-10 when it loads, else the JPEG mirror
+if CIFAR_RUNS == "auto":  # `make santurkar` uses true CIFAR-10 when it loads, else the mirror
     CIFAR_RUNS = next((f for f in ("../runs/santurkar_cifar10", "../runs/santurkar_cifar10-jpeg")
                        if Path(f).is_dir()), "")
 roots = [Path(f) for f in (MNIST_RUNS, CIFAR_RUNS) if f and Path(f).is_dir()]
@@ -68,7 +68,7 @@ for dataset, numbers in result["datasets"].items():
 # the analog of their Fig. 2. The `_lp` figures repeat it for the l_p normalisations (Sec. 3.3).
 
 # %%
-for dataset, groups in result["groups"].items():
+for groups in result["groups"].values():
     for name, fig in plot_santurkar.shift_figures(groups).items():
         show(fig, name)
 
@@ -80,7 +80,7 @@ for dataset, groups in result["groups"].items():
 # and the "effective" beta-smoothness. One row per learning rate.
 
 # %%
-for dataset, groups in result["groups"].items():
+for groups in result["groups"].values():
     for name, fig in plot_santurkar.measures_figures(groups).items():
         show(fig, name)
 

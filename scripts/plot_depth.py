@@ -347,11 +347,18 @@ def figure(table: dict[str, dict[int, dict[str, Any]]], curves: dict[str, dict],
     for j, (ax, v) in enumerate(zip(axes_top[1:], variants, strict=True)):
         series = curves.get(v, {})
         cmap = plt.get_cmap("viridis")
+        drawn = 0
         for b, values in enumerate(series.values()):
             positive = {s: x for s, x in values.items() if x > 0}  # SkipInit starts at 0
-            if positive:
-                ax.plot(list(positive), list(positive.values()),
+            if positive:  # markers: a run that diverged early logged one step only
+                ax.plot(list(positive), list(positive.values()), "o-", ms=2,
                         color=cmap(b / max(1, len(series) - 1)), lw=1)
+                drawn += len(positive)
+        if drawn <= len(series):
+            ax.text(0.5, 0.5, "at most one evaluation per block:\nthe seeds diverged early"
+                    if table[v].get(deepest, {}).get("diverged") else
+                    "at most one evaluation per block", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=8, color="0.3")
         ax.set(yscale="log", xlabel="training step",
                ylabel="Var(branch) / Var(skip), seed mean" if j == 0 else None,
                title=f"(c) {v}, depth {deepest}, over training\n"

@@ -100,7 +100,9 @@ VERDICT_RULE = (
     "holds: the comparison holds for the seed means AND for every seed (the seed ranges do "
     "not overlap: the worst seed of one net against the best of the other); mixed: it holds "
     "for the means only; does not hold: it fails for the means. A claim over several layers "
-    "or l_p norms takes the worst of their verdicts; not measured: a net it needs has no runs.")
+    "or l_p norms takes the worst of their verdicts; not measured: a net it needs has no runs "
+    "(a claim whose variant nets - noisy BN, noise only, l_p - have no runs at all on a "
+    "dataset is not listed for it).")
 RANK = {"holds": 0, "mixed": 1, "does not hold": 2, "not measured": 3}
 # Keys that must agree between all runs of one dataset (else: not one experiment).
 SAME_SETUP = ("name", "trainer.max_steps", "trainer.eval_every", "trainer.batch_size",
@@ -274,6 +276,9 @@ def claims(group: Group, table: dict[str, dict]) -> list[dict[str, str]]:
                      "verdict": result, "dataset": group.dataset, "source": source})
 
     def needs(claim: str, paper: str, *norms: str) -> bool:
+        variants = [n for n in norms if n not in ("none", "bn")]
+        if variants and not any(n in table for n in variants):
+            return False  # no net of the claim in this experiment (the CIFAR one runs no l_p)
         if missing := [n for n in norms if n not in table]:
             add(claim, paper, f"no runs of {', '.join(missing)}", "not measured")
             return False
@@ -493,8 +498,8 @@ def shift_figures(groups: list[Group]) -> dict[str, plt.Figure]:
     dataset, figures = groups[0].dataset, {}
     for nets, suffix, what in ((SEC21_NETS, "", "Figs. 1-2: standard vs BN vs noisy BN"),
                                (LP_NETS, "_lp", "Figs. 5-6: l_p normalisations")):
-        shown = [g for g in groups if any(n in g.nets for n in nets[1:])]
-        if not shown:
+        shown = [g for g in groups if any(n in g.nets for n in nets if n not in ("none", "bn"))]
+        if not shown:  # e.g. the CIFAR experiment runs no l_p nets: no _lp figures
             continue
         figures[f"santurkar_{dataset}{suffix}"] = accuracy_and_shift_figure(
             shown, nets, f"Santurkar et al. {what}, on {dataset}: mean over seeds, band "
