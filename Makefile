@@ -32,11 +32,15 @@ test-all: test  ## every test, slow ones included
 # first, each logging to runs/logs/<part>.log; then results/REPORT.md. Finished runs are not
 # retrained (they resume as done), so an interrupted `make reproduce` picks up where it
 # stopped; a part that fails is reported with the end of its log, the others still run (-k).
+# OMP_WAIT_POLICY=PASSIVE: two 2-thread processes on 2 cores otherwise spin-wait on each
+# other (two Fig. 1-sized populations at once: 112 s with the default policy, 41 s passive,
+# 51 s one after the other; measured here, README "Cost of every make target").
 REPRODUCE_PARTS := fig2 sweep-mnist norm-trials shift-trials fig1
 reproduce: setup  ## every figure, claim and the report in results/ (trains what it needs)
 	@mkdir -p runs/logs
 	@echo "make reproduce: $(REPRODUCE_PARTS), two at a time; progress: tail -f runs/logs/<part>.log"
-	@start=$$(date +%s); $(MAKE) --no-print-directory -k -j2 $(addprefix logged-,$(REPRODUCE_PARTS)) \
+	@start=$$(date +%s); OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} \
+		$(MAKE) --no-print-directory -k -j2 $(addprefix logged-,$(REPRODUCE_PARTS)) \
 		&& $(MAKE) --no-print-directory report \
 		&& echo "make reproduce: done in $$(( $$(date +%s) - start )) s; see results/REPORT.md"
 
@@ -126,7 +130,7 @@ notebooks: setup  ## execute every notebook on runs/ into results/notebooks/*.ip
 # conf/experiment/batchsize_{mnist,cifar}.yaml. CIFAR as in fig2: true CIFAR-10 when it can be
 # loaded, else the JPEG mirror (labelled cifar10-jpeg everywhere).
 BATCHSIZE_LRS ?= 0.00625,0.0125,0.025,0.05,0.1,0.2,0.4
-# The base rates in the configs were chosen on validation by `make batchsize-lr` (5 minutes;
+# The base rates in the configs were chosen on validation by `make batchsize-lr` (3.5 minutes;
 # not part of `make reproduce`, for time): when its runs are here the plot checks that choice,
 # else the report lists that check as not measured.
 batchsize: setup  ## norms vs batch size on MNIST and CIFAR, 3 seeds, then the figures
