@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -111,15 +112,11 @@ SANTURKAR_TINY = ["model.hidden=[16,16]", "trainer.max_steps=20", "trainer.eval_
 
 
 @pytest.fixture(scope="session")
-def santurkar_store(tmp_path_factory, mnist) -> Path:
+def santurkar_store(tmp_path_factory, mnist, run_train) -> Path:
     """Real runs: every norm of the experiment, seeds 0 and 1, 20 steps, evaluated every 10."""
     sweep = tmp_path_factory.mktemp("santurkar") / "santurkar_mnist"
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    result = subprocess.run(
-        [sys.executable, "-m", "bnrepro.train", "-m", "experiment=santurkar_mnist", "seed=0,1",
-         *SANTURKAR_TINY, f"hydra.sweep.dir={sweep}"], cwd=REPO, env=env, capture_output=True,
-        text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_train("-m", "experiment=santurkar_mnist", "seed=0,1", *SANTURKAR_TINY,
+              f"hydra.sweep.dir={sweep}")
     assert len(list(sweep.rglob("summary.json"))) == 2 * 7
     return sweep
 
@@ -130,15 +127,16 @@ BATCHSIZE_TINY = ["model.hidden=[20]", "batch_scaling.examples=64",
 
 
 @pytest.fixture(scope="session")
-def batchsize_store(tmp_path_factory, mnist) -> Path:
+def batchsize_store(tmp_path_factory, mnist, run_train) -> Path:
     """Real runs: BN, Batch Renorm and GN at batch 2 (32 steps) and 32 (2 steps), seeds 0, 1."""
     sweep = tmp_path_factory.mktemp("batchsize") / "batchsize_mnist"
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    result = subprocess.run(
-        [sys.executable, "-m", "bnrepro.train", "-m", "experiment=batchsize_mnist",
-         "model.norm=bn,brn,gn", "trainer.batch_size=2,32", "seed=0,1", *BATCHSIZE_TINY,
-         f"hydra.sweep.dir={sweep}"], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_train("-m", "experiment=batchsize_mnist", "model.norm=bn,brn,gn",
+              "trainer.batch_size=2,32", "seed=0,1", *BATCHSIZE_TINY, f"hydra.sweep.dir={sweep}")
     assert len(list(sweep.rglob("summary.json"))) == 12
     return sweep
+
+
+def copy_store(src: Path, dst: Path) -> Path:
+    """A copy of a run store to edit, without checkpoints, Hydra records and locks."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.pt", ".hydra", ".lock"))
+    return dst

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO, load_script
+from tests.conftest import REPO, copy_store, load_script
 
 plot_batchsize = load_script("plot_batchsize")
 
@@ -23,11 +23,6 @@ plot_batchsize = load_script("plot_batchsize")
 @pytest.fixture(scope="session")
 def store(batchsize_store) -> Path:
     return batchsize_store
-
-
-def copy_store(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.pt", ".hydra", ".lock"))
-    return dst
 
 
 def config(run_dir: Path) -> dict:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +29,7 @@ from bnrepro.data import DataUnavailableError, load_dataset
 from bnrepro.models import build_model
 from bnrepro.residual_variance import ResidualMoments
 from bnrepro.store import RunStore
-from tests.conftest import REPO, data_missing, load_script
+from tests.conftest import REPO, copy_store, data_missing, load_script
 
 DATASET = "cifar10-jpeg"
 # depth 8: 3 blocks, depth 14: 6 (= plot_depth.MIN_BLOCKS: the slope claims use it)
@@ -105,11 +104,6 @@ def trained_store(tmp_path_factory) -> Path:
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(list(sweep.rglob("summary.json"))) == 12
     return sweep
-
-
-def copy_store(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.pt", ".hydra", ".lock"))
-    return dst
 
 
 def config(run_dir: Path) -> dict:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from bnrepro.claims import read_claims
-from tests.conftest import FIG2_DATASET, REPO, load_script
+from tests.conftest import FIG2_DATASET, REPO, copy_store, load_script
 
 DATASET = FIG2_DATASET
 plot_fig2 = load_script("plot_fig2")
@@ -29,11 +29,6 @@ def store(fig2_store: Path) -> Path:
     """Real runs: Baseline and BN-x5, seeds 0 and 1, 20 steps, evaluated every 10 (shared with
     the notebook test: conftest.fig2_store)."""
     return fig2_store
-
-
-def copy_store(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.pt", ".hydra", ".lock"))
-    return dst
 
 
 def run_dirs(root: Path, variant: str | None = None) -> list[Path]:

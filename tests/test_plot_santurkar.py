@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from bnrepro.claims import read_claims
-from tests.conftest import REPO, load_script
+from tests.conftest import REPO, copy_store, load_script
 
 NORMS = ("none", "bn", "noisy_bn", "noise_only", "lp1", "lp2", "lpinf")
 
@@ -26,11 +26,6 @@ plot_santurkar = load_script("plot_santurkar")
 @pytest.fixture(scope="session")
 def store(santurkar_store) -> Path:
     return santurkar_store
-
-
-def copy_store(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.pt", ".hydra", ".lock"))
-    return dst
 
 
 def config(run_dir: Path) -> dict:
