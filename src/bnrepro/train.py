@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -125,11 +126,26 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
                     checkpoint.discard(run_dirs[k])
                 by_step.setdefault(ckpt["step"] if ckpt else 0, []).append(k)
         for members in by_step.values():
-            results = _train([cfgs[k] for k in members], [run_dirs[k] for k in members],
-                             [saved[k] for k in members], on_step)
+            with torch_threads(cfgs[0].trainer.threads):
+                results = _train([cfgs[k] for k in members], [run_dirs[k] for k in members],
+                                 [saved[k] for k in members], on_step)
             for k, summary in zip(members, results, strict=True):
                 summaries[k] = summary
     return summaries
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads for one training (trainer.threads; None: leave them), restored
+    afterwards, so a process that trains several configs (tests, notebooks, the bench) keeps
+    its own setting."""
+    before = torch.get_num_threads()
+    if threads:  # one per process when several processes train at once
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _readable_summary(run_dir: Path) -> dict | None:
@@ -145,8 +161,6 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     cfg, P = cfgs[0], len(cfgs)
     start_time = time.time()
     device = resolve_device(cfg.trainer.device)
-    if cfg.trainer.threads:  # one per process when a launcher runs several processes at once
-        torch.set_num_threads(cfg.trainer.threads)
     # Subnormal floats (below ~1e-38: a collapsed net's activations and gradients) make CPU
     # arithmetic up to 100x slower; flushing them to zero costs only those last bits.
     torch.set_flush_denormal(bool(cfg.trainer.flush_denormal))

@@ -30,7 +30,9 @@ from bnrepro.models import build_model
 from bnrepro.sampling import validation_split
 from bnrepro.train import train_population
 
-FIG1 = ["experiment=fig1_mnist", "trainer.progress=false", "trainer.checkpoint_every=0"]
+# torch's default threads, as the other bench rows (make fig1 trains with one per norm)
+FIG1 = ["experiment=fig1_mnist", "trainer.progress=false", "trainer.checkpoint_every=0",
+        "trainer.threads=null"]
 SEEDS = (0, 1, 2)  # one population of `make fig1`
 QUICK = ["probe.num_examples=120", "trainer.population_batches=2", "dataset.val_size=500"]
 

@@ -92,7 +92,9 @@ def _cut_test_split(ds: Dataset, size: int) -> Dataset:
 
 def mlp_workload(root: str | Path, device: torch.device, eval_images: int = EVAL_IMAGES
                  ) -> Workload:
-    cfg = compose_config(["experiment=fig1_mnist", *cheap_evaluation(eval_images)])
+    # torch's default threads, as every peer row runs (make fig1 itself uses one per norm)
+    cfg = compose_config(["experiment=fig1_mnist", "trainer.threads=null",
+                          *cheap_evaluation(eval_images)])
     ds = _cut_test_split(load_dataset("mnist", root), eval_images)
     hidden = list(cfg.model.hidden)
 
