@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 # uv from PATH, else as a module of the system Python (installed on first use).
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?= -m "not slow"
+# pytest-xdist workers (one per core; tests/conftest.py gives each one torch thread). 0 runs
+# the suite in this process, as plain pytest does.
+TEST_WORKERS ?= auto
 
 .PHONY: help setup test test-all reproduce shift-trials norm-trials fig1 sweep-mnist fig2 fig2-lr depth sweep-cifar dln \
 	santurkar batchsize batchsize-lr bench notebooks lint format clean report wandb-workspace
@@ -18,11 +21,11 @@ setup: $(VENV)/.installed  ## create .venv from uv.lock (only when missing or st
 
 $(VENV)/.installed: pyproject.toml uv.lock
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	@touch $@
 
 test: setup  ## the default test suite (slow tests excluded)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-all: PYTEST_ARGS :=
 test-all: test  ## every test, slow ones included

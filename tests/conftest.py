@@ -16,7 +16,23 @@ from typing import NoReturn
 
 import pytest
 
-from bnrepro.data import Dataset, DataUnavailableError, load_dataset
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs one pytest-xdist worker per core: one torch thread each, in the worker
+    # and in the training subprocesses it starts (set before torch is imported), since
+    # processes of two threads each side by side spin-wait on each other (README, Cost).
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+from bnrepro.data import Dataset, DataUnavailableError, load_dataset  # noqa: E402
+
+# Session fixtures that train a run store: under pytest-xdist every test that reads one runs
+# on the same worker (xdist_group, `--dist loadgroup`), so each store is trained only once.
+STORE_FIXTURES = {"fig2_store", "santurkar_store", "batchsize_store"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if STORE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("trained_stores"))
 
 REPO = Path(__file__).resolve().parents[1]
 
