@@ -45,8 +45,11 @@ def test_grouped_and_per_member_agree_forward_and_backward(bias):
     upstream = torch.randn(P, 6, 5, 9, 9)
     grouped = forward_backward(convs["grouped"], x, upstream)
     per_member = forward_backward(convs["per_member"], x, upstream)
+    # Weight gradients sum ~500 products of N(0, 1) values: float32 rounding of order 1e-5 in
+    # absolute terms, depending on the kernel and the threads (seen: 1.5e-5 on one thread); a
+    # member mix-up would differ by O(1).
     for a, b in zip(grouped, per_member, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     # and both are the right thing: member k's output is conv2d with member k's filters
     for k in range(P):
         b = convs["grouped"].bias[k] if bias else None

@@ -78,8 +78,9 @@ def test_probes_follow_the_inference_and_the_training_network(mnist, bn_setup):
             expected = torch.quantile(values[k, :, cfg.probe.unit], QUANTILES).tolist()
             got = [rows[k][f"{prefix}/h1/q{q}"] for q in (15, 50, 85)]
             assert got == pytest.approx(expected, abs=1e-4), (prefix, k)
-    # and the two networks really differ (else the test could not tell them apart)
-    assert abs(rows[0]["act/h1/q85"] - rows[0]["act_train/h1/q85"]) > 1e-2
+    # and the two networks really differ, by far more than the tolerance above (else the test
+    # could not tell them apart; ~0.008-0.01 here, depending on the CPU threads that trained)
+    assert abs(rows[0]["act/h1/q85"] - rows[0]["act_train/h1/q85"]) > 10 * 1e-4
 
 
 def test_chunking_changes_no_result(mnist, bn_setup):
