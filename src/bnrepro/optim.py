@@ -45,14 +45,14 @@ class PopulationSGD:
             self.lr = (self.base_lr.double() * factor).to(self.base_lr.dtype)
 
     @torch.no_grad()
-    def step(self, active: torch.Tensor) -> None:
-        """Update the members where `active` (bool [P]) is set; leave the others, weights and
-        momentum buffers, bit-identical (their weights or grads may be inf or NaN, and
-        0 * inf is NaN, so they are masked out rather than multiplied by a zero rate)."""
+    def step(self, active: torch.Tensor | None = None) -> None:
+        """Update the members where `active` (bool [P]; None: every member) is set; leave the
+        others, weights and momentum buffers, bit-identical (their weights or grads may be inf
+        or NaN, and 0 * inf is NaN, so they are masked out rather than multiplied by a zero
+        rate). One foreach call updates every parameter: the same floats as one addcmul_ each."""
         neg_lr = -self.lr
-        for p, direction in zip(self.params, self._directions(active, in_place=True),
-                                strict=True):
-            p.addcmul_(direction, per_member(neg_lr, p))
+        torch._foreach_addcmul_(self.params, list(self._directions(active, in_place=True)),
+                                [per_member(neg_lr, p) for p in self.params])
 
     @torch.no_grad()
     def next_values(self, active: torch.Tensor) -> list[torch.Tensor]:
@@ -65,12 +65,13 @@ class PopulationSGD:
                 for p, direction in zip(self.params, self._directions(active, in_place=False),
                                         strict=True)]
 
-    def _directions(self, active: torch.Tensor, in_place: bool) -> Iterator[torch.Tensor]:
+    def _directions(self, active: torch.Tensor | None, in_place: bool
+                    ) -> Iterator[torch.Tensor]:
         """Per parameter, the update direction buf_new = mu * buf + (g + wd * w) (g where
         momentum is 0 for all), zero for frozen members. `in_place` stores buf_new in the
         momentum buffers (step); otherwise they are only read. Both ways compute the same
         floats (the same operations in the same order), so next_values matches step."""
-        frozen = None if bool(active.all()) else ~active
+        frozen = None if active is None or bool(active.all()) else ~active
         for i, p in enumerate(self.params):
             grad = p.grad
             if frozen is not None:

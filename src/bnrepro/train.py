@@ -199,6 +199,9 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
         store.write_summary(summary)
 
     alive = torch.tensor([s["status"] == "running" for s in summaries], device=device)
+    # How many members are alive, kept beside `alive` so that a step needs no tensor check for
+    # it: while all are, the loss and the update skip the masking (the same floats either way).
+    live = {"members": int(alive.sum())}
     loss_sum = torch.zeros(P, device=device)
     correct_sum = torch.zeros(P, device=device)
     seconds = {"eval": 0.0, "measure": 0.0, "loop_start": 0.0}
@@ -206,6 +209,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     def mark_diverged(members: list[int], step: int, why: Sequence[str]) -> None:
         for k, reason in zip(members, why, strict=True):
             summaries[k] |= {"status": "diverged", "diverged_at_step": step, "reason": reason}
+            live["members"] -= bool(alive[k])
             alive[k] = False
 
     test_every = cfg.trainer.test_every or eval_every
@@ -273,7 +277,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
                     "loop_start": time.perf_counter()}
         last_checkpoint = start_step
         for step in progress:
-            if not alive.any():
+            if not live["members"]:
                 break
             index = train_index[sampler.next().to(device)]
             x, y = transform(augment(ds.train_images[index])), ds.train_labels[index]
@@ -287,17 +291,18 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
                 mark_diverged(members, step, [f"train loss {loss[k].item():.4g} at step {step}"
                                               f" (bound {cfg.trainer.divergence_loss})"
                                               for k in members])
-                if not alive.any():
+                if not live["members"]:
                     break
+            all_alive = live["members"] == P
             optimizer.zero_grad()
-            torch.where(alive, loss, 0.0).sum().backward()
+            (loss.sum() if all_alive else torch.where(alive, loss, 0.0).sum()).backward()
             optimizer.set_step(step)
             measured = {}
             if replay is not None:  # before the update: the measures read x_t and grad L(x_t)
                 measure_start = time.perf_counter()
                 measured = measures.measure(step, replay, x, y, loss, alive)
                 seconds["measure"] += time.perf_counter() - measure_start
-            optimizer.step(alive)
+            optimizer.step(None if all_alive else alive)
             loss_sum += loss.detach()
             correct_sum += (logits.detach().argmax(-1) == y).float().mean(1)
             if on_step is not None:

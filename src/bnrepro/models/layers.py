@@ -56,9 +56,10 @@ class PopulationDropout(nn.Module):
         super().__init__()
         self.register_buffer("keep", 1 - probabilities.float())
         self.generators = list(generators)
+        self.off = bool((self.keep == 1).all())  # no member drops: skip it (no check per step)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or bool((self.keep == 1).all()):
+        if not self.training or self.off:
             return x
         # Drawn on the generators' device (CPU), so masks are the same on every device.
         noise = torch.stack([torch.rand(x.shape[1:], generator=g) for g in self.generators])
