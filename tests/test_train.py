@@ -116,3 +116,25 @@ def test_test_every_skips_the_test_set_between_and_changes_nothing_else(tmp_path
             assert a["test/acc"] == b["test/acc"]
     assert sparse["final_test_acc"] == every["final_test_acc"]
     assert sparse["best_val_step"] == every["best_val_step"]
+
+
+def test_trainer_threads_hold_while_training_and_are_restored_after(tmp_path, mirror):
+    """trainer.threads applies to the training it configures only: a process that trains
+    several configs (a test session, a notebook, the bench) gets its own setting back."""
+    import torch
+
+    from bnrepro.config import compose_config
+    from bnrepro.train import train_population
+
+    cfg = compose_config(["experiment=fig1_mnist", "debug=smoke", "trainer.threads=1",
+                          "trainer.max_steps=3", "trainer.eval_every=3"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        during: list[int] = []
+        train_population([cfg], [tmp_path / "run"], lambda step: during.append(
+            torch.get_num_threads()))
+        assert during == [1, 1, 1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
