@@ -116,8 +116,9 @@ if {"bn", "none"} <= set(drift.index):
 # layer's units). `shift/h{i}/w1_init` is the distance of hidden layer i's input from its
 # distribution at step 0, `shift/h{i}/w1_prev` from the previous evaluation (how much it moves
 # between two evaluations); `_rel` divides by the units' spread, so that layers of different
-# scales compare. `shift/` is the inference network on validation images, `shift_train/` the
-# training network on its mini-batches. Lines: mean over seeds; bands: min..max.
+# scales compare. `shift_inference/` is the inference network on validation images, `shift/`
+# the training network on its mini-batches (the network that trains). Lines: mean over seeds;
+# bands: min..max.
 
 # %%
 shift = pd.concat([plot_fig1.shift_table(runs, p) for p in plot_fig1.SHIFT_NETWORKS],

@@ -42,6 +42,7 @@ import pandas as pd  # noqa: E402
 from bnrepro import wandb_figures  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
 from bnrepro.claims import to_markdown, write_claims  # noqa: E402
+from bnrepro.evaluation import SHIFT_PREFIX  # noqa: E402
 from bnrepro.runs import Run, find_runs  # noqa: E402
 
 PAPER_ACC_RANGE = (0.7, 1.0)  # Fig. 1(a)'s y axis
@@ -49,8 +50,10 @@ STYLE = {"none": ("Without BN", "tab:red"), "bn": ("With BN", "tab:blue")}
 # probe key prefix -> (label, line style, colour of the 15/85th and of the 50th percentile)
 NETWORKS = {"act": ("inference net, validation images", "-", "0.55", "0.0"),
             "act_train": ("training net, mini-batches of 60", "--", "tab:cyan", "tab:blue")}
-# distributional shift (bnrepro.shift): key prefix -> network; measure -> what it compares
-SHIFT_NETWORKS = {"shift": NETWORKS["act"][0], "shift_train": NETWORKS["act_train"][0]}
+# distributional shift (bnrepro.shift): key prefix -> network, the trainer's prefixes for the
+# probe sets above (evaluation.SHIFT_PREFIX: shift/ is the training network); measure -> what
+# it compares
+SHIFT_NETWORKS = {SHIFT_PREFIX[probe]: label for probe, (label, *_) in NETWORKS.items()}
 SHIFT_MEASURES = {"w1_init": "W1 to step 0", "w1_prev": "W1 to the previous evaluation",
                   "w1_init_rel": "W1 to step 0 / spread", "w1_prev_rel": "W1 to previous / spread"}
 SOURCE = "Ioffe & Szegedy (2015)"  # bnrepro.claims.SOURCES
@@ -320,8 +323,9 @@ def shift_figure(runs: list[Run], prefix: str = "shift") -> plt.Figure | None:
     for ax in axes[-1]:
         ax.set_xlabel("training steps")
     axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"Distributional shift of each layer's sigmoid input "
-                 f"({SHIFT_NETWORKS[prefix]}; mean over seeds, band min..max)", fontsize=10)
+    fig.suptitle(f"{runs[0].config.dataset.name}: distributional shift of each layer's sigmoid "
+                 f"input ({SHIFT_NETWORKS[prefix]}; mean over seeds, band min..max)",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -253,10 +253,10 @@ def test_fig1_notebook_shows_the_store_numbers(executed):
 
     # distributional shift: drawn from the store when the trainer logs it, else said missing
     logged = sorted({k.split("/")[0] for k in metrics(dirs[0]).columns
-                     if k.startswith(("shift/", "shift_train/"))})
+                     if k.startswith(("shift/", "shift_inference/"))})
     if not logged:
         assert "do not log the distributional-shift measures" in run.text
-        assert not {"shift", "shift_train"} & set(run.figures)
+        assert not {"shift", "shift_inference"} & set(run.figures)
     else:
         check_shift(run, dirs, logged)
 
@@ -355,14 +355,14 @@ def test_fig1_notebook_draws_the_shift_measures_when_runs_log_them(fig1_params, 
                 row[f"shift/h{layer}/w1_init"] = scale * layer * k
                 if k:
                     row[f"shift/h{layer}/w1_prev"] = scale * layer * (k + 1) / 10
-                    row[f"shift_train/h{layer}/w1_prev_rel"] = scale * layer * k / 100
+                    row[f"shift_inference/h{layer}/w1_prev_rel"] = scale * layer * k / 100
         (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     run = execute("fig1_shift", {"RUNS": str(copy)}, tmp_path)
-    check_shift(run, dirs, ["shift", "shift_train"])
+    check_shift(run, dirs, ["shift", "shift_inference"])
     evaluations = len(rows)
     axes = run.figures["shift"]["axes"]  # rows: w1_init, w1_prev; columns: layers 1..3
     assert [a["lines"] for a in axes] == [[evaluations] * 2] * 3 + [[evaluations - 1] * 2] * 3
-    assert len(run.figures["shift_train"]["axes"]) == 3
+    assert len(run.figures["shift_inference"]["axes"]) == 3
     prev = {n: np.mean([s * layer * (k + 1) / 10 for layer in (1, 2, 3)
                         for k in range(1, evaluations)]) for n, s in scales.items()}
     assert f"moves by w1_prev {prev['none']:.4f} without BN and {prev['bn']:.4f} with BN" \
