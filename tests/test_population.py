@@ -122,3 +122,57 @@ def test_members_with_their_own_schedule_decay_and_augmentation_match_their_solo
         train_population([cfg], [tmp_path / f"single{k}"])
         assert_same_metrics(read_metrics(tmp_path / f"pop{k}"),
                             read_metrics(tmp_path / f"single{k}"), k)
+
+
+def test_divergence_read_back_every_few_steps_freezes_the_same_members_at_the_same_steps(
+        tmp_path, mirror):
+    """trainer.divergence_check_every > 1 (a GPU's default): a diverged member freezes on the
+    device at once and the host records it later. The same run as with a read every step: the
+    same rows, the same diverged_at_step and reason, the frozen member's weights held where
+    its last good update left them (an unmasked update would move them)."""
+    import torch
+
+    from bnrepro.checkpoint import path, steps
+
+    members = [("0.1", "0.0"), ("1e6", "0.0"), ("0.3", "0.3")]  # lr, dropout: one explodes
+
+    def run(check_every: int) -> tuple[list[dict], list[list[dict]], list[dict]]:
+        cfgs = [compose_config(["experiment=fig1_mnist", "debug=smoke", "model.norm=none",
+                                "model.activation=relu", f"optim.lr={lr}",
+                                f"model.dropout={p}", f"seed={k}",
+                                f"trainer.divergence_check_every={check_every}"])
+                for k, (lr, p) in enumerate(members)]
+        dirs = [tmp_path / f"every{check_every}" / str(k) for k in range(len(cfgs))]
+        summaries = train_population(cfgs, dirs)
+        weights = [torch.load(path(d, steps(d)[0]), weights_only=True)["model"] for d in dirs]
+        return [{k: v for k, v in s.items() if not k.endswith("time_s")} for s in summaries], \
+            [read_metrics(d) for d in dirs], weights
+
+    each, each_rows, each_weights = run(1)
+    later, later_rows, later_weights = run(7)
+    assert each[1]["status"] == "diverged" and each[1]["diverged_at_step"] == 2
+    assert later == each
+    assert later_rows == each_rows
+    for a, b in zip(each_weights, later_weights, strict=True):
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_step_streams_live_there_and_members_still_match_their_solo_runs(
+        tmp_path, mirror):
+    """Dropout and augmentation draw on the GPU (seeding.on_device); a member of a population
+    still draws what it draws alone. Not run where this repo is developed (no GPU there)."""
+    from bnrepro.models import build_model, move_step_streams
+
+    cfgs = [compose_config(["experiment=fig1_mnist", "debug=smoke", "trainer.device=cuda",
+                            f"model.dropout={p}", f"seed={k}", "augment.crop_padding=2",
+                            "augment.flip=true"]) for k, p in enumerate((0.2, 0.5))]
+    model = build_model(cfgs, (1, 28, 28)).cuda()
+    move_step_streams(model, "cuda")
+    assert {g.device.type for g in model.dropout.generators} == {"cuda"}
+    train_population(cfgs, [tmp_path / f"pop{k}" for k in range(2)])
+    for k, cfg in enumerate(cfgs):
+        train_population([cfg], [tmp_path / f"single{k}"])
+        assert_same_metrics(read_metrics(tmp_path / f"pop{k}"),
+                            read_metrics(tmp_path / f"single{k}"), k)

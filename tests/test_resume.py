@@ -210,3 +210,27 @@ def test_schedules_and_augmentation_resume_as_if_never_stopped(tmp_path, mirror,
     train_population(cfgs, clean)
     assert read_summary(stopped[0])["resumed_from_step"] == 20
     assert_same_runs(stopped, clean)
+
+
+def test_a_stream_saved_on_another_kind_of_device_is_refused_with_what_to_do(run_train,
+                                                                            tmp_path, mirror):
+    """Dropout draws on the training device (seeding.on_device): a checkpoint whose dropout
+    stream is a GPU's (Philox: 16 bytes of state, where the CPU's Mersenne Twister has 5,056)
+    cannot continue on the CPU. The rerun says so in one line and leaves the run as it was."""
+    import torch
+
+    run_dir = tmp_path / "run"
+    args = [*SMOKE, "model.dropout=0.2", f"hydra.run.dir={run_dir}"]
+    run_train(*args)
+    file = checkpoint.path(run_dir, checkpoint.steps(run_dir)[0])
+    saved = torch.load(file, weights_only=True)
+    saved["finished"] = False  # so that the rerun resumes it
+    saved["dropout_rng"] = [torch.zeros(16, dtype=torch.uint8)]  # what a CUDA generator saves
+    torch.save(saved, file)
+    before = mtimes(run_dir)
+    result = run_train(*args, check=False)
+    assert result.returncode == 2
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "another kind of device" in error[0], result.stderr
+    assert "trainer.device" in error[0] and "trainer.resume=false" in error[0]
+    assert mtimes(run_dir) == before

@@ -13,18 +13,22 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from bnrepro.seeding import generator
+from bnrepro.seeding import generator, load_state
 
 
 class BatchAugment:
     """Per member k: crop offsets uniform in [-crop_padding[k], crop_padding[k]] pixels on each
     axis (the padding is black), and a flip with probability 1/2 where flip[k]."""
 
-    def __init__(self, seeds: Sequence[int], crop_padding: Sequence[int], flip: Sequence[bool]):
+    def __init__(self, seeds: Sequence[int], crop_padding: Sequence[int], flip: Sequence[bool],
+                 device: torch.device | str = "cpu"):
+        """The streams of members that augment live on `device` (seeding.on_device); those of
+        members that never draw stay on the CPU, so their checkpoints resume anywhere."""
         if any(p < 0 for p in crop_padding):
             raise ValueError(f"augment.crop_padding must be >= 0, got {list(crop_padding)}")
         self.crop_padding, self.flip = [int(p) for p in crop_padding], [bool(f) for f in flip]
-        self.generators = [generator(s, "augment") for s in seeds]
+        self.generators = [generator(s, "augment", device if pad or f else "cpu")
+                           for s, pad, f in zip(seeds, self.crop_padding, self.flip, strict=True)]
 
     @property
     def active(self) -> bool:
@@ -38,12 +42,13 @@ class BatchAugment:
         shifts, flips = [], []
         for g, pad, flip in zip(self.generators, self.crop_padding, self.flip, strict=True):
             # Draws only what the member uses: its stream does not depend on the others' knobs.
-            shifts.append(torch.randint(-pad, pad + 1, (B, 2), generator=g) if pad
-                          else torch.zeros(B, 2, dtype=torch.long))
-            flips.append(torch.rand(B, generator=g) < 0.5 if flip
-                         else torch.zeros(B, dtype=torch.bool))
-        shift = torch.cat(shifts).to(images.device)
-        flipped = torch.cat(flips).to(images.device)
+            # Drawn on the stream's device (the training device for those that draw).
+            shifts.append(torch.randint(-pad, pad + 1, (B, 2), generator=g, device=g.device)
+                          .to(images.device) if pad
+                          else torch.zeros(B, 2, dtype=torch.long, device=images.device))
+            flips.append((torch.rand(B, generator=g, device=g.device) < 0.5).to(images.device)
+                         if flip else torch.zeros(B, dtype=torch.bool, device=images.device))
+        shift, flipped = torch.cat(shifts), torch.cat(flips)
         margin = max(self.crop_padding)
         padded = F.pad(images.reshape(P * B, C, H, W), (margin,) * 4)
         rows = margin + shift[:, :1] + torch.arange(H, device=images.device)  # [N, H]
@@ -58,4 +63,4 @@ class BatchAugment:
 
     def load_member_states(self, states: Sequence[torch.Tensor]) -> None:
         for g, state in zip(self.generators, states, strict=True):
-            g.set_state(state)
+            load_state(g, state)

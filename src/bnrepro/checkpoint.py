@@ -35,12 +35,14 @@ from bnrepro.norms import unused_knobs
 from bnrepro.norms.noisy import SanturkarNoise
 from bnrepro.optim import PopulationSGD
 from bnrepro.sampling import EpochSampler
+from bnrepro.seeding import load_state
 
 FILE_PATTERN = re.compile(r"checkpoint-(\d+)\.pt")
 # Keys that may change between a run and its resumption without changing its trajectory.
 # probe.shift and probe.train_noise only measure (their streams are not the training ones).
 RESUME_INSENSITIVE = ("fresh", "trainer.progress", "trainer.resume", "trainer.checkpoint_every",
                       "trainer.device", "trainer.eval_memory_mb", "trainer.test_every", "logger",
+                      "trainer.divergence_check_every",
                       "dataset.root", "dataset.mirror", "measures", "probe.shift",
                       "probe.train_noise", "model.conv_execution",
                       "probe.residual_variance", "trainer.test_examples",
@@ -222,15 +224,22 @@ def restore(checkpoints: Sequence[dict], model: nn.Module, optimizer: Population
             saved = c["momentum"].get(name)
             buf[k].copy_(saved if saved is not None else torch.zeros_like(buf[k]))
     sampler.load_member_states([c["sampler"] for c in checkpoints])
-    # A checkpoint from before augmentation existed: that run never drew from the stream.
-    augment.load_member_states([c.get("augment_rng", g.get_state())
-                                for c, g in zip(checkpoints, augment.generators, strict=True)])
-    for j, gens in enumerate(_dropout_generators(model)):
-        for g, c in zip(gens, checkpoints, strict=True):
-            g.set_state(c["dropout_rng"][j])
-    for j, gens in enumerate(_noise_generators(model)):
-        for g, c in zip(gens, checkpoints, strict=True):
-            g.set_state(c["noise_rng"][j])
+    try:  # the streams a step draws from live on the training device (seeding.on_device)
+        # A checkpoint from before augmentation existed: that run never drew from the stream.
+        augment.load_member_states([c.get("augment_rng", g.get_state())
+                                    for c, g in zip(checkpoints, augment.generators,
+                                                    strict=True)])
+        for j, gens in enumerate(_dropout_generators(model)):
+            for g, c in zip(gens, checkpoints, strict=True):
+                load_state(g, c["dropout_rng"][j])
+        for j, gens in enumerate(_noise_generators(model)):
+            for g, c in zip(gens, checkpoints, strict=True):
+                load_state(g, c["noise_rng"][j])
+    except ValueError as err:
+        raise ResumeMismatchError(
+            f"{(checkpoints[0].get('population') or ['this run'])[0]}: {err} (dropout, noise "
+            "and augmentation draw on the training device); resume it with the trainer.device "
+            "it trained on, or trainer.resume=false to start it over") from err
     for name, state in (extras or {}).items():
         state.load_member_states([c.get("extras", {}).get(name) for c in checkpoints])
     return checkpoints[0]["step"]

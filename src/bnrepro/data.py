@@ -282,7 +282,9 @@ class InputTransform:
             return (images >= 128).float()
         x = images.float().div_(255)
         if self.mean is not None:
-            x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+            if self.mean.device != x.device:  # moved once, not copied with every batch
+                self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
+            x = (x - self.mean) / self.std
         return x
 
 

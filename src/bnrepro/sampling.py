@@ -37,29 +37,33 @@ class EpochSampler:
     do not depend on the population it trains in. The last partial batch is dropped.
     """
 
-    def __init__(self, num_examples: int, batch_size: int, seeds: list[int]):
+    def __init__(self, num_examples: int, batch_size: int, seeds: list[int],
+                 device: torch.device | str = "cpu"):
+        """Orders are drawn on the CPU (the same batches on every device) and moved to
+        `device` once per epoch: a step only slices them there."""
         self.num_examples, self.batch_size = num_examples, batch_size
         self.steps_per_epoch = num_examples // batch_size
         self.generators = [generator(s, "data") for s in seeds]
+        self.device = torch.device(device)
         self.step = 0
-        self.order = torch.empty(len(seeds), 0, dtype=torch.long)
+        self.order = torch.empty(len(seeds), 0, dtype=torch.long, device=self.device)
 
     def next(self) -> torch.Tensor:
         """Indices [P, batch_size] for the next step."""
         position = self.step % self.steps_per_epoch
         if position == 0:
             self.order = torch.stack([torch.randperm(self.num_examples, generator=g)
-                                      for g in self.generators])
+                                      for g in self.generators]).to(self.device)
         self.step += 1
         return self.order[:, position * self.batch_size:(position + 1) * self.batch_size]
 
     def member_state(self, k: int) -> dict:
         return {"step": self.step, "rng": self.generators[k].get_state(),
-                "order": self.order[k].clone() if self.order.numel() else None}
+                "order": self.order[k].cpu().clone() if self.order.numel() else None}
 
     def load_member_states(self, states: list[dict]) -> None:
         self.step = states[0]["step"]
         for g, state in zip(self.generators, states, strict=True):
             g.set_state(state["rng"])
         if states[0]["order"] is not None:
-            self.order = torch.stack([s["order"] for s in states])
+            self.order = torch.stack([s["order"] for s in states]).to(self.device)

@@ -30,7 +30,7 @@ from bnrepro.data import InputTransform, load_dataset
 from bnrepro.evaluation import Evaluator
 from bnrepro.loggers import make_sink
 from bnrepro.measures.hook import StepMeasures
-from bnrepro.models import build_model
+from bnrepro.models import build_model, move_step_streams
 from bnrepro.norms import set_norm_step
 from bnrepro.optim import PopulationSGD
 from bnrepro.sampling import EpochSampler, validation_split
@@ -41,6 +41,9 @@ register_resolvers()  # before Hydra composes a config: hydra.run.dir uses them
 
 # Keys that may differ between members of one population; everything else must match.
 # `variant` is a label some experiments give their runs (e.g. fig2_cifar's "BN-x5").
+# trainer.divergence_check_every when null, off the CPU: how many steps a GPU queues between two
+# reads of the members' divergence (a diverged member stays frozen on the device meanwhile).
+DEVICE_CHECK_EVERY = 50
 MEMBER_KEYS = ("seed", "optim.lr", "optim.momentum", "optim.weight_decay", "optim.lr_decay",
                "optim.lr_decay_steps", "model.dropout", "augment.crop_padding", "augment.flip",
                "variant")
@@ -174,13 +177,15 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     checkpoint_every = cfg.trainer.checkpoint_every
 
     model = build_model(cfgs, ds.image_shape).to(device)
+    move_step_streams(model, device)  # a step's random draws happen on the device (seeding)
     per_member = {key: torch.tensor([float(c.optim[key]) for c in cfgs], device=device)
                   for key in ("lr", "momentum", "weight_decay", "lr_decay", "lr_decay_steps")}
     optimizer = PopulationSGD(model.parameters(), **per_member)
     measures = StepMeasures(cfg.get("measures"), model, optimizer, member_losses)
-    sampler = EpochSampler(len(train_index), cfg.trainer.batch_size, [c.seed for c in cfgs])
+    sampler = EpochSampler(len(train_index), cfg.trainer.batch_size, [c.seed for c in cfgs],
+                           device)
     augment = BatchAugment([c.seed for c in cfgs], [c.augment.crop_padding for c in cfgs],
-                           [c.augment.flip for c in cfgs])
+                           [c.augment.flip for c in cfgs], device)
     start_step = 0
     summaries = [new_summary(c, P) for c in cfgs]
     if saved[0] is not None:
@@ -206,11 +211,34 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     correct_sum = torch.zeros(P, device=device)
     seconds = {"eval": 0.0, "measure": 0.0, "loop_start": 0.0}
 
-    def mark_diverged(members: list[int], step: int, why: Sequence[str]) -> None:
-        for k, reason in zip(members, why, strict=True):
+    def mark_diverged(members: list[int], steps: Sequence[int], why: Sequence[str]) -> None:
+        for k, step, reason in zip(members, steps, why, strict=True):
+            live["members"] -= summaries[k]["status"] == "running"
             summaries[k] |= {"status": "diverged", "diverged_at_step": step, "reason": reason}
-            live["members"] -= bool(alive[k])
             alive[k] = False
+
+    bound = cfg.trainer.divergence_loss
+
+    def train_loss_reason(loss: float, step: int) -> str:
+        return f"train loss {loss:.4g} at step {step} (bound {bound})"
+
+    # Reading `diverged` back on the host every step would stall a GPU, so every `check_every`
+    # steps (trainer.divergence_check_every; 1 on the CPU, where it costs nothing) a diverged
+    # member freezes on the device at once (its update masked out by `alive`, its step and
+    # loss kept in `frozen_at`/`frozen_loss`) and the host records it at the next check, and
+    # at every evaluation. The same members freeze at the same steps, with the same floats.
+    check_every = cfg.trainer.get("divergence_check_every") or (1 if device.type == "cpu"
+                                                                 else DEVICE_CHECK_EVERY)
+    frozen_at = torch.zeros(P, dtype=torch.long, device=device)
+    frozen_loss = torch.zeros(P, device=device)
+
+    def record_frozen() -> None:
+        """Mark the members that froze on the device since the last check as diverged."""
+        still = alive.tolist()
+        members = [k for k in range(P) if summaries[k]["status"] == "running" and not still[k]]
+        at, losses = frozen_at.tolist(), frozen_loss.tolist()
+        mark_diverged(members, [at[k] for k in members],
+                      [train_loss_reason(losses[k], at[k]) for k in members])
 
     test_every = cfg.trainer.test_every or eval_every
 
@@ -234,10 +262,10 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
                               for p in model.parameters()]).all(0).tolist()
         exploded = [k for k in alive.nonzero().flatten().tolist()
                     if not finite[k] or not rows[k]["val/loss"] <= cfg.trainer.divergence_loss]
-        mark_diverged(exploded, step, [
+        mark_diverged(exploded, [step] * len(exploded), [
             f"after the update of step {step}: " + ("weights not finite" if not finite[k] else
                                                     f"validation loss {rows[k]['val/loss']:.4g}")
-            + f" (bound {cfg.trainer.divergence_loss})" for k in exploded])
+            + f" (bound {bound})" for k in exploded])
         train_loss = (loss_sum / max(steps_averaged, 1)).tolist()
         train_acc = (correct_sum / max(steps_averaged, 1)).tolist()
         for k in alive.nonzero().flatten().tolist():
@@ -279,21 +307,30 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
         for step in progress:
             if not live["members"]:
                 break
-            index = train_index[sampler.next().to(device)]
+            index = train_index[sampler.next()]
             x, y = transform(augment(ds.train_images[index])), ds.train_labels[index]
             set_norm_step(model, step)  # Batch Renorm's r_max/d_max schedule
             replay = measures.capture(step)  # None unless a measure is due at this step
             logits = model(x)
             loss = member_losses(logits, y)
-            diverged = alive & ~(loss.detach() <= cfg.trainer.divergence_loss)  # NaN too
-            if diverged.any():  # freeze those members before their update; the rest go on
+            # Freeze the members whose loss diverged (NaN too) before their update; the rest
+            # go on.
+            diverged = alive & ~(loss.detach() <= bound)
+            if check_every > 1:  # on the device now, on the host at the next check
+                frozen_at.masked_fill_(diverged, step)
+                frozen_loss.copy_(torch.where(diverged, loss.detach(), frozen_loss))
+                alive &= ~diverged
+                if step % check_every == 0 or step % eval_every == 0 or step == max_steps:
+                    record_frozen()
+                    if not live["members"]:
+                        break
+            elif diverged.any():
                 members = diverged.nonzero().flatten().tolist()
-                mark_diverged(members, step, [f"train loss {loss[k].item():.4g} at step {step}"
-                                              f" (bound {cfg.trainer.divergence_loss})"
-                                              for k in members])
+                mark_diverged(members, [step] * len(members),
+                              [train_loss_reason(loss[k].item(), step) for k in members])
                 if not live["members"]:
                     break
-            all_alive = live["members"] == P
+            all_alive = check_every == 1 and live["members"] == P
             optimizer.zero_grad()
             (loss.sum() if all_alive else torch.where(alive, loss, 0.0).sum()).backward()
             optimizer.set_step(step)

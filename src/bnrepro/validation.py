@@ -46,6 +46,9 @@ def config_problems(cfg: DictConfig) -> list[str]:
     one_of("trainer.device", DEVICES)
     check("trainer.threads", cfg.trainer.get("threads") is None or (
         _integer(cfg.trainer.threads) and cfg.trainer.threads >= 1), "must be null or >= 1")
+    check("trainer.divergence_check_every", cfg.trainer.get("divergence_check_every") is None
+          or (_integer(cfg.trainer.divergence_check_every)
+              and cfg.trainer.divergence_check_every >= 1), "must be null or >= 1")
     t, o = cfg.trainer, cfg.optim
     check("optim.lr", _number(o.lr) and o.lr > 0, "must be > 0")
     check("optim.momentum", _number(o.momentum) and 0 <= o.momentum < 1, "must be in [0, 1)")

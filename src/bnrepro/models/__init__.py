@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from bnrepro.models.cnn import CNN, stage_widths
@@ -25,10 +26,12 @@ from bnrepro.models.layers import (
 from bnrepro.models.mlp import MLP
 from bnrepro.models.resnet import RESIDUAL_SCALES, STAGES, ResNet, blocks_per_stage
 from bnrepro.norms import head_norm
+from bnrepro.norms.noisy import SanturkarNoise
+from bnrepro.seeding import on_device
 
 __all__ = ["ACTIVATIONS", "CNN", "CONV_EXECUTIONS", "MLP", "MODELS", "ModelSpec",
            "PopulationConv2d", "PopulationDropout", "PopulationLinear", "ResNet", "build_model",
-           "check_norm_and_activation"]
+           "check_norm_and_activation", "move_step_streams"]
 
 
 @dataclass(frozen=True)
@@ -113,3 +116,16 @@ def build_model(cfgs: Sequence[Mapping], image_shape: tuple[int, ...]) -> nn.Mod
     common = dict(seeds=[c.seed for c in cfgs], norm=m.norm, activation=m.activation,
                   dropout=[c.model.dropout for c in cfgs], init_std=m.init_std, norm_cfg=m)
     return MODELS[m.kind].build(m, common, tuple(image_shape))
+
+
+def move_step_streams(model: nn.Module, device: torch.device | str) -> None:
+    """Put the streams a training forward pass of `model` draws from on `device` (seeding's
+    docstring): the dropout layers' that drop, and the noisy norms' (one list, shared by the
+    model's noisy layers). A dropout layer that never drops keeps its CPU streams, so a run
+    without dropout resumes on any device."""
+    lists: dict[int, list[torch.Generator]] = {}
+    for m in model.modules():
+        if isinstance(m, PopulationDropout) and not m.off or isinstance(m, SanturkarNoise):
+            lists.setdefault(id(m.generators), m.generators)
+    for generators in lists.values():
+        on_device(generators, device)

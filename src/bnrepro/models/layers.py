@@ -61,9 +61,10 @@ class PopulationDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.off:
             return x
-        # Drawn on the generators' device (CPU), so masks are the same on every device.
-        noise = torch.stack([torch.rand(x.shape[1:], generator=g) for g in self.generators])
-        noise = noise.to(x.device)
+        # Drawn on each generator's device: the training device once train.py has moved the
+        # streams there (seeding.on_device), so a GPU step copies nothing from the host.
+        noise = torch.stack([torch.rand(x.shape[1:], generator=g, device=g.device)
+                             for g in self.generators]).to(x.device)
         keep = self.keep.view(-1, *[1] * (x.dim() - 1))
         return x * (noise < keep) / keep
 

@@ -24,8 +24,8 @@ network (evaluation.py, `act_train/`, with probe.train_noise) perturb with the s
 drawn from a separate "probe_noise" stream inside `probe_noise(...)` (see ProbeNoise): the
 training streams never advance outside training steps.
 
-Draws come from each member's own "noise" stream, on the CPU (device-independent, as dropout),
-so a member's noise does not depend on its population. `noise_only` puts the same noise on a
+Draws come from each member's own "noise" stream, on the training device (as dropout's; see
+seeding.py), so a member's noise does not depend on its population. `noise_only` puts the same noise on a
 net without BN; the paper (Sec. 2.1): "adding the same amount of noise to the activations of
 the standard (non-BatchNorm) network prevents it from training entirely."
 """
@@ -69,8 +69,8 @@ class SanturkarNoise(nn.Module):
 
     def unit_parameters(self, C: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Alg. 1 lines 7-8 for C units: (mu [C], sigma [C]) of one step's D_j^t."""
-        mu = (torch.rand(C, generator=g) * 2 - 1) * self.n_mu
-        sigma = 1 + torch.rand(C, generator=g) * (self.n_sigma - 1)
+        mu = (torch.rand(C, generator=g, device=g.device) * 2 - 1) * self.n_mu
+        sigma = 1 + torch.rand(C, generator=g, device=g.device) * (self.n_sigma - 1)
         return mu, sigma
 
     def element_noise(self, mu: torch.Tensor, sigma: torch.Tensor, shape: torch.Size,
@@ -78,8 +78,8 @@ class SanturkarNoise(nn.Module):
         """Alg. 1 lines 12-13 for values of `shape` [B, C, ...] given the units' (mu, sigma):
         (s, m) of that shape."""
         units = (1, shape[1], *[1] * (len(shape) - 2))  # a unit is a feature, or a map channel
-        m = mu.view(units) + (torch.rand(shape, generator=g) * 2 - 1) * self.r_mu
-        s = sigma.view(units) + torch.randn(shape, generator=g) * self.s_std
+        m = mu.view(units) + (torch.rand(shape, generator=g, device=g.device) * 2 - 1) * self.r_mu
+        s = sigma.view(units) + torch.randn(shape, generator=g, device=g.device) * self.s_std
         return s, m
 
     def draw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
