@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -m "not slow"
 TEST_WORKERS ?= auto
 
 .PHONY: help setup test test-all reproduce shift-trials norm-trials fig1 sweep-mnist fig2 fig2-lr depth sweep-cifar dln \
-	santurkar batchsize batchsize-lr bench notebooks lint format clean report wandb-workspace
+	santurkar batchsize batchsize-lr bench bench-profile notebooks lint format clean report wandb-workspace
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -133,6 +133,9 @@ santurkar: setup  ## Santurkar et al. Figs. 1-6 analogs: MNIST MLP + CIFAR CNN, 
 
 bench: setup  ## ms per model-step, ours vs the loops a PyTorch user writes, and the roofline
 	$(PY) -m bnrepro.bench
+
+bench-profile: setup  ## where a step's time goes, op by op, ours beside the bench's peers
+	$(PY) -m bnrepro.bench.profile
 
 # The notebooks' sources are notebooks/*.py (jupytext percent format); executed copies, with
 # their outputs, go to results/notebooks/ (ignored by git). Trains nothing: reads runs/.

@@ -170,3 +170,19 @@ def test_quick_bench_records_every_row_with_sane_numbers(mnist, tmp_path):
 def test_separate_processes_start_together_and_time_their_steps(mlp):
     sample = peers.separate_processes(mlp, REPO / "data", 2)
     assert 0 < sample(2, 5) < math.inf
+
+
+def test_the_profile_holds_our_timed_steps_and_nothing_else(mlp):
+    """bench.profile's "ours" column covers steps warmup+1 .. warmup+steps only: each of the
+    MLP's 3 BN layers runs its backward once per step (set-up and the evaluations at step 0
+    and at the end run none, warm-up steps run theirs outside), so the profile holds exactly
+    3 x steps of them."""
+    from bnrepro.bench.profile import ours_profile, table
+
+    steps = 4
+    prof = ours_profile(mlp, 1, warmup=3, steps=steps)
+    calls = {e.key: e.count for e in prof.key_averages()}
+    assert calls["aten::native_batch_norm_backward"] == 3 * steps
+    assert calls["aten::native_batch_norm"] == 3 * steps  # no evaluation's forward passes
+    text = table(["a", "b"], [{"x": 2.0, "y": 1.0}, {"x": 1.0, "z": 0.5}])
+    assert "| `x` | 2.000 | 1.000 |" in text and "| **total** | **3.000** | **1.500** |" in text

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bnrepro.bench.timing import synchronize
@@ -18,9 +19,11 @@ from bnrepro.bench.workloads import Workload, trainer_dataset
 from bnrepro.train import train_population
 
 
-def our_trainer(w: Workload, population_size: int, extra: list[str] | None = None):
+def our_trainer(w: Workload, population_size: int, extra: list[str] | None = None,
+                span: tuple[Callable[[], object], Callable[[], object]] | None = None):
     """The sample function of our trainer with `population_size` members (seeds 0..P-1);
-    `extra` config overrides (e.g. model.conv_execution=grouped)."""
+    `extra` config overrides (e.g. model.conv_execution=grouped); `span`: (start, stop) called
+    where the clock starts and stops (bench.profile's profiler)."""
     settings = [f"trainer.device={w.device.type}", "trainer.progress=false",
                 "trainer.checkpoint_every=0", *(extra or [])]
     configs = w.population(population_size, settings)
@@ -35,6 +38,8 @@ def our_trainer(w: Workload, population_size: int, extra: list[str] | None = Non
             if step in (warmup, warmup + steps):
                 synchronize(w.device)
                 clock[step] = time.perf_counter()
+                if span is not None:
+                    span[step != warmup]()
 
         for cfg in configs:  # evaluate only at step 0 and the end, both outside the clock
             cfg.trainer.max_steps = cfg.trainer.eval_every = warmup + steps

@@ -25,9 +25,9 @@ drawn from a separate "probe_noise" stream inside `probe_noise(...)` (see ProbeN
 training streams never advance outside training steps.
 
 Draws come from each member's own "noise" stream, on the training device (as dropout's; see
-seeding.py), so a member's noise does not depend on its population. `noise_only` puts the same noise on a
-net without BN; the paper (Sec. 2.1): "adding the same amount of noise to the activations of
-the standard (non-BatchNorm) network prevents it from training entirely."
+seeding.py), so a member's noise does not depend on its population. `noise_only` puts the
+same noise on a net without BN; the paper (Sec. 2.1): "adding the same amount of noise to the
+activations of the standard (non-BatchNorm) network prevents it from training entirely."
 """
 
 from __future__ import annotations
