@@ -71,7 +71,11 @@ class PopulationSGD:
         momentum is 0 for all), zero for frozen members. `in_place` stores buf_new in the
         momentum buffers (step); otherwise they are only read. Both ways compute the same
         floats (the same operations in the same order), so next_values matches step."""
-        frozen = None if active is None or bool(active.all()) else ~active
+        # Where every member is active the masking is skipped (the same floats); reading that
+        # back costs nothing on the CPU but would stall a GPU each step (train.py's
+        # divergence_check_every), so there the mask is applied as it is.
+        all_active = active is None or (active.device.type == "cpu" and bool(active.all()))
+        frozen = None if all_active else ~active
         for i, p in enumerate(self.params):
             grad = p.grad
             if frozen is not None:

@@ -23,8 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from bnrepro.models import PopulationDropout
-from bnrepro.norms.noisy import SanturkarNoise
+from bnrepro.models import step_streams
 
 # (logits [P, B, C], labels [P, B]) -> per-member loss [P]: the trainer's own criterion.
 Criterion = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -34,13 +33,8 @@ LossFn = Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
 
 def forward_generators(model: nn.Module) -> list[torch.Generator]:
     """Every random generator a training forward pass of `model` draws from (dropout masks,
-    norm noise), each once."""
-    found: dict[int, torch.Generator] = {}
-    for module in model.modules():
-        if isinstance(module, PopulationDropout | SanturkarNoise):
-            for g in module.generators:
-                found.setdefault(id(g), g)
-    return list(found.values())
+    norm noise; models.step_streams), each once."""
+    return [g for generators in step_streams(model) for g in generators]
 
 
 class StepReplay:

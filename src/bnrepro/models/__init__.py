@@ -31,7 +31,7 @@ from bnrepro.seeding import on_device
 
 __all__ = ["ACTIVATIONS", "CNN", "CONV_EXECUTIONS", "MLP", "MODELS", "ModelSpec",
            "PopulationConv2d", "PopulationDropout", "PopulationLinear", "ResNet", "build_model",
-           "check_norm_and_activation", "move_step_streams"]
+           "check_norm_and_activation", "move_step_streams", "step_streams"]
 
 
 @dataclass(frozen=True)
@@ -118,14 +118,20 @@ def build_model(cfgs: Sequence[Mapping], image_shape: tuple[int, ...]) -> nn.Mod
     return MODELS[m.kind].build(m, common, tuple(image_shape))
 
 
-def move_step_streams(model: nn.Module, device: torch.device | str) -> None:
-    """Put the streams a training forward pass of `model` draws from on `device` (seeding's
-    docstring): the dropout layers' that drop, and the noisy norms' (one list, shared by the
-    model's noisy layers). A dropout layer that never drops keeps its CPU streams, so a run
-    without dropout resumes on any device."""
+def step_streams(model: nn.Module) -> list[list[torch.Generator]]:
+    """The generator lists a training forward pass of `model` draws from, each list once: the
+    dropout layers' that drop, and the noisy norms' (one list, shared by the model's noisy
+    layers)."""
     lists: dict[int, list[torch.Generator]] = {}
     for m in model.modules():
         if isinstance(m, PopulationDropout) and not m.off or isinstance(m, SanturkarNoise):
             lists.setdefault(id(m.generators), m.generators)
-    for generators in lists.values():
+    return list(lists.values())
+
+
+def move_step_streams(model: nn.Module, device: torch.device | str) -> None:
+    """Put the streams of `step_streams(model)` on `device` (seeding's docstring). A dropout
+    layer that never drops keeps its CPU streams, so a run without dropout resumes on any
+    device."""
+    for generators in step_streams(model):
         on_device(generators, device)
