@@ -24,6 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 from bnrepro.atomic import atomic_write_text
 from bnrepro.bench import peers
 from bnrepro.bench.ours import our_trainer
+from bnrepro.bench.report import NET_TITLES
 from bnrepro.bench.roofline import sgemm_gflops
 from bnrepro.bench.timing import median_time
 from bnrepro.bench.workloads import Workload, cnn_workload, mlp_workload
@@ -152,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> str:
             print(f"  {net}: profiling {label} ({steps} steps)", flush=True)
             labels.append(label)
             times.append(run(args.warmup, steps))
-        parts.append(f"## {net}\n\n{table(labels, times)}\n")
+        parts.append(f"## {net}: {NET_TITLES[net]}\n\n{table(labels, times)}\n")
         if net == "mlp":
             c = product_ceiling(w, P)
             parts.append(f"The population's batched products alone (P={P}: per layer forward, "

@@ -99,6 +99,12 @@ def row_record(row: Row, roofline_ms: float | None, reference_ms: float | None) 
     return record | row.extra
 
 
+# The bench's nets and their data (workloads.py), as its tables name them.
+NET_TITLES = {"mlp": "Fig. 1 MLP (784-100-100-100-10, sigmoid, BN, batch 60, MNIST)",
+              "cnn": "quick CIFAR CNN (model=cnn, width 0.5, BN, ReLU, batch 64, random uint8 "
+                     "images)"}
+
+
 def markdown(result: dict) -> str:
     """results/bench.md: the tables the README includes."""
     m, p = result["machine"], result["protocol"]
@@ -106,10 +112,7 @@ def markdown(result: dict) -> str:
            f"{m['threads']} threads, torch {m['torch']}: {p['repeats']} rounds of every row, "
            f"each sample {p['warmup']} warm-up + {p['steps']['mlp']} (MLP) / "
            f"{p['steps']['cnn']} (CNN) timed steps; median (min..max) ms per model-step."]
-    for net, title in (("mlp", "Fig. 1 MLP (784-100-100-100-10, sigmoid, BN, batch 60, "
-                               "MNIST)"),
-                       ("cnn", "quick CIFAR CNN (model=cnn, width 0.5, BN, ReLU, batch 64, "
-                               "random uint8 images)")):
+    for net, title in NET_TITLES.items():
         rows = [r for r in result["rows"] if r["net"] == net]
         if not rows:
             continue
