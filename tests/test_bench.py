@@ -152,6 +152,8 @@ def test_quick_bench_records_every_row_with_sane_numbers(mnist, tmp_path):
     assert roof["sgemm_gflops"] > 0 and all(c["gflops"] > 0 for c in roof["conv_rates"])
     assert all(c["grouped_ms"] > 0 and c["per_member_ms"] > 0
                for c in result["conv_execution"])
+    assert result["pooling"] and all(r[f"{phase}_{way}_ms"] > 0 for r in result["pooling"]
+                                     for phase in ("train", "eval") for way in ("torch", "ours"))
     ev = result["evaluation"]
     parts = ev["one_evaluation_s"]
     assert parts["whole_evaluation"] == pytest.approx(
@@ -164,6 +166,7 @@ def test_quick_bench_records_every_row_with_sane_numbers(mnist, tmp_path):
     assert all(t["met"] in (True, False) for t in result["targets"]), result["targets"]
     table = out.with_suffix(".md").read_text()
     assert all(r["label"] in table for r in result["rows"])
+    assert "Max-pooling of the folded layout" in table
 
 
 @pytest.mark.slow

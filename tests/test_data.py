@@ -10,6 +10,7 @@ from bnrepro.data import (
     DataUnavailableError,
     InputTransform,
     load_dataset,
+    rows,
     tensor_digest,
     verify,
 )
@@ -131,12 +132,22 @@ def test_binarize_gives_binary_inputs(mnist):
     """Catches: the wrong threshold (any nonzero pixel, > 128, 0.5 on the 0..255 scale) and a
     plain scaling other than /255; real images alone (mostly 0 or 255) would miss both."""
     x = InputTransform(mnist, binarize=True)(mnist.train_images[:100])
-    assert set(x.unique().tolist()) == {0.0, 1.0}
+    assert set(x.unique().tolist()) == {0.0, 1.0} and x.dtype == torch.float32
     every_level = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
     binary = InputTransform(mnist, binarize=True)(every_level).flatten()
     assert binary.tolist() == [0.0] * 128 + [1.0] * 128  # pixel >= 128 (0.5 of the range) -> 1
     plain = InputTransform(mnist)(every_level).flatten()
     assert torch.equal(plain, torch.arange(256) / 255.0)
+
+
+def test_rows_is_indexing_for_a_population_of_batches(mnist):
+    """The trainer's batch gather: tensor[index] for index [P, B], images and labels alike.
+    Catches a member's rows from another member's indices (a transposed or flattened order)
+    and a lost image shape."""
+    index = torch.randint(0, 60000, (3, 7), generator=torch.Generator().manual_seed(0))
+    for tensor in (mnist.train_images, mnist.train_labels):
+        assert torch.equal(rows(tensor, index), tensor[index])
+    assert rows(mnist.train_images, index).shape == (3, 7, 1, 28, 28)
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from bnrepro.config import compose_config
 from bnrepro.data import Dataset, InputTransform
 from bnrepro.evaluation import Evaluator
 from bnrepro.models import CNN, MLP, build_model
-from bnrepro.norms import NORMS, NormSpec, make_norm, set_norm_step
+from bnrepro.norms import NORMS, NormSpec, make_norm, norm_step_setter, set_norm_step
 from bnrepro.norms.batch import BatchNorm, bn_mode
 from bnrepro.norms.lp import LpNorm
 from bnrepro.norms.noisy import WHERE, NoisyBatchNorm
@@ -526,8 +526,8 @@ def test_interrupted_training_resumes_as_if_never_stopped(name, tmp_path, mnist,
     """Through the trainer: a population stopped at step 35 and rerun resumes from its
     step-20 checkpoint and ends with the metrics of a run never stopped. Batch Renorm relaxes
     between steps 10 and 30, across the checkpoint. Catches: moving averages or noise streams
-    missing from checkpoints, the trainer not calling set_norm_step or calling it with another
-    step (the recorded steps), a schedule that restarts on resume."""
+    missing from checkpoints, the trainer not calling its norm step setter or calling it with
+    another step (the recorded steps), a schedule that restarts on resume."""
     cfgs = [compose_config(["experiment=fig1_mnist", f"model.norm={name}", "model.hidden=[16,16]",
                             "trainer.max_steps=60", "trainer.eval_every=10",
                             "trainer.checkpoint_every=20", "trainer.population_batches=2",
@@ -537,14 +537,19 @@ def test_interrupted_training_resumes_as_if_never_stopped(name, tmp_path, mnist,
     steps: list[int] = []
     stop = [35]  # once
 
-    def recording(model, step):
-        steps.append(step)
-        if stop and step == stop[0]:
-            stop.clear()
-            raise RuntimeError("stopped for the test")
-        set_norm_step(model, step)
+    def recording_setter(model):
+        set_step = norm_step_setter(model)
 
-    monkeypatch.setattr("bnrepro.train.set_norm_step", recording)
+        def recording(step):
+            steps.append(step)
+            if stop and step == stop[0]:
+                stop.clear()
+                raise RuntimeError("stopped for the test")
+            set_step(step)
+
+        return recording
+
+    monkeypatch.setattr("bnrepro.train.norm_step_setter", recording_setter)
     stopped = [tmp_path / f"stopped{k}" for k in range(2)]
     with pytest.raises(RuntimeError, match="stopped for the test"):
         train_population(cfgs, stopped)

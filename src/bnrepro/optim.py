@@ -37,6 +37,8 @@ class PopulationSGD:
         self.use_momentum = bool((momentum != 0).any())
         self.use_weight_decay = bool((weight_decay != 0).any())
         self.buffers = [torch.zeros_like(p) for p in self.params] if self.use_momentum else []
+        self._momentum_views = [per_member(momentum, p) for p in self.params]
+        self._decay_views = [per_member(weight_decay, p) for p in self.params]
 
     def set_step(self, step: int) -> None:
         """Use the rates of training step `step` (1-based) for the next update."""
@@ -44,15 +46,33 @@ class PopulationSGD:
             factor = (self.log_decay_per_step * (step - 1)).exp()
             self.lr = (self.base_lr.double() * factor).to(self.base_lr.dtype)
 
+    @property
+    def lr(self) -> torch.Tensor:
+        """The rate of each member at the current step [P]."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value: torch.Tensor) -> None:
+        self._lr = value
+        # -lr per member, shaped for each parameter, made again only when the rate changes: a
+        # dozen small views and a negation each step are a measurable part of a small net's
+        # step on the CPU
+        self._neg_lr_views: list[torch.Tensor] | None = None
+
+    def _neg_lr(self) -> list[torch.Tensor]:
+        if self._neg_lr_views is None:
+            neg_lr = -self.lr
+            self._neg_lr_views = [per_member(neg_lr, p) for p in self.params]
+        return self._neg_lr_views
+
     @torch.no_grad()
     def step(self, active: torch.Tensor | None = None) -> None:
         """Update the members where `active` (bool [P]; None: every member) is set; leave the
         others, weights and momentum buffers, bit-identical (their weights or grads may be inf
         or NaN, and 0 * inf is NaN, so they are masked out rather than multiplied by a zero
         rate). One foreach call updates every parameter: the same floats as one addcmul_ each."""
-        neg_lr = -self.lr
         torch._foreach_addcmul_(self.params, list(self._directions(active, in_place=True)),
-                                [per_member(neg_lr, p) for p in self.params])
+                                self._neg_lr())
 
     @torch.no_grad()
     def next_values(self, active: torch.Tensor) -> list[torch.Tensor]:
@@ -60,10 +80,10 @@ class PopulationSGD:
         order), bit-identical to them, computed without changing anything: weights, grads
         and momentum buffers stay as they are (measures.ics reads the update of step t
         before the trainer applies it)."""
-        neg_lr = -self.lr
-        return [p.addcmul(direction, per_member(neg_lr, p))
-                for p, direction in zip(self.params, self._directions(active, in_place=False),
-                                        strict=True)]
+        return [p.addcmul(direction, neg_lr)
+                for p, direction, neg_lr in zip(self.params,
+                                                self._directions(active, in_place=False),
+                                                self._neg_lr(), strict=True)]
 
     def _directions(self, active: torch.Tensor | None, in_place: bool
                     ) -> Iterator[torch.Tensor]:
@@ -82,15 +102,15 @@ class PopulationSGD:
                 grad = grad.masked_fill(per_member(frozen, p), 0.0)
             if self.use_weight_decay:
                 decay = p if frozen is None else p.masked_fill(per_member(frozen, p), 0.0)
-                grad = grad.addcmul(decay, per_member(self.weight_decay, p))
+                grad = grad.addcmul(decay, self._decay_views[i])
             if self.use_momentum:
                 buf = self.buffers[i]
                 if frozen is None:
-                    grad = buf.mul_(per_member(self.momentum, p)).add_(grad) if in_place \
-                        else buf.mul(per_member(self.momentum, p)).add_(grad)
+                    grad = buf.mul_(self._momentum_views[i]).add_(grad) if in_place \
+                        else buf.mul(self._momentum_views[i]).add_(grad)
                 else:
                     grad = torch.where(per_member(frozen, p), buf,
-                                       buf * per_member(self.momentum, p) + grad)
+                                       buf * self._momentum_views[i] + grad)
                     if in_place:
                         buf.copy_(grad)
                     grad = grad.masked_fill(per_member(frozen, p), 0.0)

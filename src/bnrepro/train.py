@@ -26,12 +26,12 @@ from bnrepro import checkpoint, runlock
 from bnrepro.atomic import atomic_write_json
 from bnrepro.augment import BatchAugment
 from bnrepro.config import register_resolvers
-from bnrepro.data import InputTransform, load_dataset
+from bnrepro.data import InputTransform, load_dataset, rows
 from bnrepro.evaluation import Evaluator
 from bnrepro.loggers import make_sink
 from bnrepro.measures.hook import StepMeasures
 from bnrepro.models import build_model, move_step_streams
-from bnrepro.norms import set_norm_step
+from bnrepro.norms import norm_step_setter
 from bnrepro.optim import PopulationSGD
 from bnrepro.sampling import EpochSampler, validation_split
 from bnrepro.store import RunStore, read_summary
@@ -304,19 +304,21 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
         seconds |= {"eval": 0.0, "measure": 0.0,  # not the step-0 eval
                     "loop_start": time.perf_counter()}
         last_checkpoint = start_step
+        set_norm_step = norm_step_setter(model)
         for step in progress:
             if not live["members"]:
                 break
-            index = train_index[sampler.next()]
-            x, y = transform(augment(ds.train_images[index])), ds.train_labels[index]
-            set_norm_step(model, step)  # Batch Renorm's r_max/d_max schedule
+            index = rows(train_index, sampler.next())
+            x, y = transform(augment(rows(ds.train_images, index))), rows(ds.train_labels, index)
+            set_norm_step(step)  # Batch Renorm's r_max/d_max schedule
             replay = measures.capture(step)  # None unless a measure is due at this step
             logits = model(x)
             loss = member_losses(logits, y)
             # Freeze the members whose loss diverged (NaN too) before their update; the rest
             # go on.
-            diverged = alive & ~(loss.detach() <= bound)
+            within = loss.detach() <= bound  # False for NaN
             if check_every > 1:  # on the device now, on the host at the next check
+                diverged = alive & ~within
                 frozen_at.masked_fill_(diverged, step)
                 frozen_loss.copy_(torch.where(diverged, loss.detach(), frozen_loss))
                 alive &= ~diverged
@@ -324,8 +326,9 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
                     record_frozen()
                     if not live["members"]:
                         break
-            elif diverged.any():
-                members = diverged.nonzero().flatten().tolist()
+            # While every member lives one check suffices: the usual step makes no mask.
+            elif live["members"] < P or not within.all():
+                members = (alive & ~within).nonzero().flatten().tolist()
                 mark_diverged(members, [step] * len(members),
                               [train_loss_reason(loss[k].item(), step) for k in members])
                 if not live["members"]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from bnrepro.atomic import atomic_write_json, atomic_write_text
-from bnrepro.bench import conv_execution, peers, report, roofline
+from bnrepro.bench import conv_execution, peers, pooling, report, roofline
 from bnrepro.bench.evaluation_cost import evaluation_cost
 from bnrepro.bench.measures_cost import measures_cost
 from bnrepro.bench.ours import our_trainer
@@ -25,7 +25,7 @@ from bnrepro.bench.timing import Row, run_rounds
 from bnrepro.bench.workloads import Workload, cnn_workload, mlp_workload
 from bnrepro.train import resolve_device
 
-SECTIONS = ("mlp", "cnn", "roofline", "conv", "eval", "measures")
+SECTIONS = ("mlp", "cnn", "roofline", "conv", "pool", "eval", "measures")
 
 
 def cores() -> int:
@@ -166,6 +166,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
             conv_execution.SIZES[:1] if args.quick else conv_execution.SIZES,
             repeats=1 if args.quick else 3)
         print(conv_execution.table(result["conv_execution"]))
+    if "pool" in args.only:
+        print(f"[{time.perf_counter() - started:.0f} s] max-pooling: torch's vs ours")
+        result["pooling"] = pooling.measure(device, sizes=pooling.SIZES[:1] if args.quick
+                                            else pooling.SIZES, repeats=1 if args.quick else 3)
+        print(pooling.table(result["pooling"]))
     if "eval" in args.only:
         print(f"[{time.perf_counter() - started:.0f} s] evaluation cost: a short Fig. 1 run and "
               "one evaluation's parts")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bnrepro.bench import pooling
 from bnrepro.bench.timing import Row
 
 PLAIN = {"mlp": ["mlp/plain"], "cnn": ["cnn/plain", "cnn/plain_channels_last"]}
@@ -168,6 +169,11 @@ def markdown(result: dict) -> str:
                 "| conv | P | lone | grouped | per member |", "|---|---|---|---|---|"]
         out += [f"| {c['conv']} | {c['P']} | {c['alone_ms']:.3f} | {c['grouped_ms']:.3f} | "
                 f"{c['per_member_ms']:.3f} |" for c in conv]
+    pool = result.get("pooling")
+    if pool:
+        out += ["", "Max-pooling of the folded layout, ms per model: torch's F.max_pool2d vs "
+                    "models.pooling (the same floats; a contiguous input, as without "
+                    "augmentation)", "", pooling.table(pool)]
     if result.get("targets"):
         out += ["", "Targets:", ""]
         out += [f"- {Target(t['target'], t['value'], t['threshold'], t['unit'], t['at_most']).line()}"  # noqa: E501

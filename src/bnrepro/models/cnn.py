@@ -6,7 +6,6 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bnrepro.models.layers import (
@@ -18,6 +17,7 @@ from bnrepro.models.layers import (
     fold,
     unfold,
 )
+from bnrepro.models.pooling import max_pool2d
 from bnrepro.norms import head_norm, make_norm, norm_spec
 from bnrepro.seeding import generator
 
@@ -126,7 +126,7 @@ class CNN(nn.Module):
                 preactivations.append(h)
             h = self.activation(h)
             if i in self.stage_ends:
-                h = unfold(F.max_pool2d(fold(h), 2), P)
+                h = unfold(max_pool2d(fold(h), 2), P)  # F.max_pool2d's floats, faster
         h = self.hidden_norm(self.hidden(h.flatten(2)))
         if preactivations is not None:
             preactivations.append(h)

@@ -97,11 +97,21 @@ def head_norm(name: str) -> str:
 
 
 def set_norm_step(model: nn.Module, step: int) -> None:
-    """Tell the step-scheduled norms (Batch Renorm's r_max/d_max) the training step; the
-    trainer calls this before every step's forward pass."""
-    for module in model.modules():
-        if isinstance(module, BatchRenorm):
+    """Tell the step-scheduled norms (Batch Renorm's r_max/d_max) the training step."""
+    norm_step_setter(model)(step)
+
+
+def norm_step_setter(model: nn.Module) -> Callable[[int], None]:
+    """set_norm_step for `model`, its modules looked up once: the trainer calls it before
+    every step's forward pass, where a walk over every module cost ~60 us a step (a tenth of a
+    small MLP population's step on this CPU)."""
+    scheduled = [module for module in model.modules() if isinstance(module, BatchRenorm)]
+
+    def set_step(step: int) -> None:
+        for module in scheduled:
             module.set_step(step)
+
+    return set_step
 
 
 def unused_knobs(model_cfg: Mapping) -> list[str]:
