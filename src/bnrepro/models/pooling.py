@@ -2,11 +2,10 @@
 bit for bit, faster on the CPU.
 
 Why: torch's CPU max-pool forward on a contiguous (NCHW) tensor runs one output at a time,
-while its channels_last kernel vectorises across channels. Measured here (2 cores, torch 2.15,
-batch 64, forward ms): 8 maps at 32x32 3.26 NCHW vs 1.19 channels_last (+ 0.59 for the copy to
-it), 16 at 16x16 1.70 vs 0.30 (+ 0.20), 32 at 8x8 0.90 vs 0.12 (+ 0.14); the backward kernels
-cost about the same in both layouts. So the forward copies its input to channels_last and pools
-there, and the backward routes the gradient with the NCHW kernel and the forward's indices.
+while its channels_last kernel vectorises across channels; the backward kernels cost about the
+same in both layouts. So the forward copies its input to channels_last and pools there, and
+the backward routes the gradient with the NCHW kernel and the forward's indices (the gain, per
+pooled size and population size: `python -m bnrepro.bench.pooling`, a table of `make bench`).
 Both kernels pick the same element of each window (the first maximum in row-major order; ReLU's
 tied zeros included), so the values, the indices and so the gradients are F.max_pool2d's
 exactly (tests/test_pooling.py): this changes speed only, never a result.
