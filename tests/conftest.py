@@ -99,6 +99,32 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
+def stop_before_step(monkeypatch: pytest.MonkeyPatch, step: int,
+                     error: type[BaseException] = RuntimeError,
+                     record: list[int] | None = None) -> None:
+    """Make the trainer raise `error` once, right before the forward pass of `step` (where it
+    sets the norms' step): a kill at a known point. `record` collects every step it sees."""
+    from bnrepro import train
+    from bnrepro.norms import norm_step_setter
+
+    pending = [step]
+
+    def setter(model):
+        set_step = norm_step_setter(model)
+
+        def stopping(s: int) -> None:
+            if record is not None:
+                record.append(s)
+            if pending and s == pending[0]:
+                pending.clear()
+                raise error("stopped for the test")
+            set_step(s)
+
+        return stopping
+
+    monkeypatch.setattr(train, "norm_step_setter", setter)
+
+
 FIG2_DATASET = "cifar10-jpeg"
 FIG2_TINY = ["model.width_multiplier=0.25", "trainer.max_steps=20", "trainer.eval_every=10",
              "trainer.progress=false", "trainer.population_batches=2", "dataset.val_size=1000",

@@ -38,7 +38,7 @@ from bnrepro.runs import find_runs
 from bnrepro.store import read_metrics, read_summary
 from bnrepro.train import member_losses, train_population
 from bnrepro.validation import ConfigError, validate
-from tests.conftest import REPO
+from tests.conftest import REPO, stop_before_step
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -420,21 +420,13 @@ def test_a_population_member_measures_what_its_solo_run_measures(runs):
 
 def test_a_killed_and_resumed_run_logs_the_same_measures_as_an_uninterrupted_one(
         runs, tmp_path, monkeypatch):
-    import bnrepro.train as train_module
-
     cfg = compose_config([*SMOKE, *MEMBERS[0], *MEASURED, "trainer.checkpoint_every=20"])
-    real = train_module.set_norm_step
-
-    def killed_at_36(model, step):
-        if step == 36:  # after the checkpoint at 20 and the measured rows of 25 and 33
-            raise KeyboardInterrupt
-        real(model, step)
-
-    monkeypatch.setattr(train_module, "set_norm_step", killed_at_36)
+    # killed after the checkpoint at 20 and the measured rows of 25 and 33
+    stop_before_step(monkeypatch, 36, KeyboardInterrupt)
     with pytest.raises(KeyboardInterrupt):
         train_population([cfg], [tmp_path])
     assert [r["step"] for r in read_metrics(tmp_path)][-2:] == [25, 33]
-    monkeypatch.setattr(train_module, "set_norm_step", real)
+    monkeypatch.undo()
     train_population([cfg], [tmp_path])
     assert read_summary(tmp_path)["resumed_from_step"] == 20
     assert (tmp_path / "metrics.jsonl").read_text() == (runs / "on" / "metrics.jsonl").read_text()

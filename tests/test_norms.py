@@ -17,7 +17,7 @@ from bnrepro.config import compose_config
 from bnrepro.data import Dataset, InputTransform
 from bnrepro.evaluation import Evaluator
 from bnrepro.models import CNN, MLP, build_model
-from bnrepro.norms import NORMS, NormSpec, make_norm, norm_step_setter, set_norm_step
+from bnrepro.norms import NORMS, NormSpec, make_norm, set_norm_step
 from bnrepro.norms.batch import BatchNorm, bn_mode
 from bnrepro.norms.lp import LpNorm
 from bnrepro.norms.noisy import WHERE, NoisyBatchNorm
@@ -27,6 +27,7 @@ from bnrepro.sampling import EpochSampler, validation_split
 from bnrepro.seeding import generator
 from bnrepro.store import read_metrics, read_summary
 from bnrepro.train import new_summary, train_population
+from tests.conftest import stop_before_step
 
 # Knobs for the model tests: Batch Renorm relaxes within the few steps a test takes, so its
 # r and d leave (1, 0) and the population has to keep them apart per member.
@@ -535,21 +536,7 @@ def test_interrupted_training_resumes_as_if_never_stopped(name, tmp_path, mnist,
                             "model.brn.warmup_steps=10", "model.brn.relax_steps=20",
                             f"seed={seed}"]) for seed in (0, 1)]
     steps: list[int] = []
-    stop = [35]  # once
-
-    def recording_setter(model):
-        set_step = norm_step_setter(model)
-
-        def recording(step):
-            steps.append(step)
-            if stop and step == stop[0]:
-                stop.clear()
-                raise RuntimeError("stopped for the test")
-            set_step(step)
-
-        return recording
-
-    monkeypatch.setattr("bnrepro.train.norm_step_setter", recording_setter)
+    stop_before_step(monkeypatch, 35, record=steps)
     stopped = [tmp_path / f"stopped{k}" for k in range(2)]
     with pytest.raises(RuntimeError, match="stopped for the test"):
         train_population(cfgs, stopped)

@@ -15,14 +15,13 @@ from bnrepro.config import compose_config
 from bnrepro.data import Dataset, InputTransform
 from bnrepro.evaluation import Evaluator
 from bnrepro.models import build_model
-from bnrepro.norms import set_norm_step
 from bnrepro.norms.noisy import SanturkarNoise
 from bnrepro.sampling import fixed_subset, validation_split
 from bnrepro.seeding import occasion_generator
 from bnrepro.shift import ShiftTracker, UnitValues, quantile_sketch, sketch_w1
 from bnrepro.store import read_metrics, read_summary
 from bnrepro.train import train_population
-from tests.conftest import REPO
+from tests.conftest import REPO, stop_before_step
 
 
 def w1_from_cdfs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -284,15 +283,7 @@ RUN = ["experiment=fig1_mnist", "model.hidden=[16,16]", "trainer.max_steps=40",
 
 def stop_at(monkeypatch, step: int) -> None:
     """Make the trainer raise once, just before the update of `step`."""
-    pending = [step]
-
-    def recording(model, s):
-        if pending and s == pending[0]:
-            pending.clear()
-            raise RuntimeError("stopped for the test")
-        set_norm_step(model, s)
-
-    monkeypatch.setattr("bnrepro.train.set_norm_step", recording)
+    stop_before_step(monkeypatch, step)
 
 
 def shift_rows(run_dir) -> dict[int, dict]:
