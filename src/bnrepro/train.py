@@ -22,7 +22,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from bnrepro import checkpoint, runlock
+from bnrepro import checkpoint, machine, runlock
 from bnrepro.atomic import atomic_write_json
 from bnrepro.augment import BatchAugment
 from bnrepro.config import register_resolvers
@@ -193,6 +193,8 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
                                         evaluate.resumable())
         summaries = [dict(s["summary"], population_size=P, resumed_from_step=start_step)
                      for s in saved]
+    for summary in summaries:  # the machine of this (re)start: floats depend on it (machine.py)
+        summary["machine"] = machine.describe(device)
 
     stores = [RunStore(d, c, keep_until_step=start_step if saved[0] else None)
               for d, c in zip(run_dirs, cfgs, strict=True)]

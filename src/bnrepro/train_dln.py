@@ -22,6 +22,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from bnrepro import machine
 from bnrepro.measures.hook import StepMeasures
 from bnrepro.models.deep_linear import DeepLinearNet, squared_error
 from bnrepro.optim import PopulationSGD
@@ -81,7 +82,7 @@ def train_population(cfg: DictConfig, norm: str) -> list[dict]:
     stores = [RunStore(d, c) for d, c in zip(dirs, configs, strict=True)]
     summaries = [{"status": "running", "reason": None, "steps_done": 0, "max_steps": cfg.steps,
                   "final_train_loss": None, "min_train_loss": None, "diverged_at_step": None,
-                  "wall_time_s": None, "population_size": P,
+                  "wall_time_s": None, "population_size": P, "machine": machine.describe(),
                   "axes": {"dataset": DATASET, "norm": norm, "lr": lr, "seed": s}}
                  for lr, s in members]
     alive = torch.ones(P, dtype=torch.bool)

@@ -7,8 +7,6 @@ tests; it writes only where --out says).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from bnrepro import machine
 from bnrepro.atomic import atomic_write_json, atomic_write_text
 from bnrepro.bench import conv_execution, peers, pooling, report, roofline
 from bnrepro.bench.evaluation_cost import evaluation_cost
@@ -28,17 +27,12 @@ from bnrepro.train import resolve_device
 SECTIONS = ("mlp", "cnn", "roofline", "conv", "pool", "eval", "measures")
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        os.cpu_count() or 1
-
-
 def mlp_rows(w: Workload, root: str, populations: Sequence[int], compile_skip: str | None,
              processes_skip: str | None) -> list[Row]:
     compiled = Row("mlp", "mlp/compiled", "plain loop + torch.compile(model)", False, 1,
                    lambda: None, note="compile time excluded (compile_s)", skipped=compile_skip)
     compiled.setup = partial(peers.compiled_loop, w, compiled.extra)
-    processes = cores()
+    processes = machine.cores()
     return [
         Row("mlp", "mlp/tutorial", "tutorial loop (torchvision MNIST + DataLoader)", False, 1,
             partial(peers.tutorial_loop, w)),
@@ -108,12 +102,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
     device = resolve_device(args.device)
     started = time.perf_counter()
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        platform.processor() or platform.machine() or "cpu"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else machine.cpu_model()
     result: dict = {
-        "machine": {"device": str(device), "device_name": name,
-                    "threads": torch.get_num_threads(), "cores": cores(),
-                    "torch": torch.__version__},
+        "machine": {"device": str(device), "device_name": name, **machine.describe(device)},
         "protocol": {"repeats": args.repeats, "warmup": args.warmup,
                      "steps": {"mlp": args.steps_mlp, "cnn": args.steps_cnn},
                      "populations": {"mlp": args.mlp_populations, "cnn": args.cnn_populations},

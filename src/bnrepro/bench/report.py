@@ -109,7 +109,8 @@ NET_TITLES = {"mlp": "Fig. 1 MLP (784-100-100-100-10, sigmoid, BN, batch 60, MNI
 def markdown(result: dict) -> str:
     """results/bench.md: the tables the README includes."""
     m, p = result["machine"], result["protocol"]
-    out = [f"Measured by `make bench` on {m['device']} ({m['device_name']}), "
+    cpu = f", vector ISA {m['cpu_capability']}" if "cpu_capability" in m else ""
+    out = [f"Measured by `make bench` on {m['device']} ({m['device_name']}{cpu}), "
            f"{m['threads']} threads, torch {m['torch']}: {p['repeats']} rounds of every row, "
            f"each sample {p['warmup']} warm-up + {p['steps']['mlp']} (MLP) / "
            f"{p['steps']['cnn']} (CNN) timed steps; median (min..max) ms per model-step."]
