@@ -523,7 +523,8 @@ def analyse(roots: Sequence[Path], out: Path, lr_roots: Sequence[Path] = (),
     write_claims(out / "batchsize_claims.json", all_claims, experiment=", ".join(EXPERIMENTS),
                  title=TITLE, make="make batchsize",
                  setup="; ".join(n["setup"] for n in results.values()),
-                 figures=[f"batchsize_{d}.png" for d in results], verdict_rule=VERDICT_RULE)
+                 figures=[f"batchsize_{d}.png" for d in results], verdict_rule=VERDICT_RULE,
+                 summaries=[r["run"].summary for r in runs])
     if wandb:
         wandb_figures.publish(True, runs[0]["run"].config,
                               [out / f"batchsize_{d}.png" for d in results],

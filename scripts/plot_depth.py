@@ -464,7 +464,8 @@ def analyse(root: Path, out: Path, wandb: bool = False) -> dict[str, Any]:
               f"{config.get('trainer.max_steps')} steps of batch "
               f"{config.get('trainer.batch_size')}, lr {config.get('optim.lr')}, "
               f"{'/'.join(map(str, seeds))} seeds per variant and depth",
-        figures=[f"depth_{dataset}.png"], verdict_rule=rule)
+        figures=[f"depth_{dataset}.png"], verdict_rule=rule,
+        summaries=[r["summary"] for r in runs])
 
     def clean(x: Any) -> Any:  # JSON: NaN -> null, numbers rounded
         if isinstance(x, dict):

@@ -150,7 +150,8 @@ def plot(runs: list[Run], out_dir: Path) -> dict:
             "in every layer = holds")
     write_claims(out_dir / "dln_claims.json", rows, experiment="dln",
                  title="Deep linear network: ICS and landscape (Santurkar et al. Figs. 3b, 10)",
-                 make="make dln", setup=setup, figures=["dln.png"], verdict_rule=rule)
+                 make="make dln", setup=setup, figures=["dln.png"], verdict_rule=rule,
+                 summaries=[r.summary for r in runs])
     atomic_write_text(out_dir / "dln_claims.md",
                       to_markdown("Deep linear network (Santurkar et al. 2018)", rows, rule))
     return {"claims": rows, "lr": lr, "layers": layers}

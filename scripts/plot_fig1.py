@@ -388,7 +388,7 @@ def plot(runs: list[Run], out_dir: Path) -> dict:
                  setup=f"{runs[0].config.dataset.name}, {int(acc.index.get_level_values(1).max())}"
                        f" steps of {runs[0].config.trainer.batch_size}, lr "
                        f"{runs[0].config.optim.lr:g}, {seeds} seeds per net",
-                 figures=written, verdict_rule=VERDICT_RULE)
+                 figures=written, verdict_rule=VERDICT_RULE, summaries=[r.summary for r in runs])
     return numbers
 
 

@@ -575,7 +575,8 @@ def analyse(root: Path, out: Path, lr_root: Path | None = None, wandb: bool = Fa
         setup=f"{dataset}, {max_steps} steps per run, width multiplier "
               f"{runs[0]['config'].get('model.width_multiplier')}, "
               f"{'/'.join(map(str, seeds))} seeds per variant, variants {', '.join(order)}",
-        figures=[f"fig2_{dataset}.png"], verdict_rule=rule)
+        figures=[f"fig2_{dataset}.png"], verdict_rule=rule,
+        summaries=[r["summary"] for r in runs])
 
     def clean(x: Any) -> Any:  # JSON: inf -> "never", NaN -> null
         if isinstance(x, dict):

@@ -697,7 +697,9 @@ def analyse(roots: Sequence[Path], out: Path, figures: bool = True) -> dict[str,
     write_claims(out / "santurkar_claims.json", all_claims, experiment=", ".join(EXPERIMENTS),
                  title=TITLE, make="make santurkar",
                  setup="; ".join(setup_words(g) for g in groups.values()), figures=figures,
-                 verdict_rule=claims_rule())
+                 verdict_rule=claims_rule(),
+                 summaries=[r.summary for gs in groups.values() for g in gs
+                            for rs in g.nets.values() for r in rs])
     return {"datasets": everything, "claims": all_claims, "groups": groups}
 
 

@@ -25,8 +25,11 @@ import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import torch
+
 from bnrepro.atomic import atomic_write_text
 from bnrepro.claims import SOURCES, VERDICTS, ClaimsError, read_claims
+from bnrepro.machine import cores, cpu_model
 
 
 class Experiment(NamedTuple):  # not a dataclass: tests load scripts outside sys.modules
@@ -60,18 +63,18 @@ EXPERIMENTS = (
 
 
 def machine() -> str:
-    """This machine in one line: OS, architecture, CPU cores, GPU (if torch sees one)."""
-    gpu = "no GPU"
-    try:
-        import torch
+    """This machine in one line: OS, architecture, CPU (model, vector ISA), cores, GPU (if
+    torch sees one)."""
+    gpu = f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.system()} {platform.machine()}, {cpu_model()} "
+            f"({torch.backends.cpu.get_cpu_capability()}), {cores()} CPU cores, {gpu}, "
+            f"Python {platform.python_version()}, torch {torch.__version__}")
 
-        if torch.cuda.is_available():
-            gpu = f"GPU {torch.cuda.get_device_name(0)}"
-        version = f", torch {torch.__version__}"
-    except ImportError:
-        version = ""
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, "
-            f"Python {platform.python_version()}{version}")
+
+def trained_on_line(data: dict) -> list[str]:
+    """Which machines trained the runs behind a claims file (floats depend on the CPU)."""
+    machines = data.get("trained_on") or ["not recorded"]
+    return [f"Trained on: {'; '.join(machines)}."]
 
 
 def matching(names: list[str], patterns: tuple[str, ...]) -> list[str]:
@@ -153,7 +156,8 @@ def render(results: Path, out: Path) -> tuple[str, dict[str, Any]]:
             for c in data["claims"]:
                 all_claims.append({**c, "experiment": exp.key})
             sections += [f"### {data['title']}", "", f"Setup: {data['setup'] or '(not stated)'}."
-                         f" Claims file: `{name}`.", "", *claims_table(data["claims"]), "",
+                         f" Claims file: `{name}`.", "", *trained_on_line(data), "",
+                         *claims_table(data["claims"]), "",
                          f"Verdict rule: {data['verdict_rule'] or '(not stated)'}", ""]
         if not names:
             sections += ["No claims are checked for this experiment; its figures:", ""]
@@ -165,7 +169,8 @@ def render(results: Path, out: Path) -> tuple[str, dict[str, Any]]:
         for name in other_files:
             data = files[name]
             all_claims += [{**c, "experiment": name} for c in data["claims"]]
-            sections += [f"### {data['title']}", "", *claims_table(data["claims"]), "",
+            sections += [f"### {data['title']}", "", *trained_on_line(data), "",
+                         *claims_table(data["claims"]), "",
                          f"Verdict rule: {data['verdict_rule'] or '(not stated)'}", ""]
         sections += figure_lines(other_figures, link_prefix)
 

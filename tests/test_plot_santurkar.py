@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from bnrepro import machine
 from bnrepro.claims import read_claims
 from tests.conftest import REPO, copy_store, load_script
 
@@ -103,6 +104,12 @@ def test_numbers_are_read_from_the_logged_metrics(store, tmp_path):
     claims = (out / "santurkar_claims.md").read_text()
     assert "| mnist |" in claims and "Verdict rule" in claims
     data = read_claims(out / "santurkar_claims.json")  # the format scripts/report.py reads
+    # every run counted under the machine that trained it (this one: the store is trained
+    # by the session's fixture)
+    trained = [json.loads(f.read_text()) for f in store.rglob("summary.json")]
+    assert data["trained_on"] == [f"{machine.one_line(trained[0]['machine'])}: "
+                                  f"{len(trained)} runs"]
+    assert machine.cpu_model() in data["trained_on"][0]
     measures = numbers["ics_and_landscape"]["groups"][0]["claims"]
     assert [c["verdict"] for c in data["claims"]] == [*verdicts.values(),
                                                       *(c["verdict"] for c in measures)]

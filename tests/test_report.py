@@ -103,9 +103,13 @@ def test_links_are_relative_to_the_report_and_stray_files_are_not_dropped(tmp_pa
                  [{"claim": "c", "paper": "p", "ours": "o | x", "verdict": "mixed",
                    "dataset": "mnist", "source": "Wu & He (2018)"}],
                  experiment="custom", title="A custom check", make="make custom", setup="s",
-                 figures=[], verdict_rule="r")
+                 figures=[], verdict_rule="r",
+                 summaries=[{"machine": {"cpu": "CPU A", "cpu_capability": "AVX2", "threads": 1,
+                                         "cores": 2, "gpu": "none", "torch": "2.15.0"}}, {}])
     report.main(["--results", str(results), "--out", str(tmp_path / "docs" / "R.md")])
     text = (tmp_path / "docs" / "R.md").read_text()
+    assert ("Trained on: CPU A (AVX2), 1 thread of 2 cores, torch 2.15.0: 1 run; "
+            "not recorded: 1 run.") in text
     assert "![extra_plot.png](../results/extra_plot.png)" in text
     assert "| custom_claims.json | c | Wu & He (2018) | p | o \\| x | mnist | **mixed** |" in text
     assert "| Wu & He (2018) | 1 | 0 | 1 | 0 | 0 |" in text
@@ -116,7 +120,7 @@ def test_a_claim_with_a_typed_or_unknown_verdict_is_refused(tmp_path):
            "source": "ours"}
     with pytest.raises(ClaimsError, match="verdict 'probably'"):
         write_claims(tmp_path / "x_claims.json", [row], experiment="x", title="t", make="m",
-                     setup="s", figures=[], verdict_rule="r")
+                     setup="s", figures=[], verdict_rule="r", summaries=[])
     (tmp_path / "x_claims.json").write_text(json.dumps([row | {"verdict": "holds",
                                                                "source": "a blog"}]))
     with pytest.raises(ClaimsError, match="source 'a blog'"):

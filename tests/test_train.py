@@ -138,3 +138,19 @@ def test_trainer_threads_hold_while_training_and_are_restored_after(tmp_path, mi
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_configs_that_differ_outside_the_member_keys_are_refused_before_anything(tmp_path,
+                                                                                 mirror):
+    """train_population called directly with two models: one ConfigError naming the key,
+    and no run directory is touched."""
+    from bnrepro.config import compose_config
+    from bnrepro.train import train_population
+    from bnrepro.validation import ConfigError
+
+    base = ["experiment=fig1_mnist", "debug=smoke"]
+    cfgs = [compose_config([*base, "seed=0", "optim.lr=0.1"]),  # member keys may differ
+            compose_config([*base, "seed=1", "model.norm=none"])]
+    with pytest.raises(ConfigError, match=r"differ in model\.norm; members may differ only"):
+        train_population(cfgs, [tmp_path / "a", tmp_path / "b"])
+    assert not any(tmp_path.iterdir())

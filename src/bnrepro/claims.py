@@ -8,6 +8,8 @@ Each plot script that checks claims writes results/<name>_claims.json next to it
      "setup": "cifar10-jpeg, 1200 steps, ...",    # the profile the runs used, in words
      "figures": ["fig2_cifar10-jpeg.png"],        # file names in the same folder
      "verdict_rule": "holds: ...",                # how the verdicts below were computed
+     "trained_on": ["<CPU> (AVX512), 2 threads of 2 cores, torch 2.15.0: 21 runs"],
+                                                  # machines of its runs (bnrepro.machine)
      "claims": [{"claim": ..., "paper": ..., "ours": ..., "verdict": ...,
                  "dataset": ..., "source": ...}, ...]}
 
@@ -21,10 +23,12 @@ dicts is read too (the other fields then empty).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from bnrepro.atomic import atomic_write_json
+from bnrepro.machine import trained_on
 
 VERDICTS = ("holds", "mixed", "does not hold", "not measured")
 # Where a claim comes from. "ours": a check of our own setup (e.g. the baseline plateaued),
@@ -52,12 +56,16 @@ def check_claim(row: dict[str, Any]) -> dict[str, str]:
 
 
 def write_claims(path: Path, claims: list[dict[str, Any]], *, experiment: str, title: str,
-                 make: str, setup: str, figures: list[str], verdict_rule: str) -> Path:
-    """Write a claims file (format above) atomically; every row is checked first."""
+                 make: str, setup: str, figures: list[str], verdict_rule: str,
+                 summaries: Iterable[dict]) -> Path:
+    """Write a claims file (format above) atomically; every row is checked first.
+    `summaries`: those of the runs the verdicts come from, for the machines that trained them
+    (their floats depend on the CPU: bnrepro.machine)."""
     rows = [check_claim(c) for c in claims]
     atomic_write_json(Path(path), {"experiment": experiment, "title": title, "make": make,
                                    "setup": setup, "figures": figures,
-                                   "verdict_rule": verdict_rule, "claims": rows})
+                                   "verdict_rule": verdict_rule,
+                                   "trained_on": trained_on(summaries), "claims": rows})
     return Path(path)
 
 
@@ -73,7 +81,7 @@ def read_claims(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("claims"), list):
         raise ClaimsError(f"{path}: no list of claims")
     data = {"experiment": "", "title": Path(path).stem, "make": "", "setup": "",
-            "figures": [], "verdict_rule": "", **data}
+            "figures": [], "verdict_rule": "", "trained_on": [], **data}
     data["claims"] = [check_claim(c) for c in data["claims"]]
     return data
 

@@ -50,8 +50,9 @@ def describe(device: torch.device | None = None) -> dict[str, str | int]:
 def one_line(machine: dict) -> str:
     """A recorded machine in words: 'Intel Xeon ... (AVX512), 2 threads of 2 cores, torch
     2.15.0'; a GPU, when one trained, leads."""
+    threads = machine.get("threads", "?")
     cpu = f"{machine.get('cpu', '?')} ({machine.get('cpu_capability', '?')}), " \
-          f"{machine.get('threads', '?')} threads of {machine.get('cores', '?')} cores"
+          f"{threads} thread{'' if threads == 1 else 's'} of {machine.get('cores', '?')} cores"
     gpu = machine.get("gpu", "none")
     head = f"GPU {gpu} with {cpu}" if gpu != "none" else cpu
     return f"{head}, torch {machine.get('torch', '?')}"

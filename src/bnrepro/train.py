@@ -25,7 +25,7 @@ from tqdm import tqdm
 from bnrepro import checkpoint, machine, runlock
 from bnrepro.atomic import atomic_write_json
 from bnrepro.augment import BatchAugment
-from bnrepro.config import register_resolvers
+from bnrepro.config import register_resolvers, resolved_without
 from bnrepro.data import InputTransform, load_dataset, rows
 from bnrepro.evaluation import Evaluator
 from bnrepro.loggers import make_sink
@@ -114,6 +114,7 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     `on_step(step)`, when given, is called after each step's update, before any evaluation of
     that step (`make bench` times the steps between two calls).
     """
+    check_one_population(cfgs)
     run_dirs = [Path(d) for d in run_dirs]
     with runlock.holding(run_dirs):
         saved = [prepare(c, d) for c, d in zip(cfgs, run_dirs, strict=True)]
@@ -135,6 +136,30 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
             for k, summary in zip(members, results, strict=True):
                 summaries[k] = summary
     return summaries
+
+
+def check_one_population(cfgs: Sequence[DictConfig]) -> None:
+    """Raise ConfigError unless every config matches the first one outside MEMBER_KEYS (the
+    population launcher groups jobs so; a direct caller could pass, say, two models)."""
+    first = _flat(resolved_without(cfgs[0], MEMBER_KEYS))
+    for k, cfg in enumerate(cfgs[1:], start=1):
+        other = _flat(resolved_without(cfg, MEMBER_KEYS))
+        if differing := sorted(key for key in first.keys() | other.keys()
+                               if first.get(key) != other.get(key)):
+            raise ConfigError(
+                f"configs 0 and {k} cannot train as one population: they differ in "
+                f"{', '.join(differing[:5])}{' ...' if len(differing) > 5 else ''}; members may "
+                f"differ only in {', '.join(MEMBER_KEYS)} (train the others separately)")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 @contextmanager
