@@ -22,14 +22,14 @@ from pathlib import Path
 from bnrepro.claims import ClaimsError, read_claims
 
 
-def load(folder: Path) -> tuple[dict[tuple[str, str], dict], dict[str, list[str]]]:
-    """(claims file, claim) -> claim row, and claims file -> its trained_on."""
+def load(folder: Path) -> tuple[dict[tuple[str, str, str], dict], dict[str, list[str]]]:
+    """(claims file, claim, dataset) -> claim row, and claims file -> its trained_on."""
     claims, machines = {}, {}
     for path in sorted(folder.glob("*_claims.json")):
         data = read_claims(path)
         machines[path.name] = data["trained_on"]
         for row in data["claims"]:
-            claims[(path.name, row["claim"])] = row
+            claims[(path.name, row["claim"], row["dataset"])] = row
     return claims, machines
 
 
@@ -40,7 +40,7 @@ def differences(a: Path, b: Path) -> list[str]:
     out = []
     for key in sorted(claims_a.keys() | claims_b.keys()):
         row_a, row_b = claims_a.get(key), claims_b.get(key)
-        name = f"{key[0]}: {key[1]}"
+        name = f"{key[0]}: {key[1]} [{key[2]}]"
         if row_a is None or row_b is None:
             out.append(f"{name}\n  only in {a if row_b is None else b}")
         elif row_a["verdict"] != row_b["verdict"]:

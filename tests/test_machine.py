@@ -17,6 +17,17 @@ def test_a_run_records_the_cpu_and_the_threads_it_trained_with(run_train, tmp_pa
     assert recorded["cpu"] == machine.cpu_model()
     assert recorded["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert recorded["torch"] == torch.__version__ and recorded["gpu"] == "none"
+    # The summary travels in the checkpoint, which torch.load(weights_only=True) reads back:
+    # the same command again finds the run finished (a torch.__version__ object in it made
+    # the checkpoint unreadable: renamed *.corrupt and the run retrained)
+    again = run_train("experiment=fig1_mnist", "debug=smoke", f"trainer.threads={threads}",
+                      f"hydra.run.dir={tmp_path}")
+    assert not list(tmp_path.glob("*.corrupt")) and "corrupt" not in again.stderr
+    assert read_summary(tmp_path)["machine"] == recorded
+
+
+def test_the_record_holds_plain_values_only():
+    assert {type(v) for v in machine.describe().values()} <= {str, int}
 
 
 def test_trained_on_counts_runs_per_machine_most_first():

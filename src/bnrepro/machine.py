@@ -40,10 +40,13 @@ def describe(device: torch.device | None = None) -> dict[str, str | int]:
     """This process's machine as torch computes on it now. `threads` is torch's current
     intra-op thread count, so call it where the work runs (inside trainer.threads)."""
     gpu = torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" \
-        else None
-    return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cores": cores(), "threads": torch.get_num_threads(), "gpu": gpu or "none",
-            "torch": torch.__version__, "python": platform.python_version(),
+        else "none"
+    # Plain str and int only: summaries go into checkpoints, and torch.load(weights_only=True)
+    # refuses torch.__version__'s own class (TorchVersion), which would make every finished
+    # run's checkpoint unreadable.
+    return {"cpu": cpu_model(), "cpu_capability": str(torch.backends.cpu.get_cpu_capability()),
+            "cores": int(cores()), "threads": int(torch.get_num_threads()), "gpu": str(gpu),
+            "torch": str(torch.__version__), "python": platform.python_version(),
             "os": f"{platform.system()} {platform.machine()}"}
 
 
