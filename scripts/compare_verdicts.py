@@ -1,7 +1,7 @@
 """Which verdicts differ between two results folders (say, the committed one and your own
 `make reproduce`, or two machines' runs of the same commit).
 
-    git archive HEAD results | tar -x -C /tmp/committed      # the committed results/
+    mkdir -p /tmp/committed && git archive HEAD results | tar -x -C /tmp/committed
     python scripts/compare_verdicts.py /tmp/committed/results results
 
 Reads the claims files (<folder>/*_claims.json, format: bnrepro.claims) of both folders and
