@@ -139,7 +139,8 @@ def test_quick_bench_records_every_row_with_sane_numbers(mnist, tmp_path):
                     *(f"mlp/ensemble{p}" for p in mlp_p), "mlp/processes", "mlp/ours1",
                     *(f"mlp/ours{p}" for p in mlp_p), "cnn/plain", "cnn/plain_channels_last",
                     f"cnn/ensemble{max(cnn_p)}", f"cnn/sequential{max(cnn_p)}", "cnn/ours1",
-                    *(f"cnn/ours{p}" for p in cnn_p), f"cnn/ours{max(cnn_p)}_grouped"]
+                    *(f"cnn/ours{p}" for p in cnn_p), f"cnn/ours{max(cnn_p)}_grouped",
+                    f"cnn/ours{max(cnn_p)}_chunked"]
     for r in result["rows"]:
         assert "error" not in r, r
         if r["key"] in ("mlp/compiled", "mlp/processes"):  # too slow to start for --quick
@@ -187,5 +188,28 @@ def test_the_profile_holds_our_timed_steps_and_nothing_else(mlp):
     calls = {e.key: e.count for e in prof.key_averages()}
     assert calls["aten::native_batch_norm_backward"] == 3 * steps
     assert calls["aten::native_batch_norm"] == 3 * steps  # no evaluation's forward passes
+    # A population in two chunks: both chunks' timed steps, and only those, are profiled
+    prof = ours_profile(mlp, 4, warmup=3, steps=steps, extra=["trainer.members_at_once=2"])
+    calls = {e.key: e.count for e in prof.key_averages()}
+    assert calls["aten::native_batch_norm_backward"] == 2 * 3 * steps
+    assert calls["aten::native_batch_norm"] == 2 * 3 * steps
     text = table(["a", "b"], [{"x": 2.0, "y": 1.0}, {"x": 1.0, "z": 0.5}])
     assert "| `x` | 2.000 | 1.000 |" in text and "| **total** | **3.000** | **1.500** |" in text
+
+
+def test_our_sample_adds_up_the_timed_spans_of_every_chunk(mlp, monkeypatch):
+    """A population in chunks runs steps 1..warmup+steps once per chunk: the sample is the sum
+    of the chunks' timed spans per model-step (the last chunk's span alone would halve it)."""
+    from bnrepro.bench import ours
+
+    ticks = iter([10.0, 13.0, 20.0, 25.0])  # chunk 1: 3 s timed, chunk 2: 5 s timed
+    monkeypatch.setattr(ours.time, "perf_counter", lambda: next(ticks))
+
+    def two_chunks(configs, dirs, on_step):
+        for _ in range(2):
+            for step in range(1, 2 + 4 + 1):
+                on_step(step)
+
+    monkeypatch.setattr(ours, "train_population", two_chunks)
+    ms = ours.our_trainer(mlp, 4)(2, 4)
+    assert ms == pytest.approx((3 + 5) / 4 / 4 * 1000)

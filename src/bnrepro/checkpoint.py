@@ -42,7 +42,7 @@ FILE_PATTERN = re.compile(r"checkpoint-(\d+)\.pt")
 # probe.shift and probe.train_noise only measure (their streams are not the training ones).
 RESUME_INSENSITIVE = ("fresh", "trainer.progress", "trainer.resume", "trainer.checkpoint_every",
                       "trainer.device", "trainer.eval_memory_mb", "trainer.test_every", "logger",
-                      "trainer.divergence_check_every",
+                      "trainer.divergence_check_every", "trainer.members_at_once",
                       "dataset.root", "dataset.mirror", "measures", "probe.shift",
                       "probe.train_noise", "model.conv_execution",
                       "probe.residual_variance", "trainer.test_examples",

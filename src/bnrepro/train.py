@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from itertools import pairwise
 from pathlib import Path
 
 import hydra
@@ -129,13 +130,27 @@ def train_population(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
                 if ckpt is None:  # a fresh start: nothing of an earlier run may be resumed
                     checkpoint.discard(run_dirs[k])
                 by_step.setdefault(ckpt["step"] if ckpt else 0, []).append(k)
-        for members in by_step.values():
-            with torch_threads(cfgs[0].trainer.threads):
-                results = _train([cfgs[k] for k in members], [run_dirs[k] for k in members],
-                                 [saved[k] for k in members], on_step)
-            for k, summary in zip(members, results, strict=True):
-                summaries[k] = summary
+        for group in by_step.values():
+            for members in balanced_chunks(group, cfgs[0].trainer.get("members_at_once")):
+                with torch_threads(cfgs[0].trainer.threads):
+                    results = _train([cfgs[k] for k in members],
+                                     [run_dirs[k] for k in members],
+                                     [saved[k] for k in members], on_step, len(group))
+                for k, summary in zip(members, results, strict=True):
+                    summaries[k] = summary
     return summaries
+
+
+def balanced_chunks(members: list[int], limit: int | None) -> list[list[int]]:
+    """`members` in order, cut into the fewest chunks of at most `limit`, of sizes that differ
+    by one at most (9 by 4: 3, 3, 3). Never a chunk of one from a bigger group: a lone member
+    trains through other kernels (other floats) than a population does, so 3 by 2 stays 3."""
+    if not limit or len(members) <= limit:
+        return [members]
+    n = min(-(-len(members) // limit), len(members) // 2)
+    size, extra = divmod(len(members), n)
+    bounds = [k * size + min(k, extra) for k in range(n + 1)]
+    return [members[a:b] for a, b in pairwise(bounds)]
 
 
 def check_one_population(cfgs: Sequence[DictConfig]) -> None:
@@ -184,8 +199,11 @@ def _readable_summary(run_dir: Path) -> dict | None:
 
 
 def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
-           saved: Sequence[dict | None], on_step: Callable[[int], None] | None = None
-           ) -> list[dict]:
+           saved: Sequence[dict | None], on_step: Callable[[int], None] | None = None,
+           whole_population: int | None = None) -> list[dict]:
+    """Train `cfgs` as one population. `whole_population`: the size of the population these
+    members are a chunk of (trainer.members_at_once); evaluation sizes its forward passes for
+    it, so the chunk logs the floats the whole population would."""
     cfg, P = cfgs[0], len(cfgs)
     start_time = time.time()
     device = resolve_device(cfg.trainer.device)
@@ -202,6 +220,8 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     checkpoint_every = cfg.trainer.checkpoint_every
 
     model = build_model(cfgs, ds.image_shape).to(device)
+    if whole_population:  # evaluation chunks as for the whole population: its floats
+        model.widest_activation = model.widest_activation // P * whole_population
     move_step_streams(model, device)  # a step's random draws happen on the device (seeding)
     per_member = {key: torch.tensor([float(c.optim[key]) for c in cfgs], device=device)
                   for key in ("lr", "momentum", "weight_decay", "lr_decay", "lr_decay_steps")}

@@ -49,6 +49,9 @@ def config_problems(cfg: DictConfig) -> list[str]:
     check("trainer.divergence_check_every", cfg.trainer.get("divergence_check_every") is None
           or (_integer(cfg.trainer.divergence_check_every)
               and cfg.trainer.divergence_check_every >= 1), "must be null or >= 1")
+    limit = cfg.trainer.get("members_at_once")
+    check("trainer.members_at_once", limit is None or (_integer(limit) and limit >= 1),
+          "must be null or >= 1")
     t, o = cfg.trainer, cfg.optim
     check("optim.lr", _number(o.lr) and o.lr > 0, "must be > 0")
     check("optim.momentum", _number(o.momentum) and 0 <= o.momentum < 1, "must be in [0, 1)")

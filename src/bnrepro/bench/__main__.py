@@ -66,6 +66,9 @@ def cnn_rows(w: Workload, populations: Sequence[int]) -> list[Row]:
         Row("cnn", f"cnn/ours{P}_grouped", f"bnrepro population P={P}, conv_execution=grouped",
             True, P, partial(our_trainer, w, P, ["model.conv_execution=grouped"]),
             note="forced grouped convs, next to auto's choice"),
+        Row("cnn", f"cnn/ours{P}_chunked", f"bnrepro population P={P}, trainer.members_at_once="
+            f"{P // 2}", True, P, partial(our_trainer, w, P, [f"trainer.members_at_once={P // 2}"]),
+            note="two chunks trained one after another, the same floats as one population"),
     ]
 
 

@@ -3,7 +3,8 @@
 Each sample is a fresh run of warm-up + timed steps in a temporary run directory; the timed
 span runs from the end of step `warmup` to the end of the last step (train_population's
 on_step), so it holds nothing but training steps: data indexing, augmentation, the forward
-and backward passes, the divergence checks and the update. The evaluations at step 0 and at
+and backward passes, the divergence checks and the update (summed over the chunks a
+population bigger than trainer.members_at_once trains in). The evaluations at step 0 and at
 the end, set-up and the final checkpoint fall outside it.
 """
 
@@ -32,12 +33,17 @@ def our_trainer(w: Workload, population_size: int, extra: list[str] | None = Non
         if warmup < 1:
             raise ValueError("our trainer's samples need warmup >= 1 (the clock starts at the "
                              "end of a step)")
-        clock: dict[int, float] = {}
+        # A population bigger than trainer.members_at_once trains as chunks one after another,
+        # each through steps 1..warmup+steps: the timed spans of all chunks add up.
+        clock = {"started": 0.0, "seconds": 0.0}
 
         def on_step(step: int) -> None:
             if step in (warmup, warmup + steps):
                 synchronize(w.device)
-                clock[step] = time.perf_counter()
+                if step == warmup:
+                    clock["started"] = time.perf_counter()
+                else:
+                    clock["seconds"] += time.perf_counter() - clock["started"]
                 if span is not None:
                     span[step != warmup]()
 
@@ -46,7 +52,6 @@ def our_trainer(w: Workload, population_size: int, extra: list[str] | None = Non
         with tempfile.TemporaryDirectory() as tmp, trainer_dataset(w.dataset):
             train_population(configs, [Path(tmp) / str(k) for k in range(population_size)],
                              on_step)
-        seconds = clock[warmup + steps] - clock[warmup]
-        return seconds / steps / population_size * 1000
+        return clock["seconds"] / steps / population_size * 1000
 
     return sample

@@ -53,10 +53,27 @@ def profile_peer(setup: Callable[[], Callable[[int, int], float]], population_si
     return _self_times(prof, device, steps * population_size)
 
 
-def ours_profile(w: Workload, population_size: int, warmup: int, steps: int) -> profile:
-    """Our trainer's steps warmup+1 .. warmup+steps under the profiler, nothing else."""
-    prof = profile(activities=_activities(w.device))
-    our_trainer(w, population_size, span=(prof.start, prof.stop))(warmup, steps)
+def ours_profile(w: Workload, population_size: int, warmup: int, steps: int,
+                 extra: list[str] | None = None) -> profile:
+    """Our trainer's steps warmup+1 .. warmup+steps under the profiler, nothing else;
+    `extra`: config overrides."""
+    activities = _activities(w.device)
+    prof = profile(activities=activities)
+    started: list[bool] = []
+
+    # A population bigger than trainer.members_at_once trains in chunks, each with its own
+    # timed span: the profiler collects during every span and pauses between them.
+    def start() -> None:
+        if started:
+            prof.toggle_collection_dynamic(True, activities)
+        else:
+            prof.start()
+        started.append(True)
+
+    our_trainer(w, population_size, extra,
+                span=(start, lambda: prof.toggle_collection_dynamic(False, activities)))(
+        warmup, steps)
+    prof.stop()
     return prof
 
 
