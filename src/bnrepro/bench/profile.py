@@ -86,12 +86,14 @@ def profile_ours(w: Workload, population_size: int, warmup: int, steps: int
 def loops(w: Workload, population_size: int
           ) -> list[tuple[str, Callable[[int, int], dict[str, float]]]]:
     """(label, profile(warmup, steps)) for the loops of the bench's unmet targets."""
-    channels_last = w.net == "cnn"  # the CNN's fastest plain loop (make bench)
+    # The CNN's plain loop both ways: which layout is faster depends on the CPU (channels_last
+    # on the EPYC of earlier runs, contiguous on a Xeon with AVX-512, in make bench).
+    layouts = [False, True] if w.net == "cnn" else [False]
     P = population_size
     return [
-        ("plain loop" + (", channels_last" if channels_last else ""),
-         lambda a, b: profile_peer(lambda: peers.plain_loop(w, channels_last), 1, w.device,
-                                   a, b)),
+        *(("plain loop" + (", channels_last" if last else ""),
+           lambda a, b, last=last: profile_peer(lambda: peers.plain_loop(w, last), 1, w.device,
+                                                a, b)) for last in layouts),
         ("bnrepro single run", lambda a, b: profile_ours(w, 1, a, b)),
         (f"torch.func ensemble P={P}",
          lambda a, b: profile_peer(lambda: peers.func_ensemble(w, P), P, w.device, a, b)),
