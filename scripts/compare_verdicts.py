@@ -33,10 +33,9 @@ def load(folder: Path) -> tuple[dict[tuple[str, str, str], dict], dict[str, list
     return claims, machines
 
 
-def differences(a: Path, b: Path) -> list[str]:
-    """One paragraph per claim whose verdict differs (or that one folder lacks)."""
-    claims_a, _ = load(a)
-    claims_b, _ = load(b)
+def differences(a: Path, claims_a: dict, b: Path, claims_b: dict) -> list[str]:
+    """One paragraph per claim whose verdict differs (or that one folder lacks); claims as
+    `load` gives them."""
     out = []
     for key in sorted(claims_a.keys() | claims_b.keys()):
         row_a, row_b = claims_a.get(key), claims_b.get(key)
@@ -60,17 +59,16 @@ def main(argv: list[str] | None = None) -> int:
                   "writes results/)", file=sys.stderr)
             return 2
     try:
-        diffs = differences(args.a, args.b)
-        machines = {f: load(f)[1] for f in (args.a, args.b)}
+        (claims_a, machines_a), (claims_b, machines_b) = load(args.a), load(args.b)
     except ClaimsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for folder, by_file in machines.items():
+    for folder, by_file in ((args.a, machines_a), (args.b, machines_b)):
         trained = sorted({m.rsplit(": ", 1)[0] for ms in by_file.values() for m in ms}) \
             or ["not recorded"]
         print(f"{folder} trained on: {'; '.join(trained)}")
-    total = len(load(args.a)[0].keys() | load(args.b)[0].keys())
-    print(f"{len(diffs)} of {total} claims differ in verdict\n")
+    diffs = differences(args.a, claims_a, args.b, claims_b)
+    print(f"{len(diffs)} of {len(claims_a.keys() | claims_b.keys())} claims differ in verdict\n")
     print("\n\n".join(diffs))
     return 0
 

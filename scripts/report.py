@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import os
-import platform
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -29,7 +28,7 @@ import torch
 
 from bnrepro.atomic import atomic_write_text
 from bnrepro.claims import SOURCES, VERDICTS, ClaimsError, read_claims
-from bnrepro.machine import cores, cpu_model
+from bnrepro.machine import describe
 
 
 class Experiment(NamedTuple):  # not a dataclass: tests load scripts outside sys.modules
@@ -64,11 +63,11 @@ EXPERIMENTS = (
 
 def machine() -> str:
     """This machine in one line: OS, architecture, CPU (model, vector ISA), cores, GPU (if
-    torch sees one)."""
-    gpu = f"GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.system()} {platform.machine()}, {cpu_model()} "
-            f"({torch.backends.cpu.get_cpu_capability()}), {cores()} CPU cores, {gpu}, "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+    torch sees one), Python and torch (bnrepro.machine.describe)."""
+    m = describe(torch.device("cuda") if torch.cuda.is_available() else None)
+    gpu = "no GPU" if m["gpu"] == "none" else f"GPU {m['gpu']}"
+    return (f"{m['os']}, {m['cpu']} ({m['cpu_capability']}), {m['cores']} CPU cores, {gpu}, "
+            f"Python {m['python']}, torch {m['torch']}")
 
 
 def trained_on_line(data: dict) -> list[str]:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from bnrepro import checkpoint, machine, runlock
 from bnrepro.atomic import atomic_write_json
 from bnrepro.augment import BatchAugment
-from bnrepro.config import register_resolvers, resolved_without
+from bnrepro.config import flatten, register_resolvers, resolved_without
 from bnrepro.data import InputTransform, load_dataset, rows
 from bnrepro.evaluation import Evaluator
 from bnrepro.loggers import make_sink
@@ -156,25 +156,15 @@ def balanced_chunks(members: list[int], limit: int | None) -> list[list[int]]:
 def check_one_population(cfgs: Sequence[DictConfig]) -> None:
     """Raise ConfigError unless every config matches the first one outside MEMBER_KEYS (the
     population launcher groups jobs so; a direct caller could pass, say, two models)."""
-    first = _flat(resolved_without(cfgs[0], MEMBER_KEYS))
+    first = flatten(resolved_without(cfgs[0], MEMBER_KEYS))
     for k, cfg in enumerate(cfgs[1:], start=1):
-        other = _flat(resolved_without(cfg, MEMBER_KEYS))
+        other = flatten(resolved_without(cfg, MEMBER_KEYS))
         if differing := sorted(key for key in first.keys() | other.keys()
                                if first.get(key) != other.get(key)):
             raise ConfigError(
                 f"configs 0 and {k} cannot train as one population: they differ in "
                 f"{', '.join(differing[:5])}{' ...' if len(differing) > 5 else ''}; members may "
                 f"differ only in {', '.join(MEMBER_KEYS)} (train the others separately)")
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 @contextmanager
@@ -238,8 +228,9 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
                                         evaluate.resumable())
         summaries = [dict(s["summary"], population_size=P, resumed_from_step=start_step)
                      for s in saved]
-    for summary in summaries:  # the machine of this (re)start: floats depend on it (machine.py)
-        summary["machine"] = machine.describe(device)
+    recorded = machine.describe(device)  # this (re)start's: floats depend on it (machine.py)
+    for summary in summaries:
+        summary["machine"] = recorded
 
     stores = [RunStore(d, c, keep_until_step=start_step if saved[0] else None)
               for d, c in zip(run_dirs, cfgs, strict=True)]
