@@ -119,6 +119,36 @@ def test_targets_read_their_rows_and_say_what_is_missing():
     assert values[8] == (0.25, False)  # evaluation: at most 20%
 
 
+def test_each_round_gives_its_own_ratio_and_a_verdict_the_rounds_split_says_so():
+    def row(key: str, *samples: float) -> Row:
+        r = Row(key.split("/")[0], key, key, "ours" in key, 1, lambda: None)
+        r.samples = list(samples)
+        return r
+
+    rows = [row("cnn/sequential8", 9.0, 9.0, 9.0), row("cnn/ours4", 8.0, 8.0, 8.0),
+            row("cnn/ours8", 8.5, 9.5, 8.9),  # the slowest population, round by round
+            row("mlp/plain", 2.0, 2.0, 2.2), row("mlp/ours1", 1.0, 1.0)]  # failed in round 3
+    found = report.targets(rows, {}, None, cnn_populations=(4, 8))
+
+    def target(starts: str) -> report.Target:
+        (hit,) = [t for t in found if t.text.startswith(starts)]
+        return hit
+
+    sequential, aim = target("cnn: our slowest population"), target("cnn (aim)")
+    single = target("mlp: our single run")
+    assert sequential.value == pytest.approx(9.0 / 8.9) and sequential.met is True
+    assert sequential.rounds == pytest.approx([9 / 8.5, 9 / 9.5, 9 / 8.9])
+    assert sequential.settled is False  # round 2 says not met
+    assert "not settled" in sequential.line() and "rounds 0.95x..1.06x" in sequential.line()
+    assert aim.met is False and aim.settled is True and "not settled" not in aim.line()
+    assert single.rounds == [2.0, 2.0] and single.settled is True  # round 3 has no ours1
+    record = sequential.as_dict()
+    assert record["settled"] is False and len(record["rounds"]) == 3
+    assert report.Target.from_dict(record).line() == sequential.line()
+    evaluation = report.targets(rows, {}, {"full_run": {"evaluation_fraction": 0.1}})[-1]
+    assert evaluation.rounds == [] and evaluation.settled is None
+
+
 def test_a_failing_row_is_recorded_and_the_rest_go_on():
     def broken():
         raise RuntimeError("no compiler\nmore detail")
