@@ -95,13 +95,14 @@ def test_on_step_is_called_after_every_update_before_its_evaluation(mnist, tmp_p
     assert calls == [(1, [0]), (2, [0]), (3, [0, 2]), (4, [0, 2])]
 
 
-def test_targets_read_their_rows_and_say_what_is_missing():
-    def row(key: str, ms: float) -> Row:
-        net = key.split("/")[0]
-        r = Row(net, key, key, "ours" in key, 1, lambda: None)
-        r.samples = [ms]
-        return r
+def row(key: str, *samples: float) -> Row:
+    """A timed row of the bench (net from the key), its samples given: one per round."""
+    r = Row(key.split("/")[0], key, key, "ours" in key, 1, lambda: None)
+    r.samples = list(samples)
+    return r
 
+
+def test_targets_read_their_rows_and_say_what_is_missing():
     rows = [row("mlp/plain", 2.0), row("mlp/ours1", 1.0), row("mlp/ensemble16", 3.0),
             row("mlp/ours16", 1.0), row("mlp/ensemble64", 1.2), row("mlp/ours64", 1.0),
             row("cnn/plain", 10.0), row("cnn/plain_channels_last", 8.0), row("cnn/ours1", 9.0),
@@ -120,11 +121,6 @@ def test_targets_read_their_rows_and_say_what_is_missing():
 
 
 def test_each_round_gives_its_own_ratio_and_a_verdict_the_rounds_split_says_so():
-    def row(key: str, *samples: float) -> Row:
-        r = Row(key.split("/")[0], key, key, "ours" in key, 1, lambda: None)
-        r.samples = list(samples)
-        return r
-
     rows = [row("cnn/sequential8", 9.0, 9.0, 9.0), row("cnn/ours4", 8.0, 8.0, 8.0),
             row("cnn/ours8", 8.5, 9.5, 8.9),  # the slowest population, round by round
             row("mlp/plain", 2.0, 2.0, 2.2), row("mlp/ours1", 1.0, 1.0)]  # failed in round 3

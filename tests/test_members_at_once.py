@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import DictConfig
 
 from bnrepro import checkpoint
 from bnrepro.config import compose_config
@@ -26,10 +27,11 @@ def test_chunks_are_balanced_in_order_and_never_leave_a_member_alone(n, limit, s
 
 
 def population(tmp_path, name, overrides, seeds=range(4)):
+    """The trained members: (run directory, config) each."""
     cfgs = [compose_config([*overrides, f"seed={s}"]) for s in seeds]
     dirs = [tmp_path / name / str(s) for s in seeds]
     train_population(cfgs, dirs)
-    return dirs
+    return list(zip(dirs, cfgs, strict=True))
 
 
 # case -> (overrides, whether evaluations must match to the bit too). The CNN's small
@@ -46,9 +48,9 @@ CASES = {
 TRAINING = ("step", "train/loss", "train/acc")
 
 
-def final_state(run_dir: Path) -> dict:
-    saved = torch.load(checkpoint.path(run_dir, checkpoint.steps(run_dir)[-1]),
-                       weights_only=True)
+def final_state(run_dir: Path, cfg: DictConfig) -> dict:
+    saved = checkpoint.load(run_dir, cfg)  # the newest: the final one
+    assert saved["finished"]
     return {**saved["model"], **{f"momentum.{k}": v for k, v in saved["momentum"].items()}}
 
 
@@ -64,12 +66,12 @@ def test_a_population_in_chunks_trains_the_same_floats_as_in_one_piece(tmp_path,
     overrides, exact_evaluation = CASES[net]
     whole = population(tmp_path, "whole", overrides)
     chunked = population(tmp_path, "chunked", [*overrides, "trainer.members_at_once=2"])
-    for a, b in zip(whole, chunked, strict=True):
+    for (a, cfg_a), (b, cfg_b) in zip(whole, chunked, strict=True):
         if exact_evaluation:
             assert (a / "metrics.jsonl").read_bytes() == (b / "metrics.jsonl").read_bytes()
         assert read_summary(a)["population_size"] == 4
         assert read_summary(b)["population_size"] == 2  # it did train in chunks
-        state_a, state_b = final_state(a), final_state(b)
+        state_a, state_b = final_state(a, cfg_a), final_state(b, cfg_b)
         assert state_a.keys() == state_b.keys()
         # Alg. 2's population statistics come from evaluation passes, not from training
         trained = [k for k in state_a if ".population_" not in k]
