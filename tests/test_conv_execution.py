@@ -1,5 +1,7 @@
 """model.conv_execution: a population's convs run grouped or member by member, same results."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +11,7 @@ from bnrepro.checkpoint import fingerprint
 from bnrepro.config import CONF_DIR, compose_config
 from bnrepro.models import CNN, PopulationConv2d
 from bnrepro.models.layers import fold, unfold
+from bnrepro.norms.batch import bn_mode
 from bnrepro.validation import ConfigError, validate
 
 TINY = {"widths": (4, 8), "classifier_hidden": 16, "image_size": 8, "convs_per_stage": (1, 2)}
@@ -117,3 +120,59 @@ def test_conv_execution_is_not_part_of_a_runs_identity():
         fingerprint(compose_config([*base, "model.conv_execution=grouped"]))
     train_yaml = OmegaConf.load(CONF_DIR / "train.yaml")
     assert "model.conv_execution" in train_yaml.hydra.job.config.override_dirname.exclude_keys
+
+
+def _one_step(model: CNN, mode: str, **kwargs) -> dict[str, torch.Tensor]:
+    """Logits, parameter gradients and buffers after one forward and backward pass of a copy
+    of `model` on fixed data, BN in `mode` (train, or eval with Alg. 2's statistics)."""
+    model = copy.deepcopy(model)
+    x, y = torch.randn(3, 6, 3, 8, 8, generator=torch.Generator().manual_seed(1)), \
+        torch.randint(0, 10, (3, 6), generator=torch.Generator().manual_seed(2))
+    with bn_mode(model, mode):
+        out = model(x, **kwargs)
+    F.cross_entropy(out.transpose(1, 2), y, reduction="none").mean(1).sum().backward()
+    return {"logits": out, **{f"grad {k}": p.grad for k, p in model.named_parameters()},
+            **dict(model.named_buffers())}
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_member_by_member_training_forward_is_bit_identical_to_the_folded_one(mode, monkeypatch):
+    """The training forward runs each member's conv stages on its own tensors; asked for its
+    preactivations, the CNN runs them folded, as before. Same logits, gradients and BN
+    buffers, to the bit."""
+    population = CNN([3, 7, 11], norm="bn", activation="relu", conv_execution="per_member",
+                     **TINY)
+    with torch.no_grad():  # members whose statistics differ, so a mix-up shows
+        for buffer in population.buffers():
+            buffer.uniform_(0.5, 1.5)
+    calls = []
+    features = CNN._member_features
+    monkeypatch.setattr(CNN, "_member_features",
+                        lambda self, *args: calls.append(1) or features(self, *args))
+    by_member = _one_step(population, mode)
+    assert len(calls) == 3  # one call per member
+    folded = _one_step(population, mode, preactivations=[])
+    assert len(calls) == 3  # the folded pass did not run member by member
+    assert by_member.keys() == folded.keys()
+    for key, value in by_member.items():
+        assert torch.equal(value, folded[key]), key
+    moved = {k for k, v in population.named_buffers() if not torch.equal(v, by_member[k])}
+    # training updates every BN's moving averages (through the per-member views too); eval
+    # changes nothing
+    assert moved == ({k for k, _ in population.named_buffers() if ".running_" in k}
+                     if mode == "train" else set())
+
+def test_member_by_member_runs_only_where_every_layer_can():
+    x = torch.randn(3, 2, 3, 8, 8)
+
+    def members(P: int, **kwargs) -> bool:
+        return CNN(list(range(P)), activation="relu", **TINY, **kwargs)._member_layers(
+            x[:P]) is not None
+
+    assert members(3, norm="bn") and members(3, norm="none")
+    assert members(1, norm="bn", conv_execution="grouped")  # one member: the same call
+    assert not members(3, norm="bn", conv_execution="grouped")
+    assert not members(3, norm="gn") and not members(3, norm="noisy_bn")
+    model = CNN([0, 1, 2], norm="bn", activation="relu", **TINY)
+    with bn_mode(model, "collect", 2):  # Alg. 2's grouped statistics: the folded forward
+        assert model._member_layers(x) is None

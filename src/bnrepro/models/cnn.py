@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from bnrepro.models.layers import (
     unfold,
 )
 from bnrepro.models.pooling import max_pool2d
-from bnrepro.norms import head_norm, make_norm, norm_spec
+from bnrepro.norms import head_norm, make_norm, member_norms, norm_spec
 from bnrepro.seeding import generator
 
 
@@ -119,18 +119,54 @@ class CNN(nn.Module):
         if x.dim() != (4 if shared else 5):
             raise ValueError(f"CNN expects x [{'' if shared else 'P, '}B, C, H, W], got "
                              f"{tuple(x.shape)}")
-        h = x
-        for i, (conv, norm) in enumerate(zip(self.convs, self.conv_norms, strict=True)):
-            h = norm(conv(h))
-            if preactivations is not None:
-                preactivations.append(h)
-            h = self.activation(h)
-            if i in self.stage_ends:
-                h = unfold(max_pool2d(fold(h), 2), P)  # F.max_pool2d's floats, faster
+        members = None if shared or preactivations is not None else self._member_layers(x)
+        if members is not None:
+            h = torch.stack([self._member_features(x[k], layers)
+                             for k, layers in enumerate(members)])
+        else:
+            h = x
+            for i, (conv, norm) in enumerate(zip(self.convs, self.conv_norms, strict=True)):
+                h = norm(conv(h))
+                if preactivations is not None:
+                    preactivations.append(h)
+                h = self.activation(h)
+                if i in self.stage_ends:
+                    h = unfold(max_pool2d(fold(h), 2), P)  # F.max_pool2d's floats, faster
         h = self.hidden_norm(self.hidden(h.flatten(2)))
         if preactivations is not None:
             preactivations.append(h)
         return self.head(self.dropout(self.activation(h)))
+
+    def _member_layers(self, x: torch.Tensor) -> list[list[tuple[Callable, Callable]]] | None:
+        """Per member, its (conv, norm) calls, layer by layer, when the convs run member by
+        member on x's device (layers.CONV_EXECUTIONS; always at P = 1) and every norm has a
+        per-member path (norms.member_norms); else None.
+
+        Why: a member then runs its conv stages on its own contiguous tensors, the very calls
+        of its solo run, so its floats are the same. The folded layout's copies are gone (each
+        conv's input and output-gradient slices, the concatenation of outputs, and back again
+        in the backward pass) and each member's activations stay small enough for the caches
+        (`make bench`: the CNN rows; `make bench-profile`)."""
+        P = self.population_size
+        if P > 1 and any(conv.resolved_execution(x.device) != "per_member"
+                         for conv in self.convs):
+            return None
+        norms = [member_norms(norm, P) for norm in self.conv_norms]
+        if any(n is None for n in norms):
+            return None
+        convs = [conv.member_convs() for conv in self.convs]
+        return [list(zip([c[k] for c in convs], [n[k] for n in norms], strict=True))
+                for k in range(P)]
+
+    def _member_features(self, x: torch.Tensor, layers: list[tuple[Callable, Callable]]
+                         ) -> torch.Tensor:
+        """One member's conv stages on its images x [B, C, H, W] -> [B, C', H', W']."""
+        h = x
+        for i, (conv, norm) in enumerate(layers):
+            h = self.activation(norm(conv(h)))
+            if i in self.stage_ends:
+                h = max_pool2d(h, 2)
+        return h
 
 
 def fan_in(layer: nn.Module) -> int:

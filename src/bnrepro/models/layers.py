@@ -10,11 +10,14 @@ torch call on a view, with no copies between layers. That memory is contiguous (
 plain batches; augmented ones (augment.py gathers them as [N, H, W, C]) reach the first conv
 as channels_last, and convs keep the layout of their input, so those runs are channels_last
 throughout (models/pooling.py keeps whichever layout it is given).
+A net may also run its convs member by member on each member's own contiguous tensors
+(`PopulationConv2d.member_convs`; models.cnn does so where it can): its solo run's calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -127,6 +130,13 @@ class PopulationConv2d(nn.Module):
     def _conv2d(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 groups: int = 1) -> torch.Tensor:
         return F.conv2d(x, weight, bias, self.stride, self.padding, groups=groups)
+
+    def member_convs(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """Per member, its conv on its own input [B, C, H, W]: the call its solo run makes, on
+        views of this layer's weights (gradients reach them)."""
+        biases = [None] * len(self.weight) if self.bias is None else self.bias.unbind(0)
+        return [partial(self._conv2d, weight=w, bias=b)
+                for w, b in zip(self.weight.unbind(0), biases, strict=True)]
 
     def resolved_execution(self, device: torch.device) -> str:
         """grouped or per_member: what `auto` means on `device`, or the forced choice."""

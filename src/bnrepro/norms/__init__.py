@@ -90,6 +90,17 @@ def make_norm(name: str, population_size: int, num_features: int, spatial: bool,
     return spec.build(Site(population_size, num_features, spatial, cfg or {}, generators))
 
 
+def member_norms(norm: nn.Module, population_size: int
+                 ) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
+    """Per member, `norm` applied to that member's input alone, with the floats it gives that
+    member inside the population; None where the layer has no such path (it then runs on the
+    whole population at once). No norm (identity) and BN in its train and eval modes have one."""
+    if isinstance(norm, nn.Identity):
+        return [norm] * population_size
+    members = getattr(norm, "member_norms", None)
+    return members() if members is not None else None
+
+
 def head_norm(name: str) -> str:
     """The norm of a conv net's fully-connected layers: its own, unless it is conv-only (IN),
     which has no positions to normalise over there; those layers then have none."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -62,15 +63,32 @@ class BatchNorm(ModalNorm):
         # (member, feature) pair on its own: [P, B, F, ...] -> [B, P*F, ...].
         P, B = x.shape[:2]
         flat = x.transpose(0, 1).reshape(B, -1, *x.shape[3:])
-        if self.mode == "eval":
-            stats = (self.running_mean, self.running_var) if self.inference == "running" \
-                else (self.population_mean, self.population_var)
-            mean, var, use_batch = stats[0].view(-1), stats[1].view(-1), False
-        else:
-            mean, var, use_batch = self.running_mean.view(-1), self.running_var.view(-1), True
-        y = F.batch_norm(flat, mean, var, self.weight.view(-1), self.bias.view(-1),
-                         use_batch, self.momentum, self.eps)
+        mean, var, use_batch = self._statistics()
+        y = F.batch_norm(flat, mean.view(-1), var.view(-1), self.weight.view(-1),
+                         self.bias.view(-1), use_batch, self.momentum, self.eps)
         return y.view(B, P, *x.shape[2:]).transpose(0, 1)
+
+    def _statistics(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(mean, var) [P, F] of the train and eval modes, and whether the batch's own are used:
+        in training the moving averages (updated in place), in eval the set `inference` names."""
+        if self.mode != "eval":
+            return self.running_mean, self.running_var, True
+        if self.inference == "running":
+            return self.running_mean, self.running_var, False
+        return self.population_mean, self.population_var, False
+
+    def member_norms(self) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
+        """Per member, this layer on that member's input alone ([B, F, ...]): the floats its
+        slice of `forward` gets (torch's kernel normalises each feature on its own), its moving
+        averages updated in place through views. None in the batch and collect modes, whose
+        grouped statistics only `forward` computes."""
+        if self.mode not in ("train", "eval"):
+            return None
+        mean, var, use_batch = self._statistics()
+        return [partial(F.batch_norm, running_mean=m, running_var=v, weight=w, bias=b,
+                        training=use_batch, momentum=self.momentum, eps=self.eps)
+                for m, v, w, b in zip(mean.unbind(0), var.unbind(0), self.weight.unbind(0),
+                                      self.bias.unbind(0), strict=True)]
 
     def _normalize_groups(self, x: torch.Tensor, accumulate: bool) -> torch.Tensor:
         """Normalise each group of `ghost_batch` examples by its own statistics (Alg. 1), and

@@ -178,6 +178,10 @@ class NoisyBatchNorm(BatchNorm):
         self.where = where
         self.noise = SanturkarNoise(generators, **noise)
 
+    def member_norms(self) -> None:
+        """None: the noise is drawn for the whole population at once (forward)."""
+        return None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.noise.probe is not None:  # a probe of the training network (probe_noise)
             y = super().forward(x)
