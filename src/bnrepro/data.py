@@ -295,7 +295,7 @@ class InputTransform:
         if self.mean is not None:
             if self.mean.device != x.device:  # moved once, not copied with every batch
                 self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
-            x = (x - self.mean) / self.std
+            x = x.sub_(self.mean).div_(self.std)  # in place: the same floats, no new batch
         return x
 
 
