@@ -135,16 +135,22 @@ def _one_step(model: CNN, mode: str, **kwargs) -> dict[str, torch.Tensor]:
             **dict(model.named_buffers())}
 
 
+@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_member_by_member_training_forward_is_bit_identical_to_the_folded_one(mode, monkeypatch):
-    """The training forward runs each member's conv stages on its own tensors; asked for its
-    preactivations, the CNN runs them folded, as before. Same logits, gradients and BN
-    buffers, to the bit."""
-    population = CNN([3, 7, 11], norm="bn", activation="relu", conv_execution="per_member",
+def test_member_by_member_training_forward_is_bit_identical_to_the_folded_one(
+        mode, activation, monkeypatch):
+    """The training forward runs each member's conv stages on its own tensors (ReLU after
+    the pooling); asked for its preactivations, the CNN runs them folded, as before. Same
+    logits, gradients and BN buffers, to the bit: with ReLU's tied zeros, and with sigmoids
+    that saturate (gamma 30), whose ties would move a pooling window's winner were the
+    sigmoid applied after the pooling."""
+    population = CNN([3, 7, 11], norm="bn", activation=activation, conv_execution="per_member",
                      **TINY)
     with torch.no_grad():  # members whose statistics differ, so a mix-up shows
         for buffer in population.buffers():
             buffer.uniform_(0.5, 1.5)
+        for norm in population.conv_norms:
+            norm.weight.mul_(30 if activation == "sigmoid" else 1)
     calls = []
     features = CNN._member_features
     monkeypatch.setattr(CNN, "_member_features",

@@ -62,6 +62,13 @@ class CNN(nn.Module):
         P = len(seeds)
         self.population_size = P
         self.activation = ACTIVATIONS[activation]
+        # ReLU and a max commute, values and gradients alike (the window's winner is the same
+        # for every positive maximum; otherwise every gradient is 0): the member-by-member
+        # training step pools first and applies ReLU to a quarter of the values. The one
+        # difference: a window whose largest value is -0.0 may keep -0.0 (relu(-0.0) = -0.0)
+        # where ReLU first gives +0.0, which changes no sum that has any other term. Sigmoid's
+        # saturated ties would move the winner, so it keeps the order.
+        self.pool_first = activation == "relu"
         stages = stage_widths(widths, width_multiplier)
         depths = _per_stage(convs_per_stage, len(stages), "convs_per_stage")
         height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
@@ -163,9 +170,13 @@ class CNN(nn.Module):
         """One member's conv stages on its images x [B, C, H, W] -> [B, C', H', W']."""
         h = x
         for i, (conv, norm) in enumerate(layers):
-            h = self.activation(norm(conv(h)))
-            if i in self.stage_ends:
-                h = max_pool2d(h, 2)
+            h = norm(conv(h))
+            if i not in self.stage_ends:
+                h = self.activation(h)
+            elif self.pool_first:
+                h = self.activation(max_pool2d(h, 2))
+            else:
+                h = max_pool2d(self.activation(h), 2)
         return h
 
 
