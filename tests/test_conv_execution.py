@@ -135,22 +135,25 @@ def _one_step(model: CNN, mode: str, **kwargs) -> dict[str, torch.Tensor]:
             **dict(model.named_buffers())}
 
 
-@pytest.mark.parametrize("activation", ["relu", "sigmoid"])
-@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize(("norm", "activation", "mode"), [
+    ("bn", "relu", "train"), ("bn", "relu", "eval"), ("bn", "sigmoid", "train"),
+    ("bn", "sigmoid", "eval"), ("gn", "relu", "train"), ("ln", "sigmoid", "train"),
+    ("in", "relu", "train"), ("none", "relu", "train")])
 def test_member_by_member_training_forward_is_bit_identical_to_the_folded_one(
-        mode, activation, monkeypatch):
+        norm, activation, mode, monkeypatch):
     """The training forward runs each member's conv stages on its own tensors (ReLU after
     the pooling); asked for its preactivations, the CNN runs them folded, as before. Same
     logits, gradients and BN buffers, to the bit: with ReLU's tied zeros, and with sigmoids
     that saturate (gamma 30), whose ties would move a pooling window's winner were the
     sigmoid applied after the pooling."""
-    population = CNN([3, 7, 11], norm="bn", activation=activation, conv_execution="per_member",
-                     **TINY)
-    with torch.no_grad():  # members whose statistics differ, so a mix-up shows
-        for buffer in population.buffers():
-            buffer.uniform_(0.5, 1.5)
-        for norm in population.conv_norms:
-            norm.weight.mul_(30 if activation == "sigmoid" else 1)
+    population = CNN([3, 7, 11], norm=norm, activation=activation, conv_execution="per_member",
+                     **TINY, norm_cfg={"norm_groups": 2})
+    with torch.no_grad():  # members whose norms differ, so a mix-up shows
+        for layer in population.conv_norms:
+            for values in (*layer.buffers(), *layer.parameters()):
+                values.uniform_(0.5, 1.5)
+            if activation == "sigmoid" and norm != "none":
+                layer.weight.mul_(30)
     calls = []
     features = CNN._member_features
     monkeypatch.setattr(CNN, "_member_features",
@@ -168,6 +171,7 @@ def test_member_by_member_training_forward_is_bit_identical_to_the_folded_one(
     assert moved == ({k for k, _ in population.named_buffers() if ".running_" in k}
                      if mode == "train" else set())
 
+
 def test_member_by_member_runs_only_where_every_layer_can():
     x = torch.randn(3, 2, 3, 8, 8)
 
@@ -178,7 +182,8 @@ def test_member_by_member_runs_only_where_every_layer_can():
     assert members(3, norm="bn") and members(3, norm="none")
     assert members(1, norm="bn", conv_execution="grouped")  # one member: the same call
     assert not members(3, norm="bn", conv_execution="grouped")
-    assert not members(3, norm="gn") and not members(3, norm="noisy_bn")
+    assert members(3, norm="gn") and members(3, norm="in")
+    assert not members(3, norm="noisy_bn") and not members(3, norm="brn")
     model = CNN([0, 1, 2], norm="bn", activation="relu", **TINY)
     with bn_mode(model, "collect", 2):  # Alg. 2's grouped statistics: the folded forward
         assert model._member_layers(x) is None

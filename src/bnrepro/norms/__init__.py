@@ -94,7 +94,8 @@ def member_norms(norm: nn.Module, population_size: int
                  ) -> list[Callable[[torch.Tensor], torch.Tensor]] | None:
     """Per member, `norm` applied to that member's input alone, with the floats it gives that
     member inside the population; None where the layer has no such path (it then runs on the
-    whole population at once). No norm (identity) and BN in its train and eval modes have one."""
+    whole population at once). No norm (identity), BN in its train and eval modes, LN, GN and
+    IN have one."""
     if isinstance(norm, nn.Identity):
         return [norm] * population_size
     members = getattr(norm, "member_norms", None)

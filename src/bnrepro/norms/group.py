@@ -9,6 +9,9 @@ feature/channel and member, [P, C], as for BN.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,6 +41,12 @@ class GroupNorm(nn.Module):
         y = F.group_norm(flat, P * self.groups, self.weight.view(-1), self.bias.view(-1),
                          self.eps)
         return y.view(B, P, *x.shape[2:]).transpose(0, 1)
+
+    def member_norms(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """Per member, this layer on that member's input alone ([B, C, ...]): the floats its
+        slice of `forward` gets (torch normalises each example's group on its own)."""
+        return [partial(F.group_norm, num_groups=self.groups, weight=w, bias=b, eps=self.eps)
+                for w, b in zip(self.weight.unbind(0), self.bias.unbind(0), strict=True)]
 
 
 def build_layer_norm(site: Site) -> GroupNorm:
