@@ -78,9 +78,13 @@ def test_per_member_is_bit_identical_to_each_members_solo_conv(bias):
             assert torch.equal(a[0], b[k])
 
 
-def test_a_cnn_member_trains_bit_identically_to_its_solo_run():
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_a_cnn_member_trains_bit_identically_to_its_solo_run(layout):
     """One thread: torch's batched matrix products (the linear head) may split work between
-    threads differently for P members than for one, which changes float rounding only."""
+    threads differently for P members than for one, which changes float rounding only.
+    channels_last: the augmented batches (augment.py gathers [P, B, H, W, C]); the folded
+    layout copied them to NCHW, so the members of fig2's populations drifted from their solo
+    runs (by ~5e-6 in the logits); member by member they run channels_last as solo runs do."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -88,6 +92,8 @@ def test_a_cnn_member_trains_bit_identically_to_its_solo_run():
         population = CNN(seeds, norm="bn", activation="relu", conv_execution="per_member",
                          **TINY)
         x, y = torch.randn(3, 6, 3, 8, 8), torch.randint(0, 10, (3, 6))
+        if layout == "channels_last":
+            x = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
         out = population(x)
         F.cross_entropy(out.transpose(1, 2), y, reduction="none").mean(1).sum().backward()
         for k, seed in enumerate(seeds):
