@@ -35,6 +35,8 @@ def test_every_image_is_a_crop_and_flip_of_its_own_padded_input_and_all_of_them_
     # 25 offsets x 2 flips, 128 draws: most combinations occur, including the extremes.
     assert {(-2, -2), (2, 2)} <= {(dy, dx) for dy, dx, _ in seen}
     assert {True, False} == {flip for *_, flip in seen}
+    # NCHW like an unaugmented batch, so the net runs the same (NCHW) kernels on it
+    assert out.is_contiguous()
 
 
 def test_flips_alone_keep_the_image_and_mirror_about_half():

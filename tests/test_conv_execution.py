@@ -82,9 +82,10 @@ def test_per_member_is_bit_identical_to_each_members_solo_conv(bias):
 def test_a_cnn_member_trains_bit_identically_to_its_solo_run(layout):
     """One thread: torch's batched matrix products (the linear head) may split work between
     threads differently for P members than for one, which changes float rounding only.
-    channels_last: the augmented batches (augment.py gathers [P, B, H, W, C]); the folded
-    layout copied them to NCHW, so the members of fig2's populations drifted from their solo
-    runs (by ~5e-6 in the logits); member by member they run channels_last as solo runs do."""
+    channels_last: as augment.py handed augmented batches over before it returned NCHW; the
+    folded layout copied them to NCHW, so the members of fig2's populations drifted from their
+    solo runs (by ~5e-6 in the logits); member by member they run channels_last as solo runs
+    do."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -67,7 +67,7 @@ def test_a_cnn_population_trains_the_same_floats_as_with_f_max_pool2d(monkeypatc
     """Logits and every parameter's gradient of a population (P=3, two stages) equal
     bit for bit those with F.max_pool2d in its place."""
     x = torch.randn(3, 10, 3, 8, 8)
-    if augmented_layout:  # as BatchAugment hands it over: channels_last underneath
+    if augmented_layout:  # channels_last underneath, as BatchAugment handed batches over once
         x = x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
     y = torch.randint(0, 10, (3, 10))
     results = []

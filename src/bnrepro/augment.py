@@ -56,7 +56,12 @@ class BatchAugment:
         cols = torch.where(flipped[:, None], cols.flip(1), cols)
         n = torch.arange(P * B, device=images.device)
         out = padded[n[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # [N, H, W, C]
-        return out.permute(0, 3, 1, 2).reshape(P, B, C, H, W)
+        # NCHW, as unaugmented batches come: gathered [N, H, W, C], the batch would reach the
+        # convs as channels_last, and convs keep their input's layout, so every layer would
+        # run torch's channels_last kernels, whose BN backward is several times slower on the
+        # CPU (`make bench-profile`: the plain loop's two layouts); the copy costs a pass over
+        # the uint8 batch. (Until this copy, augmented runs trained channels_last throughout.)
+        return out.permute(0, 3, 1, 2).reshape(P, B, C, H, W).contiguous()
 
     def member_state(self, k: int) -> torch.Tensor:
         return self.generators[k].get_state()

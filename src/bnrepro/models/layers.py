@@ -6,10 +6,10 @@ much Python overhead as one. P = 1 is an ordinary single model.
 
 Conv activations are [P, B, C, H, W] at every module boundary, but are laid out in memory as
 [B, P*C, H, W]: the population is folded into channels, so each conv, pool and BN layer is one
-torch call on a view, with no copies between layers. That memory is contiguous (NCHW) for
-plain batches; augmented ones (augment.py gathers them as [N, H, W, C]) reach the first conv
-as channels_last, and convs keep the layout of their input, so those runs are channels_last
-throughout (models/pooling.py keeps whichever layout it is given).
+torch call on a view, with no copies between layers. That memory is contiguous (NCHW), the
+batches' layout (augment.py hands its batches over as NCHW too); a channels_last input would
+stay channels_last, since convs keep the layout of their input (models/pooling.py keeps
+whichever layout it is given).
 A net may also run its convs member by member on each member's own contiguous tensors
 (`PopulationConv2d.member_convs`; models.cnn does so where it can): its solo run's calls.
 """

@@ -40,8 +40,8 @@ def max_pool2d(x: torch.Tensor, kernel: int) -> torch.Tensor:
     memory layout (the next conv's kernel, and so its rounding, depends on that layout)."""
     nchw = x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
     if x.device.type != "cpu" or x.dim() != 4 or not nchw:
-        # channels_last already (convs keep the layout of their input: augmented batches come
-        # as channels_last) or ambiguous: torch's own kernel, output in the input's layout
+        # channels_last already (convs keep the layout of their input, should a batch come so)
+        # or ambiguous: torch's own kernel, output in the input's layout
         return F.max_pool2d(x, kernel)
     if not (torch.is_grad_enabled() and x.requires_grad):  # evaluation: no indices to keep
         return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), kernel).contiguous()
