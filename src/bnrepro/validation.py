@@ -44,14 +44,10 @@ def config_problems(cfg: DictConfig) -> list[str]:
         one_of("model.conv_execution", CONV_EXECUTIONS)
     one_of("logger.kind", LOGGERS)
     one_of("trainer.device", DEVICES)
-    check("trainer.threads", cfg.trainer.get("threads") is None or (
-        _integer(cfg.trainer.threads) and cfg.trainer.threads >= 1), "must be null or >= 1")
-    check("trainer.divergence_check_every", cfg.trainer.get("divergence_check_every") is None
-          or (_integer(cfg.trainer.divergence_check_every)
-              and cfg.trainer.divergence_check_every >= 1), "must be null or >= 1")
-    limit = cfg.trainer.get("members_at_once")
-    check("trainer.members_at_once", limit is None or (_integer(limit) and limit >= 1),
-          "must be null or >= 1")
+    for knob in ("threads", "divergence_check_every", "members_at_once"):  # null: default
+        value = cfg.trainer.get(knob)
+        check(f"trainer.{knob}", value is None or (_integer(value) and value >= 1),
+              "must be null or >= 1")
     t, o = cfg.trainer, cfg.optim
     check("optim.lr", _number(o.lr) and o.lr > 0, "must be > 0")
     check("optim.momentum", _number(o.momentum) and 0 <= o.momentum < 1, "must be in [0, 1)")
