@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnrepro.notebook import load_script, say, show, show_table
+from bnrepro.analysis.notebook import load_script, say, show, show_table
 
 plot_batchsize = load_script("plot_batchsize")
 plot_depth = load_script("plot_depth")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnrepro.notebook import load_script, say, show, show_table
-from bnrepro.runs import find_runs
+from bnrepro.analysis.notebook import load_script, say, show, show_table
+from bnrepro.run.runs import find_runs
 
 plot_fig1 = load_script("plot_fig1")
 aggregate = load_script("aggregate")
@@ -112,7 +112,7 @@ if {"bn", "none"} <= set(drift.index):
 # ## Distributional shift: Wasserstein-1 distance of each layer's input distribution
 #
 # Percentiles show three points of a distribution; the Wasserstein-1 distance compares whole
-# distributions (`bnrepro.shift`: per unit over the fixed probe examples, averaged over the
+# distributions (`bnrepro.measures.shift`: per unit over the fixed probe examples, averaged over the
 # layer's units). `shift/h{i}/w1_init` is the distance of hidden layer i's input from its
 # distribution at step 0, `shift/h{i}/w1_prev` from the previous evaluation (how much it moves
 # between two evaluations); `_rel` divides by the units' spread, so that layers of different

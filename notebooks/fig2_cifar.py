@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnrepro.notebook import load_script, say, show, show_table
+from bnrepro.analysis.notebook import load_script, say, show, show_table
 
 plot_fig2 = load_script("plot_fig2")
 

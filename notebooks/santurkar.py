@@ -34,8 +34,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnrepro.notebook import load_script, say, show, show_table
-from bnrepro.runs import find_runs
+from bnrepro.analysis.notebook import load_script, say, show, show_table
+from bnrepro.run.runs import find_runs
 
 plot_santurkar = load_script("plot_santurkar")
 plot_dln = load_script("plot_dln")

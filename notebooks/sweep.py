@@ -19,7 +19,7 @@
 
 # %%
 
-from bnrepro.notebook import load_script, say, show, show_table
+from bnrepro.analysis.notebook import load_script, say, show, show_table
 
 aggregate = load_script("aggregate")
 

@@ -56,10 +56,10 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
-from bnrepro import wandb_figures  # noqa: E402
+from bnrepro.analysis import wandb_figures  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write  # noqa: E402
 from bnrepro.config import flatten  # noqa: E402
-from bnrepro.store import evaluation_rows, read_config, read_metrics, read_summary  # noqa: E402
+from bnrepro.run.store import evaluation_rows, read_config, read_metrics, read_summary  # noqa: E402
 
 AXES = ["dataset", "norm", "activation", "lr", "dropout", "seed"]  # summary["axes"]
 AXIS_KEYS = {"dataset.name": "dataset", "model.norm": "norm", "model.activation": "activation",

@@ -2,7 +2,7 @@
 
     python scripts/plot_batchsize.py RUNS [RUNS ...] [--lr-runs LR_RUNS ...] [--out results]
 
-Reads the run store only (bnrepro.runs.find_runs): every run of experiment batchsize_mnist or
+Reads the run store only (bnrepro.run.runs.find_runs): every run of experiment batchsize_mnist or
 batchsize_cifar below the RUNS folders, completed or diverged (others are named in a warning and
 left out). Runs are grouped by dataset.name (cifar10-jpeg is labelled so everywhere: it is not
 CIFAR-10), then by model.norm and trainer.batch_size; the seeds of a cell are its replicates.
@@ -16,7 +16,7 @@ Definitions (also in each JSON's "definitions"):
   test images scored by the configured inference (test/acc: BN with Alg. 2's population
   statistics, Batch Renorm with its moving averages), by the training network on test
   mini-batches of the run's batch size (test/acc_batch) and by the moving averages
-  (test/acc_running); see src/bnrepro/evaluation.py.
+  (test/acc_running); see src/bnrepro/measures/evaluation.py.
 - Learning-rate check (--lr-runs): runs at trainer.batch_size = batch_scaling.reference_batch
   with several optim.lr; per candidate rate, the mean over norms of the seed-mean FINAL
   validation accuracy (a diverged seed scoring chance, 0.1). The best candidate must equal the
@@ -70,11 +70,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from bnrepro import wandb_figures  # noqa: E402
+from bnrepro.analysis import wandb_figures  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
 from bnrepro.claims import write_claims  # noqa: E402
 from bnrepro.config import flatten  # noqa: E402
-from bnrepro.runs import find_runs  # noqa: E402
+from bnrepro.run.runs import find_runs  # noqa: E402
 
 EXPERIMENTS = ("batchsize_mnist", "batchsize_cifar")  # config `name` of the runs
 NORM_ORDER = ["bn", "brn", "gn", "ln", "none"]  # plotting order; other norms come after

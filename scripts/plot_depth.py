@@ -2,7 +2,7 @@
 
     python scripts/plot_depth.py runs/depth_<dataset> [--out results]
 
-Reads the run store only (bnrepro.runs.find_runs): every run of experiment depth_cifar below
+Reads the run store only (bnrepro.run.runs.find_runs): every run of experiment depth_cifar below
 the folder with status completed or diverged, including diverged runs that logged nothing
 (their first evaluation already failed); runs with another status are named in a warning and
 left out. A run's variant is its config's `variant` (BN, NoNorm, SkipInit), its depth
@@ -16,7 +16,7 @@ Definitions (also in the JSON and the claims file):
   min..max over seeds, and the number diverged.
 - A run "trains" when it did not diverge and its accuracy exceeds CHANCE + CHANCE_MARGIN.
 - Ratio at initialisation: resid/b{l}/var_ratio of a run's step-0 evaluation, block l from 1
-  (Var of the branch term alpha_l f(x_l) / Var of the skip term; bnrepro.evaluation).
+  (Var of the branch term alpha_l f(x_l) / Var of the skip term; bnrepro.measures.evaluation).
 - Slope of a run: least-squares slope of log(var_ratio_l) on log(l) over its blocks at step 0
   (-1: the ratio falls like 1/l, De & Smith's BN prediction; 0: flat). Claims about the slope
   use the depths with at least MIN_BLOCKS blocks (a fit over fewer says little).
@@ -61,11 +61,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from bnrepro import wandb_figures  # noqa: E402
+from bnrepro.analysis import wandb_figures  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
 from bnrepro.claims import write_claims  # noqa: E402
 from bnrepro.config import flatten  # noqa: E402
-from bnrepro.runs import find_runs  # noqa: E402
+from bnrepro.run.runs import find_runs  # noqa: E402
 
 EXPERIMENT = "depth_cifar"
 SOURCE = "De & Smith (2020)"  # bnrepro.claims.SOURCES
@@ -433,7 +433,7 @@ def summarise(root: Path) -> tuple[list[dict[str, Any]], str, list[int], dict, d
 
 def analyse(root: Path, out: Path, wandb: bool = False) -> dict[str, Any]:
     """Everything of the module docstring, written to `out`; returns depth_<dataset>.json's
-    numbers (with `wandb`, the figure and claims also go to wandb: bnrepro.wandb_figures)."""
+    numbers (with `wandb`, the figure and claims also go to wandb: bnrepro.analysis.wandb_figures)."""
     runs, dataset, depths, table, curves = summarise(root)
     claim_rows = claims(table, depths, dataset)
 

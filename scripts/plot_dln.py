@@ -3,7 +3,7 @@ our run store (`python -m bnrepro.train_dln`, `make dln`).
 
 One row per learning rate: the training loss; gradient ICS of two layers, l2 difference and
 cosine (Def. 2.1); variation of the loss along the gradient, gradient predictiveness (the l2
-change of the gradient along it), "effective" beta-smoothness (bnrepro.measures.figure: lines
+change of the gradient along it), "effective" beta-smoothness (bnrepro.analysis.measures_figure: lines
 are the mean over seeds, bands min..max over seeds; the loss and gradient change are drawn as
 the paper's shaded ranges over step lengths).
 Writes results/dln.{png,pdf,csv} and dln_claims.{json,md}.
@@ -30,11 +30,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bnrepro import wandb_figures  # noqa: E402
+from bnrepro.analysis import wandb_figures  # noqa: E402
+from bnrepro.analysis.measures_figure import ics_layers, measures_figure  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write_text  # noqa: E402
 from bnrepro.claims import to_markdown, write_claims  # noqa: E402
-from bnrepro.measures.figure import ics_layers, measures_figure  # noqa: E402
-from bnrepro.runs import Run, find_runs  # noqa: E402
+from bnrepro.run.runs import Run, find_runs  # noqa: E402
 
 DATASET = "gaussian-linear (synthetic, App. A.1)"
 STYLE = {"none": ("Standard", "tab:red"), "bn": ("Standard + BatchNorm", "tab:blue")}
@@ -115,7 +115,7 @@ def claims(runs: list[Run], lr: float, layers: list[int]) -> list[dict]:
 
 
 def figure(runs: list[Run]) -> plt.Figure:
-    """Figs. 3b and 10 analog: one row per learning rate (bnrepro.measures.figure)."""
+    """Figs. 3b and 10 analog: one row per learning rate (bnrepro.analysis.measures_figure)."""
     lrs = sorted({float(r.config.lr) for r in runs}, reverse=True)
     rows = [(f"lr {rate:g}", {norm: [r for r in runs if r.config.norm == norm
                                      and r.config.lr == rate] for norm in STYLE})

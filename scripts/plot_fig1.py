@@ -6,7 +6,7 @@ without and with BN, over training: solid, the network as it predicts (BN with A
 statistics) on fixed validation images; dashed, the training network (each mini-batch of 60
 training images normalised by its own statistics). Writes results/fig1_mnist.{png,pdf}, the
 same percentiles for every hidden layer in fig1_mnist_layers.{png,pdf}, where the runs log the
-distributional-shift measures (bnrepro.shift) fig1_mnist_shift{,_train}.{png,pdf}, a JSON of
+distributional-shift measures (bnrepro.measures.shift) fig1_mnist_shift{,_train}.{png,pdf}, a JSON of
 the numbers quoted in the README, and the claims of Sec. 4.1 with verdicts computed from the
 runs (fig1_mnist_claims.md, and .json for scripts/report.py):
 
@@ -39,18 +39,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bnrepro import wandb_figures  # noqa: E402
+from bnrepro.analysis import wandb_figures  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
 from bnrepro.claims import to_markdown, write_claims  # noqa: E402
-from bnrepro.evaluation import SHIFT_PREFIX  # noqa: E402
-from bnrepro.runs import Run, find_runs  # noqa: E402
+from bnrepro.measures.evaluation import SHIFT_PREFIX  # noqa: E402
+from bnrepro.run.runs import Run, find_runs  # noqa: E402
 
 PAPER_ACC_RANGE = (0.7, 1.0)  # Fig. 1(a)'s y axis
 STYLE = {"none": ("Without BN", "tab:red"), "bn": ("With BN", "tab:blue")}
 # probe key prefix -> (label, line style, colour of the 15/85th and of the 50th percentile)
 NETWORKS = {"act": ("inference net, validation images", "-", "0.55", "0.0"),
             "act_train": ("training net, mini-batches of 60", "--", "tab:cyan", "tab:blue")}
-# distributional shift (bnrepro.shift): key prefix -> network, the trainer's prefixes for the
+# distributional shift (bnrepro.measures.shift): key prefix -> network, the trainer's prefixes for the
 # probe sets above (evaluation.SHIFT_PREFIX: shift/ is the training network); measure -> what
 # it compares
 SHIFT_NETWORKS = {SHIFT_PREFIX[probe]: label for probe, (label, *_) in NETWORKS.items()}
@@ -298,7 +298,7 @@ def shift_table(runs: list[Run], prefix: str = "shift") -> pd.DataFrame:
 
 def shift_figure(runs: list[Run], prefix: str = "shift") -> plt.Figure | None:
     """Distributional shift of each hidden layer's input to the sigmoid (logged under
-    `prefix`; see bnrepro.shift): one row per logged measure, one column per layer, a line per
+    `prefix`; see bnrepro.measures.shift): one row per logged measure, one column per layer, a line per
     norm (mean over seeds, band min..max). None if the runs logged none."""
     logged = shift_layers(runs, prefix)
     if not logged:

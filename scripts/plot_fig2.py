@@ -52,11 +52,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from bnrepro import wandb_figures  # noqa: E402
+from bnrepro.analysis import wandb_figures  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
 from bnrepro.claims import write_claims  # noqa: E402
 from bnrepro.config import flatten  # noqa: E402
-from bnrepro.store import evaluation_rows, read_config, read_metrics, read_summary  # noqa: E402
+from bnrepro.run.store import evaluation_rows, read_config, read_metrics, read_summary  # noqa: E402
 
 EXPERIMENT, LR_EXPERIMENT = "fig2_cifar", "fig2_cifar_lr"  # config `name` of the runs
 VARIANTS = ["Baseline", "BN-Baseline", "BN-x5", "BN-x30", "BN-x5-Sigmoid", "Baseline-x5",
@@ -546,7 +546,7 @@ def analysis(root: Path, lr_root: Path | None = None) -> dict[str, Any]:
 def analyse(root: Path, out: Path, lr_root: Path | None = None, wandb: bool = False
             ) -> dict[str, Any]:
     """analysis(), written to `out` (see the module docstring; with `wandb`, also log the
-    figure and claims to the runs' wandb group, see bnrepro.wandb_figures); return the
+    figure and claims to the runs' wandb group, see bnrepro.analysis.wandb_figures); return the
     numbers of fig2_<dataset>.json."""
     a = analysis(root, lr_root)
     runs, dataset, max_steps, steps, order, by_variant, curves, table = (

@@ -7,7 +7,7 @@ normalisations).
                                      [--out results]
 
 Reads every run of experiments santurkar_mnist / santurkar_cifar below the folders with
-bnrepro.runs.find_runs (completed AND diverged; runs of other statuses are named in a warning
+bnrepro.run.runs.find_runs (completed AND diverged; runs of other statuses are named in a warning
 and left out), grouped by dataset (its `dataset.name`, written exactly: cifar10-jpeg is the
 JPEG mirror, not CIFAR-10), learning rate and norm. A (dataset, lr, norm)'s runs are its seeds.
 
@@ -21,7 +21,7 @@ Definitions (also in the JSON):
   evaluation after its last one.
 - Final test accuracy: test/acc at the last step (chance for a diverged seed). Max validation
   accuracy: over the seed's evaluations.
-- Shift (Figs. 2, 6, 8; src/bnrepro/shift.py): shift/h{i}/w1_prev_rel, the per-unit
+- Shift (Figs. 2, 6, 8; src/bnrepro/measures/shift.py): shift/h{i}/w1_prev_rel, the per-unit
   Wasserstein-1 distance of hidden layer i's inputs to the nonlinearity between consecutive
   evaluations, on the training network's fixed probe images, summed over units and divided by
   the summed per-unit standard deviations of the earlier evaluation. A seed's shift of layer i
@@ -42,7 +42,7 @@ datasets. Bad input prints one `error:` line and exits with 2.
 
 Sec. 2.2 and 3.1 (Figs. 3-4: gradient ICS and the loss landscape, BN vs standard; the deep
 linear net's are scripts/plot_dln.py), from the runs' measures (conf/measures/, on in both
-experiments): santurkar_<dataset>_measures.png/.pdf (bnrepro.measures.figure), and claims per
+experiments): santurkar_<dataset>_measures.png/.pdf (bnrepro.analysis.measures_figure), and claims per
 rate: a seed's number is the median of the measure over its measured steps; ICS holds when
 BN's cosine is not above standard's, landscape claims when BN's value is below standard's.
 
@@ -70,12 +70,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from bnrepro import wandb_figures  # noqa: E402
+from bnrepro.analysis import wandb_figures  # noqa: E402
+from bnrepro.analysis.measures_figure import ics_layers, measures_figure, median_per_seed  # noqa: E402
 from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
 from bnrepro.claims import write_claims  # noqa: E402
 from bnrepro.config import flatten  # noqa: E402
-from bnrepro.measures.figure import ics_layers, measures_figure, median_per_seed  # noqa: E402
-from bnrepro.runs import Run, find_runs  # noqa: E402
+from bnrepro.run.runs import Run, find_runs  # noqa: E402
 
 EXPERIMENTS = ("santurkar_mnist", "santurkar_cifar")  # config `name` of the runs read
 STATUSES = ("completed", "diverged")

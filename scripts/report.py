@@ -28,7 +28,7 @@ import torch
 
 from bnrepro.atomic import atomic_write_text
 from bnrepro.claims import SOURCES, VERDICTS, ClaimsError, read_claims
-from bnrepro.machine import describe
+from bnrepro.run.machine import describe
 
 
 class Experiment(NamedTuple):  # not a dataclass: tests load scripts outside sys.modules
@@ -63,7 +63,7 @@ EXPERIMENTS = (
 
 def machine() -> str:
     """This machine in one line: OS, architecture, CPU (model, vector ISA), cores, GPU (if
-    torch sees one), Python and torch (bnrepro.machine.describe)."""
+    torch sees one), Python and torch (bnrepro.run.machine.describe)."""
     m = describe(torch.device("cuda") if torch.cuda.is_available() else None)
     gpu = "no GPU" if m["gpu"] == "none" else f"GPU {m['gpu']}"
     return (f"{m['os']}, {m['cpu']} ({m['cpu_capability']}), {m['cores']} CPU cores, {gpu}, "

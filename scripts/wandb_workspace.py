@@ -9,7 +9,7 @@ Entity and project: the options, else WANDB_ENTITY / WANDB_PROJECT, else (projec
 that `Workspace.save()` would upload, to the given file (default: stdout) and touches nothing.
 
 What each section shows (keys as the trainer and the probes log them; config keys as the runs
-send them, see bnrepro.loggers.wandb_config; seeds aggregated as mean with a min..max band,
+send them, see bnrepro.run.loggers.wandb_config; seeds aggregated as mean with a min..max band,
 the figures' convention):
 - Fig. 1: test and validation accuracy vs step grouped by norm x activation
   (axes.norm_activation); the tracked unit's 15/50/85th percentiles per hidden layer
@@ -45,7 +45,7 @@ import wandb_workspaces.workspaces as ws
 
 DEFAULT_PROJECT = "bnrepro"
 NAME = "bnrepro: experiments"
-STEP = "step"  # the trainer's step: every metric's x-axis (bnrepro.loggers.STEP_METRIC)
+STEP = "step"  # the trainer's step: every metric's x-axis (bnrepro.run.loggers.STEP_METRIC)
 MLP_LAYERS = (1, 2, 3)  # Fig. 1's network: 3 hidden layers
 QUANTILES = ("q15", "q50", "q85")
 # Config keys (nested in the runs' wandb config; Config("a.b") addresses them as the app does).
@@ -55,7 +55,7 @@ LR, DROPOUT, VARIANT = wr.Config("optim.lr"), wr.Config("model.dropout"), wr.Con
 BATCH_SIZE, DEPTH = wr.Config("trainer.batch_size"), wr.Config("model.depth")
 RESIDUAL_SCALE = wr.Config("model.residual_scale")
 BEST_VAL, TEST_AT_BEST = wr.SummaryMetric("best_val_acc"), wr.SummaryMetric("test_acc_at_best_val")
-# The figures runs' image keys (bnrepro.wandb_figures: figures/<file stem>).
+# The figures runs' image keys (bnrepro.analysis.wandb_figures: figures/<file stem>).
 FIGURES = {"fig1": ["figures/fig1_mnist"],
            "sweep": ["figures/sweep_mnist_heatmap", "figures/sweep_mnist_best_curves"],
            "fig2": ["figures/fig2_cifar10", "figures/fig2_cifar10-jpeg"]}
@@ -131,7 +131,7 @@ def santurkar_section() -> ws.Section:
 
 def batch_size_section() -> ws.Section:
     keys = ("test/acc", "test/acc_batch", "test/acc_running")
-    best = [wr.SummaryMetric(f"{k}.max") for k in keys]  # summary="max" (bnrepro.loggers)
+    best = [wr.SummaryMetric(f"{k}.max") for k in keys]  # summary="max" (bnrepro.run.loggers)
     return section("Batch size: BN and the alternatives", [
         *[wr.ScatterPlot(title=f"{k} (best over training) vs batch size", x=BATCH_SIZE, y=m,
                          log_x=True) for k, m in zip(keys, best, strict=True)],

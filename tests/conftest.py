@@ -24,7 +24,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 import torch  # noqa: E402
 
-from bnrepro.data import Dataset, DataUnavailableError, load_dataset  # noqa: E402
+from bnrepro.data.datasets import Dataset, DataUnavailableError, load_dataset  # noqa: E402
 
 # Session fixtures that train a run store: under pytest-xdist every test that reads one runs
 # on the same worker (xdist_group, `--dist loadgroup`), so each store is trained only once.

@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from bnrepro.config import compose_config
-from bnrepro.store import read_metrics, read_summary
+from bnrepro.run.store import read_metrics, read_summary
 from tests.conftest import load_script
 
 THRESHOLDS = (0.3, 0.6, 0.99)  # reached early, reached later on val than on test, never

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnrepro.augment import BatchAugment
+from bnrepro.data.augment import BatchAugment
 
 IMAGES = torch.randint(1, 256, (2, 64, 3, 8, 8), dtype=torch.uint8)  # no zeros: padding shows
 

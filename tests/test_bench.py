@@ -16,7 +16,7 @@ from bnrepro.bench.roofline import training_step_flops
 from bnrepro.bench.timing import Row
 from bnrepro.bench.workloads import IndexStream, cnn_workload, mlp_workload
 from bnrepro.config import compose_config
-from bnrepro.store import read_metrics
+from bnrepro.run.store import read_metrics
 from bnrepro.train import train_population
 from tests.conftest import REPO
 

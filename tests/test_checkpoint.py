@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from bnrepro import checkpoint
-from bnrepro.augment import BatchAugment
 from bnrepro.config import compose_config
+from bnrepro.data.augment import BatchAugment
+from bnrepro.data.sampling import EpochSampler
 from bnrepro.models import build_model
 from bnrepro.optim import PopulationSGD
-from bnrepro.sampling import EpochSampler
+from bnrepro.run import checkpoint
 from bnrepro.train import new_summary
 
 

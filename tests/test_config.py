@@ -8,10 +8,10 @@ import torch
 from omegaconf import OmegaConf
 
 from bnrepro.config import CONF_DIR, compose_config
-from bnrepro.data import DataUnavailableError, InputTransform, load_dataset
+from bnrepro.data.datasets import DataUnavailableError, InputTransform, load_dataset
+from bnrepro.data.sampling import EpochSampler
 from bnrepro.models import build_model
 from bnrepro.norms.batch import BatchNorm
-from bnrepro.sampling import EpochSampler
 from bnrepro.train import axes, run_name
 from tests.conftest import REPO, data_missing
 

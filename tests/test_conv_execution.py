@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from bnrepro.checkpoint import fingerprint
 from bnrepro.config import CONF_DIR, compose_config
 from bnrepro.models import CNN, PopulationConv2d
 from bnrepro.models.layers import fold, unfold
 from bnrepro.norms.batch import bn_mode
+from bnrepro.run.checkpoint import fingerprint
 from bnrepro.validation import ConfigError, validate
 
 TINY = {"widths": (4, 8), "classifier_hidden": 16, "image_size": 8, "convs_per_stage": (1, 2)}

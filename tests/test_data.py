@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from bnrepro.data import (
+from bnrepro.data.datasets import (
     MNIST_TEST_COUNTS,
     MNIST_TRAIN_COUNTS,
     DataUnavailableError,
@@ -14,7 +14,7 @@ from bnrepro.data import (
     tensor_digest,
     verify,
 )
-from bnrepro.sampling import fixed_subset
+from bnrepro.data.sampling import fixed_subset
 
 
 def test_mnist_is_the_official_set(mnist):

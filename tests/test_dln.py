@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from bnrepro.config import CONF_DIR
 from bnrepro.models.deep_linear import DeepLinearNet, squared_error
-from bnrepro.store import read_metrics, read_summary
+from bnrepro.run.store import read_metrics, read_summary
 from bnrepro.train_dln import make_problem, train_population
 
 
@@ -95,7 +95,7 @@ def test_measures_are_logged_at_their_steps_and_a_finished_run_is_not_retrained(
 
 
 def test_the_runs_reader_finds_dln_runs_with_their_loss_rows_and_measures(tmp_path):
-    from bnrepro.runs import find_runs
+    from bnrepro.run.runs import find_runs
 
     cfg = dln_config(tmp_path, steps=4, log_every=2, depth=3, samples=16, seeds=[0],
                      lrs=[1e-4], **{"measures.landscape.steps": [1]})

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from bnrepro.config import compose_config
-from bnrepro.data import InputTransform
-from bnrepro.evaluation import Evaluator, examples_per_chunk
+from bnrepro.data.datasets import InputTransform
+from bnrepro.data.sampling import EpochSampler, fixed_subset, validation_split
+from bnrepro.measures.evaluation import Evaluator, examples_per_chunk
 from bnrepro.models import build_model
-from bnrepro.sampling import EpochSampler, fixed_subset, validation_split
 
 QUANTILES = torch.tensor([0.15, 0.5, 0.85])
 

@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnrepro.checkpoint import fingerprint
 from bnrepro.config import compose_config
-from bnrepro.data import InputTransform
-from bnrepro.evaluation import BATCH_ORDER_SEED, TEST_SUBSET_SEED, Evaluator
+from bnrepro.data.datasets import InputTransform
+from bnrepro.data.sampling import fixed_subset, validation_split
+from bnrepro.measures.evaluation import BATCH_ORDER_SEED, TEST_SUBSET_SEED, Evaluator
 from bnrepro.models import build_model
 from bnrepro.norms import set_norm_step
 from bnrepro.norms.batch import BatchNorm
 from bnrepro.norms.renorm import BatchRenorm
-from bnrepro.sampling import fixed_subset, validation_split
+from bnrepro.run.checkpoint import fingerprint
 from bnrepro.validation import config_problems
 
 TEST_EXAMPLES = 50

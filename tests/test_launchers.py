@@ -2,7 +2,7 @@
 
 import pytest
 
-from bnrepro.store import read_metrics, read_summary
+from bnrepro.run.store import read_metrics, read_summary
 
 GRID = ["-m", "experiment=fig1_mnist", "debug=smoke", "model.norm=bn,none", "seed=0",
         "optim.lr=0.1,0.5", "trainer.threads=1", "hydra.sweep.subdir=job${hydra.job.num}"]

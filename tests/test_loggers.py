@@ -16,7 +16,7 @@ import wandb
 from wandb.proto import wandb_internal_pb2 as pb
 
 from bnrepro.config import compose_config
-from bnrepro.loggers import WandbSink, wandb_run_id
+from bnrepro.run.loggers import WandbSink, wandb_run_id
 from tests.wandb_offline import offline_runs, run_record
 
 VALID_WANDB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -2,8 +2,8 @@
 
 import torch
 
-from bnrepro import machine
-from bnrepro.store import read_summary
+from bnrepro.run import machine
+from bnrepro.run.store import read_summary
 
 
 def test_a_run_records_the_cpu_and_the_threads_it_trained_with(run_train, tmp_path, mirror):

@@ -19,7 +19,6 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from bnrepro import checkpoint
 from bnrepro.config import compose_config
 from bnrepro.measures import (
     MEASURES,
@@ -34,8 +33,9 @@ from bnrepro.measures.hook import StepMeasures
 from bnrepro.models import CNN, MLP, MODELS
 from bnrepro.norms import set_norm_step
 from bnrepro.optim import PopulationSGD
-from bnrepro.runs import find_runs
-from bnrepro.store import read_metrics, read_summary
+from bnrepro.run import checkpoint
+from bnrepro.run.runs import find_runs
+from bnrepro.run.store import read_metrics, read_summary
 from bnrepro.train import member_losses, train_population
 from bnrepro.validation import ConfigError, validate
 from tests.conftest import REPO, stop_before_step

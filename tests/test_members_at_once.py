@@ -7,10 +7,10 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from bnrepro import checkpoint
 from bnrepro.config import compose_config
-from bnrepro.data import DataUnavailableError, load_dataset
-from bnrepro.store import read_metrics, read_summary
+from bnrepro.data.datasets import DataUnavailableError, load_dataset
+from bnrepro.run import checkpoint
+from bnrepro.run.store import read_metrics, read_summary
 from bnrepro.train import balanced_chunks, train_population
 from bnrepro.validation import ConfigError, validate
 from tests.conftest import FIG2_DATASET, FIG2_TINY, REPO, data_missing

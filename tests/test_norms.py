@@ -11,11 +11,11 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.func import functional_call
 
-from bnrepro import checkpoint
-from bnrepro.augment import BatchAugment
 from bnrepro.config import compose_config
-from bnrepro.data import Dataset, InputTransform
-from bnrepro.evaluation import Evaluator
+from bnrepro.data.augment import BatchAugment
+from bnrepro.data.datasets import Dataset, InputTransform
+from bnrepro.data.sampling import EpochSampler, validation_split
+from bnrepro.measures.evaluation import Evaluator
 from bnrepro.models import CNN, MLP, build_model
 from bnrepro.norms import NORMS, NormSpec, make_norm, set_norm_step
 from bnrepro.norms.batch import BatchNorm, bn_mode
@@ -23,9 +23,9 @@ from bnrepro.norms.lp import LpNorm
 from bnrepro.norms.noisy import WHERE, NoisyBatchNorm
 from bnrepro.norms.renorm import BatchRenorm
 from bnrepro.optim import PopulationSGD
-from bnrepro.sampling import EpochSampler, validation_split
+from bnrepro.run import checkpoint
+from bnrepro.run.store import read_metrics, read_summary
 from bnrepro.seeding import generator
-from bnrepro.store import read_metrics, read_summary
 from bnrepro.train import new_summary, train_population
 from tests.conftest import stop_before_step
 

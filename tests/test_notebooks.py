@@ -4,7 +4,7 @@ that are the run store's.
 
 The notebooks' sources are jupytext percent-format .py files (the reviewed form; .ipynb
 copies are ignored by git). Each figure, table and sentence a notebook shows carries a record
-in its output metadata (bnrepro.notebook), which the checks below read.
+in its output metadata (bnrepro.analysis.notebook), which the checks below read.
 
 Adding a notebook: notebooks/<name>.py, and one entry in NOTEBOOKS naming the fixture that
 gives its parameters (test_every_notebook_is_tested fails until it is there)."""
@@ -29,9 +29,9 @@ import papermill
 import pytest
 from omegaconf import OmegaConf
 
-from bnrepro.data import DataUnavailableError, load_dataset
-from bnrepro.notebook import RECORD_KEY
-from bnrepro.store import evaluation_rows, read_metrics, read_summary
+from bnrepro.analysis.notebook import RECORD_KEY
+from bnrepro.data.datasets import DataUnavailableError, load_dataset
+from bnrepro.run.store import evaluation_rows, read_metrics, read_summary
 from tests.conftest import REPO, data_missing, load_script
 
 NOTEBOOK_DIR = REPO / "notebooks"
@@ -47,7 +47,7 @@ MIN_PNG_SIDE = 200  # pixels: a figure, not an icon
 class Executed:
     """An executed notebook and what it showed, read from the outputs' records."""
     nb: nbformat.NotebookNode
-    figures: dict[str, dict]  # name -> figure record (bnrepro.notebook.figure_record)
+    figures: dict[str, dict]  # name -> figure record (bnrepro.analysis.notebook.figure_record)
     pngs: dict[str, bytes]  # name -> the PNG shown
     tables: dict[str, pd.DataFrame]  # name -> the table's exact values
     text: str  # every sentence shown by say(), in order
@@ -169,7 +169,7 @@ def run_dirs(parameters: dict) -> list[Path]:
 
 
 def metrics(run_dir: Path) -> pd.DataFrame:
-    """The run's evaluations (what the notebooks read through bnrepro.runs.find_runs)."""
+    """The run's evaluations (what the notebooks read through bnrepro.run.runs.find_runs)."""
     return pd.DataFrame(evaluation_rows(read_metrics(run_dir)))
 
 
@@ -337,7 +337,7 @@ def test_fig2_notebook_names_the_dataset_and_shows_the_store_target(executed):
 
 
 def test_fig1_notebook_draws_the_shift_measures_when_runs_log_them(fig1_params, tmp_path):
-    """Until the trainer logs the shift measures (bnrepro.shift), the real store cannot
+    """Until the trainer logs the shift measures (bnrepro.measures.shift), the real store cannot
     exercise that section: this runs it on a copy of the store with made-up values of some of
     them (w1_prev is absent at step 0, as the trainer logs it) and checks what it draws and
     says."""
@@ -380,7 +380,7 @@ def test_santurkar_notebook_shows_every_figure_and_the_computed_claims(executed,
         run.figures)
     # the claims table is the scripts' own claims, verdicts included
     plot_santurkar, plot_dln = load_script("plot_santurkar"), load_script("plot_dln")
-    from bnrepro.runs import find_runs
+    from bnrepro.run.runs import find_runs
 
     expected = plot_santurkar.analyse([Path(parameters["MNIST_RUNS"])], tmp_path,
                                       figures=False)["claims"]

@@ -25,10 +25,10 @@ import yaml
 
 from bnrepro.claims import read_claims
 from bnrepro.config import compose_config
-from bnrepro.data import DataUnavailableError, load_dataset
+from bnrepro.data.datasets import DataUnavailableError, load_dataset
 from bnrepro.models import build_model
-from bnrepro.residual_variance import ResidualMoments
-from bnrepro.store import RunStore
+from bnrepro.models.residual_variance import ResidualMoments
+from bnrepro.run.store import RunStore
 from tests.conftest import REPO, copy_store, data_missing, load_script
 
 DATASET = "cifar10-jpeg"

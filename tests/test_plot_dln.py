@@ -2,7 +2,7 @@
 
 import json
 
-from bnrepro.store import read_metrics
+from bnrepro.run.store import read_metrics
 from tests.conftest import load_script
 from tests.test_dln import dln_config
 

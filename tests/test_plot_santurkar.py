@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from bnrepro import machine
 from bnrepro.claims import read_claims
+from bnrepro.run import machine
 from tests.conftest import REPO, copy_store, load_script
 
 NORMS = ("none", "bn", "noisy_bn", "noise_only", "lp1", "lp2", "lpinf")

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from bnrepro.config import compose_config
-from bnrepro.store import read_metrics, read_summary
+from bnrepro.run.store import read_metrics, read_summary
 from bnrepro.train import train_population
 
 # Members differ in every per-member knob: lr, dropout (on and off), seed, momentum (on and
@@ -132,7 +132,7 @@ def test_divergence_read_back_every_few_steps_freezes_the_same_members_at_the_sa
     its last good update left them (an unmasked update would move them)."""
     import torch
 
-    from bnrepro.checkpoint import path, steps
+    from bnrepro.run.checkpoint import path, steps
 
     members = [("0.1", "0.0"), ("1e6", "0.0"), ("0.3", "0.3")]  # lr, dropout: one explodes
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from bnrepro.probes import quantile_key, sigmoid_input_quantiles
+from bnrepro.measures.probes import quantile_key, sigmoid_input_quantiles
 
 QUANTILES = [0.15, 0.5, 0.85]
 

@@ -9,17 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnrepro.checkpoint import fingerprint
 from bnrepro.config import compose_config
-from bnrepro.data import DataUnavailableError, InputTransform, load_dataset
-from bnrepro.evaluation import Evaluator
-from bnrepro.measures.ics import model_layers
+from bnrepro.data.datasets import DataUnavailableError, InputTransform, load_dataset
+from bnrepro.data.sampling import fixed_subset, validation_split
+from bnrepro.measures.evaluation import Evaluator
+from bnrepro.measures.context import model_layers
 from bnrepro.models import MODELS, ResNet, build_model
+from bnrepro.models.residual_variance import ResidualMoments
 from bnrepro.models.resnet import ResidualBlock
 from bnrepro.norms import NORMS, set_norm_step
 from bnrepro.norms.batch import BatchNorm, batch_norms
-from bnrepro.residual_variance import ResidualMoments
-from bnrepro.sampling import fixed_subset, validation_split
+from bnrepro.run.checkpoint import fingerprint
 from bnrepro.validation import ConfigError, validate
 from tests.conftest import REPO, data_missing
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bnrepro import checkpoint
 from bnrepro.optim import PopulationSGD
-from bnrepro.store import read_metrics, read_summary
+from bnrepro.run import checkpoint
+from bnrepro.run.store import read_metrics, read_summary
 from tests.conftest import REPO
 
 TIMING_KEYS = ("wall_time_s", "train_time_s", "resumed_from_step")

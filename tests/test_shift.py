@@ -10,16 +10,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from bnrepro import checkpoint
 from bnrepro.config import compose_config
-from bnrepro.data import Dataset, InputTransform
-from bnrepro.evaluation import Evaluator
+from bnrepro.data.datasets import Dataset, InputTransform
+from bnrepro.data.sampling import fixed_subset, validation_split
+from bnrepro.measures.evaluation import Evaluator
+from bnrepro.measures.shift import ShiftTracker, UnitValues, quantile_sketch, sketch_w1
 from bnrepro.models import build_model
 from bnrepro.norms.noisy import SanturkarNoise
-from bnrepro.sampling import fixed_subset, validation_split
+from bnrepro.run import checkpoint
+from bnrepro.run.store import read_metrics, read_summary
 from bnrepro.seeding import occasion_generator
-from bnrepro.shift import ShiftTracker, UnitValues, quantile_sketch, sketch_w1
-from bnrepro.store import read_metrics, read_summary
 from bnrepro.train import train_population
 from tests.conftest import REPO, stop_before_step
 

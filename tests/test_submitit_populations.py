@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from submitit.local.local import LocalJobEnvironment
 
 from bnrepro.config import CONF_DIR, register_resolvers
-from bnrepro.store import read_summary
+from bnrepro.run.store import read_summary
 from tests.test_resume import start, wait_for, without_timing
 
 # Both populations run at once as two processes on this 2-core machine: one thread each.

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bnrepro.store import read_metrics, read_summary
+from bnrepro.run.store import read_metrics, read_summary
 
 PROBE_KEYS = [f"{net}/h{i}/q{q}" for net in ("act", "act_train") for i in (1, 2, 3)
               for q in (15, 50, 85)]
@@ -99,7 +99,7 @@ def test_test_every_skips_the_test_set_between_and_changes_nothing_else(tmp_path
     """trainer.test_every: the test set at multiples of it and at the end only; validation,
     training and selection as with the test set at every evaluation."""
     from bnrepro.config import compose_config
-    from bnrepro.store import read_metrics
+    from bnrepro.run.store import read_metrics
     from bnrepro.train import train_population
 
     base = ["experiment=fig1_mnist", "debug=smoke", "trainer.max_steps=50",

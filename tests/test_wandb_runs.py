@@ -18,9 +18,9 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from bnrepro import wandb_figures  # noqa: E402
+from bnrepro.analysis import wandb_figures  # noqa: E402
 from bnrepro.config import compose_config, flatten  # noqa: E402
-from bnrepro.store import read_config, read_metrics, read_summary  # noqa: E402
+from bnrepro.run.store import read_config, read_metrics, read_summary  # noqa: E402
 from bnrepro.train import train_population  # noqa: E402
 from tests import wandb_offline  # noqa: E402
 

@@ -1,7 +1,7 @@
 """scripts/wandb_workspace.py without a server: the workspace builds, serialises to the JSON
 spec that Workspace.save() would upload, and that spec loads back (through the library's own
 parser, as Workspace.from_url does) into the same sections and panels. The keys it charts are
-the keys our code logs: probe keys from bnrepro.probes, config keys from composed configs,
+the keys our code logs: probe keys from bnrepro.measures.probes, config keys from composed configs,
 summary keys from the trainer and the sink."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from bnrepro.config import compose_config, flatten
-from bnrepro.loggers import MAX_SUMMARY_METRICS, wandb_config
-from bnrepro.probes import sigmoid_input_quantiles
+from bnrepro.measures.probes import sigmoid_input_quantiles
+from bnrepro.run.loggers import MAX_SUMMARY_METRICS, wandb_config
 from bnrepro.train import axes, new_summary
 from tests.conftest import load_script
 

@@ -9,7 +9,7 @@ Each plot script that checks claims writes results/<name>_claims.json next to it
      "figures": ["fig2_cifar10-jpeg.png"],        # file names in the same folder
      "verdict_rule": "holds: ...",                # how the verdicts below were computed
      "trained_on": ["<CPU> (AVX512), 2 threads of 2 cores, torch 2.15.0: 21 runs"],
-                                                  # machines of its runs (bnrepro.machine)
+                                                  # machines of its runs (bnrepro.run.machine)
      "claims": [{"claim": ..., "paper": ..., "ours": ..., "verdict": ...,
                  "dataset": ..., "source": ...}, ...]}
 
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bnrepro.atomic import atomic_write_json
-from bnrepro.machine import trained_on
+from bnrepro.run.machine import trained_on
 
 VERDICTS = ("holds", "mixed", "does not hold", "not measured")
 # Where a claim comes from. "ours": a check of our own setup (e.g. the baseline plateaued),
@@ -60,7 +60,7 @@ def write_claims(path: Path, claims: list[dict[str, Any]], *, experiment: str, t
                  summaries: Iterable[dict]) -> Path:
     """Write a claims file (format above) atomically; every row is checked first.
     `summaries`: those of the runs the verdicts come from, for the machines that trained them
-    (their floats depend on the CPU: bnrepro.machine)."""
+    (their floats depend on the CPU: bnrepro.run.machine)."""
     rows = [check_claim(c) for c in claims]
     atomic_write_json(Path(path), {"experiment": experiment, "title": title, "make": make,
                                    "setup": setup, "figures": figures,

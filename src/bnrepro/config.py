@@ -9,7 +9,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from bnrepro.rundir import fresh_suffix, run_subdir
+from bnrepro.run.rundir import fresh_suffix, run_subdir
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 

@@ -23,19 +23,19 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from bnrepro import checkpoint, machine, runlock
 from bnrepro.atomic import atomic_write_json
-from bnrepro.augment import BatchAugment
 from bnrepro.config import flatten, register_resolvers, resolved_without
-from bnrepro.data import InputTransform, load_dataset, rows
-from bnrepro.evaluation import Evaluator
-from bnrepro.loggers import make_sink
+from bnrepro.data.augment import BatchAugment
+from bnrepro.data.datasets import InputTransform, load_dataset, rows
+from bnrepro.data.sampling import EpochSampler, validation_split
+from bnrepro.measures.evaluation import Evaluator
 from bnrepro.measures.hook import StepMeasures
 from bnrepro.models import build_model, move_step_streams
 from bnrepro.norms import norm_step_setter
 from bnrepro.optim import PopulationSGD
-from bnrepro.sampling import EpochSampler, validation_split
-from bnrepro.store import RunStore, read_summary
+from bnrepro.run import checkpoint, machine, runlock
+from bnrepro.run.loggers import make_sink
+from bnrepro.run.store import RunStore, read_summary
 from bnrepro.validation import ConfigError, validate
 
 register_resolvers()  # before Hydra composes a config: hydra.run.dir uses them

@@ -7,7 +7,7 @@ A regression, not a classification: fit y = A x with W_k ... W_1 x by full-batch
 descent on the summed squared error (models/deep_linear.py), so it has its own short loop
 rather than train.py's. Each norm's rates and seeds train as one population (P members, one batched
 computation); every member writes a run directory like train.py's (config.yaml,
-metrics.jsonl, summary.json), which bnrepro.runs reads. A finished run with the same config is
+metrics.jsonl, summary.json), which bnrepro.run.runs reads. A finished run with the same config is
 not trained again; anything else starts over (a run is seconds to a minute: no checkpoints).
 """
 
@@ -22,12 +22,12 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from bnrepro import machine
 from bnrepro.measures.hook import StepMeasures
+from bnrepro.measures.probes import sigmoid_input_quantiles
 from bnrepro.models.deep_linear import DeepLinearNet, squared_error
 from bnrepro.optim import PopulationSGD
-from bnrepro.probes import sigmoid_input_quantiles
-from bnrepro.store import RunStore, read_config, read_summary
+from bnrepro.run import machine
+from bnrepro.run.store import RunStore, read_config, read_summary
 
 DATASET = "gaussian-linear"  # how results name this synthetic problem
 

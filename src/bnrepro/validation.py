@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from bnrepro.data import SPECS
-from bnrepro.evaluation import PROBE_NETWORKS
+from bnrepro.data.datasets import SPECS
 from bnrepro.measures import measure_problems
+from bnrepro.measures.evaluation import PROBE_NETWORKS
 from bnrepro.models import ACTIVATIONS, CONV_EXECUTIONS, MODELS
 from bnrepro.norms import NORMS
 from bnrepro.norms.batch import INFERENCE

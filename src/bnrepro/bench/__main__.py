@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from bnrepro import machine
 from bnrepro.atomic import atomic_write_json, atomic_write_text
 from bnrepro.bench import conv_execution, peers, pooling, report, roofline
 from bnrepro.bench.evaluation_cost import evaluation_cost
@@ -22,6 +21,7 @@ from bnrepro.bench.measures_cost import measures_cost
 from bnrepro.bench.ours import our_trainer
 from bnrepro.bench.timing import Row, run_rounds
 from bnrepro.bench.workloads import Workload, cnn_workload, mlp_workload
+from bnrepro.run import machine
 from bnrepro.train import resolve_device
 
 SECTIONS = ("mlp", "cnn", "roofline", "conv", "pool", "eval", "measures")

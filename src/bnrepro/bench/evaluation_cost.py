@@ -24,10 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 from bnrepro.bench.timing import median_time
 from bnrepro.bench.workloads import population
 from bnrepro.config import compose_config
-from bnrepro.data import InputTransform, load_dataset
-from bnrepro.evaluation import Evaluator
+from bnrepro.data.datasets import InputTransform, load_dataset
+from bnrepro.data.sampling import validation_split
+from bnrepro.measures.evaluation import Evaluator
 from bnrepro.models import build_model
-from bnrepro.sampling import validation_split
 from bnrepro.train import train_population
 
 # torch's default threads, as the other bench rows (make fig1 trains with one per norm)

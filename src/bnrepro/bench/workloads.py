@@ -28,7 +28,7 @@ from torch import nn
 
 from bnrepro import train
 from bnrepro.config import compose_config
-from bnrepro.data import Dataset, InputTransform, load_dataset
+from bnrepro.data.datasets import Dataset, InputTransform, load_dataset
 from bnrepro.models.cnn import stage_widths
 
 EVAL_IMAGES = 1000  # validation and test images of our trainer's (untimed) evaluations

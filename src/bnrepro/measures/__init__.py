@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bnrepro.measures.context import MeasureContext
-from bnrepro.measures.ics import LayerParams, gradient_ics, ics_problems, model_layers, run_ics
+from bnrepro.measures.context import LayerParams, MeasureContext, model_layers
+from bnrepro.measures.ics import gradient_ics, ics_problems, run_ics
 from bnrepro.measures.landscape import (
     Landscape,
     landscape,

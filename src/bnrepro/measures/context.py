@@ -6,9 +6,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-from bnrepro.measures.ics import LayerParams
 from bnrepro.measures.replay import LossFn
+
+
+@dataclass(frozen=True)
+class LayerParams:
+    """One weight layer by parameter names: `weight`, whose gradient ICS compares, and
+    `params`, everything that moves when the layer is below a measured one (weight first)."""
+    weight: str
+    params: tuple[str, ...]
+
+
+def model_layers(model: nn.Module) -> list[LayerParams]:
+    """The weight layers of a bnrepro model (its weight_layers(): input first, head last)."""
+    names = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
+    return [LayerParams(names[id(modules[0].weight)],
+                        tuple(names[id(p)] for m in modules for p in m.parameters()
+                              if id(p) in names))
+            for modules in model.weight_layers()]
 
 
 @dataclass(frozen=True)

@@ -22,34 +22,12 @@ Choices (Def. 2.1 leaves them open):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
+from bnrepro.measures.context import LayerParams, MeasureContext
 from bnrepro.measures.replay import LossFn
 from bnrepro.measures.vectors import member_cosine, member_norm
-
-if TYPE_CHECKING:  # context.py imports LayerParams from here
-    from bnrepro.measures.context import MeasureContext
-
-
-@dataclass(frozen=True)
-class LayerParams:
-    """One weight layer by parameter names: `weight`, whose gradient ICS compares, and
-    `params`, everything that moves when the layer is below a measured one (weight first)."""
-    weight: str
-    params: tuple[str, ...]
-
-
-def model_layers(model: nn.Module) -> list[LayerParams]:
-    """The weight layers of a bnrepro model (its weight_layers(): input first, head last)."""
-    names = {id(p): name for name, p in model.named_parameters() if p.requires_grad}
-    return [LayerParams(names[id(modules[0].weight)],
-                        tuple(names[id(p)] for m in modules for p in m.parameters()
-                              if id(p) in names))
-            for modules in model.weight_layers()]
 
 
 def gradient_ics(loss_fn: LossFn, params: Mapping[str, torch.Tensor],

@@ -47,8 +47,8 @@ from bnrepro.models.layers import (
     PopulationLinear,
     check_norm_and_activation,
 )
+from bnrepro.models.residual_variance import ResidualMoments
 from bnrepro.norms import make_norm, norm_spec
-from bnrepro.residual_variance import ResidualMoments
 from bnrepro.seeding import generator
 
 RESIDUAL_SCALES = ("none", "skipinit")

@@ -121,7 +121,7 @@ class PopulationLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:
-        from bnrepro import runlock
+        from bnrepro.run import runlock
         from bnrepro.train import JOB_ERRORS, prepare, train_population
 
         setup_globals()

@@ -28,13 +28,13 @@ from omegaconf import DictConfig
 from torch import nn
 
 from bnrepro.atomic import atomic_torch_save, remove_stale_temporaries
-from bnrepro.augment import BatchAugment
 from bnrepro.config import resolved_without
+from bnrepro.data.augment import BatchAugment
+from bnrepro.data.sampling import EpochSampler
 from bnrepro.models import PopulationDropout
 from bnrepro.norms import unused_knobs
 from bnrepro.norms.noisy import SanturkarNoise
 from bnrepro.optim import PopulationSGD
-from bnrepro.sampling import EpochSampler
 from bnrepro.seeding import load_state
 
 FILE_PATTERN = re.compile(r"checkpoint-(\d+)\.pt")

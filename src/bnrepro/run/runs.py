@@ -11,7 +11,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from bnrepro.measures import MEASURES
-from bnrepro.store import evaluation_rows, read_config, read_metrics, read_summary
+from bnrepro.run.store import evaluation_rows, read_config, read_metrics, read_summary
 
 
 @dataclass

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from bnrepro.runs import Run
+from bnrepro.run.runs import Run
 
 # (key, key of the range's low end or None, title, log scale); {layer} is filled in.
 ICS_PANELS = (("ics/h{layer}/l2", None, "ICS: ||G - G'||", True),

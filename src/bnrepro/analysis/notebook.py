@@ -29,7 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.transforms import Transform
 
 RECORD_KEY = "bnrepro"  # output metadata key: {"figure": ...} | {"table": ...} | {"text": ...}
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"  # a source checkout's scripts/
+SCRIPTS = Path(__file__).resolve().parents[3] / "scripts"  # a source checkout's scripts/
 
 
 def load_script(name: str) -> ModuleType:

@@ -71,15 +71,15 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from bnrepro.data import Dataset, InputTransform
+from bnrepro.data.datasets import Dataset, InputTransform
+from bnrepro.data.sampling import fixed_subset
+from bnrepro.measures.probes import ProbeCollector
+from bnrepro.measures.shift import ShiftTracker, UnitValues
 from bnrepro.models import MODELS
+from bnrepro.models.residual_variance import ResidualMoments
 from bnrepro.norms import norm_spec
 from bnrepro.norms.batch import bn_inference, bn_mode, estimate_population_statistics
 from bnrepro.norms.noisy import probe_noise
-from bnrepro.probes import ProbeCollector
-from bnrepro.residual_variance import ResidualMoments
-from bnrepro.sampling import fixed_subset
-from bnrepro.shift import ShiftTracker, UnitValues
 
 PROBE_NETWORKS = {"inference": "act", "training": "act_train"}  # probe.networks -> key prefix
 SHIFT_PREFIX = {"act_train": "shift", "act": "shift_inference"}  # probe prefix -> shift keys

@@ -311,7 +311,8 @@ def first_available(names: list[str]) -> str:
     raise DataUnavailableError("\n".join(errors))
 
 
-if __name__ == "__main__":  # `python -m bnrepro.data A B ...` prints the first that loads
+def main() -> None:
+    """`python -m bnrepro.data A B ...`: print the first of the dataset names that loads."""
     import contextlib
     import sys
 
