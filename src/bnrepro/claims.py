@@ -31,11 +31,26 @@ from bnrepro.atomic import atomic_write_json
 from bnrepro.run.machine import trained_on
 
 VERDICTS = ("holds", "mixed", "does not hold", "not measured")
+# Worst last: the verdict of a claim checked in several places (layers, rates) is its worst.
+RANK = {verdict: rank for rank, verdict in enumerate(VERDICTS)}
 # Where a claim comes from. "ours": a check of our own setup (e.g. the baseline plateaued),
 # reported beside the papers' claims but not counted as any paper's.
 SOURCES = ("Ioffe & Szegedy (2015)", "Santurkar et al. (2018)", "Wu & He (2018)",
            "Ioffe (2017)", "De & Smith (2020)", "ours")
 FIELDS = ("claim", "paper", "ours", "verdict", "dataset", "source")
+
+
+def verdict(means_hold: bool, decisive: bool) -> str:
+    """The one verdict rule every experiment uses: "holds" when the comparison holds for the
+    seed means (or medians) and `decisive` (the seed ranges do not overlap, or the claim's own
+    stricter test passes); "mixed" when only the means hold; "does not hold" otherwise."""
+    return "holds" if means_hold and decisive else "mixed" if means_hold else "does not hold"
+
+
+def worst(*verdicts: str) -> str:
+    """The worst of several verdicts (RANK): a claim made for every layer or rate holds only
+    where it holds for each."""
+    return max(verdicts, key=RANK.__getitem__)
 
 
 class ClaimsError(ValueError):
