@@ -1,5 +1,5 @@
-"""scripts/report.py: REPORT.md gathers the plot scripts' claims and figures, its verdicts come
-from the runs (change a run's numbers, rerun the plot script and the report, and the verdict
+"""bnrepro.analysis.report: REPORT.md gathers the analyses' claims and figures, its verdicts come
+from the runs (change a run's numbers, rerun the analysis and the report, and the verdict
 changes), its headline counts the claims, and experiments without results are named as not
 run. The run store is a tiny hand-written fig2 store (config.yaml, metrics.jsonl,
 summary.json per run, as the trainer writes them): no training needed."""
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bnrepro.analysis import report
 from bnrepro.claims import ClaimsError, read_claims, write_claims
 from tests.conftest import load_script
 
 plot_fig2 = load_script("plot_fig2")
-report = load_script("report")
 
 DATASET = "cifar10-jpeg"
 STEPS = [0, 10, 20, 30]

@@ -1,4 +1,5 @@
-"""Claims files: how a plot script hands its computed verdicts to scripts/report.py.
+"""Claims files: how an experiment's analysis (bnrepro.experiments) hands its computed verdicts
+to the report (bnrepro.analysis.report).
 
 Each plot script that checks claims writes results/<name>_claims.json next to its figures:
 

@@ -2,7 +2,7 @@
 `make reproduce`, or two machines' runs of the same commit).
 
     mkdir -p /tmp/committed && git archive HEAD results | tar -x -C /tmp/committed
-    python scripts/compare_verdicts.py /tmp/committed/results results
+    python -m bnrepro.analysis.compare_verdicts /tmp/committed/results results
 
 Reads the claims files (<folder>/*_claims.json, format: bnrepro.claims) of both folders and
 prints, per claim (claims file + claim text), the two verdicts where they differ, with both
