@@ -5,6 +5,7 @@
 - rooms: the modules of the package; folders: its subpackages; flat: modules at its top.
 - floors: each module's floor is 0 if it imports no other module of the package, else one
   above the highest floor it imports (module-level imports, TYPE_CHECKING ones included).
+- module cycles: modules that import each other (directly or through others).
 - arrows back up: imports between two rooms (a top-level module or a subpackage) that lie on
   a cycle of the room graph: room A imports room B and B, through any path, imports A.
 - the walk of `cfgs` (--walk): a smoke training of `train_population`, traced; every call
@@ -95,6 +96,35 @@ def arrows_back_up(edges: dict[str, set[str]], package: str) -> list[tuple[str, 
     return sorted((a, b) for a, ts in rooms.items() for b in ts if reaches(b, a))
 
 
+def module_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Groups of modules that import each other, directly or through others (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(m: str) -> None:
+        index[m] = low[m] = len(index)
+        stack.append(m)
+        for t in edges[m]:
+            if t not in index:
+                visit(t)
+                low[m] = min(low[m], low[t])
+            elif t in stack:
+                low[m] = min(low[m], index[t])
+        if low[m] == index[m]:
+            group = []
+            while (t := stack.pop()) != m:
+                group.append(t)
+            if group:
+                cycles.append(sorted([m, *group]))
+
+    for m in edges:
+        if m not in index:
+            visit(m)
+    return cycles
+
+
 def walk_of_cfgs(floor: dict[str, int]) -> list[str]:
     """Train a smoke population and trace where its configs go (module docstring)."""
     import tempfile
@@ -150,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     back = arrows_back_up(edges, package)
     print(f"arrows back up (room imports on a cycle): {len(back)}"
           + "".join(f"\n  {a} -> {b}" for a, b in back))
+    cycles = module_cycles(edges)
+    print(f"module cycles: {len(cycles)}" + "".join(f"\n  {' <-> '.join(c)}" for c in cycles))
     if args.walk:
         visits = walk_of_cfgs(floor)
         steps = zip(visits, visits[1:], strict=False)
