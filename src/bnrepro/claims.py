@@ -23,10 +23,12 @@ dicts is read too (the other fields then empty).
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bnrepro.atomic import atomic_write_json
 from bnrepro.run.machine import trained_on
@@ -52,6 +54,81 @@ def worst(*verdicts: str) -> str:
     """The worst of several verdicts (RANK): a claim made for every layer or rate holds only
     where it holds for each."""
     return max(verdicts, key=RANK.__getitem__)
+
+
+ALPHA = 0.05  # the level of every test below
+Better = Literal["higher", "lower"]
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """Mid-ranks (1-based; ties share their mean rank)."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in order[i:j + 1]:
+            ranks[k] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _as_better_higher(values: Sequence[float], better: Better) -> list[float]:
+    """Values oriented so that higher is better; NaN (a diverged or unmeasurable seed) is the
+    worst value there is, never left out."""
+    sign = 1.0 if better == "higher" else -1.0
+    floats = [math.nan if v is None else float(v) for v in values]
+    return [-math.inf if math.isnan(v) else sign * v for v in floats]
+
+
+def _seeds(values: Sequence[float]) -> list[float | None]:
+    """Per-seed values as a claims file stores them: NaN as null (JSON has no NaN)."""
+    return [None if v is None or math.isnan(float(v)) else float(v) for v in values]
+
+
+def permutation_p(a: Sequence[float], b: Sequence[float], better: Better) -> float:
+    """Exact one-sided permutation p-value that side `a` is better than side `b`: the share of
+    all ways to split the pooled seeds into groups of len(a) and len(b) whose `a` group has a
+    rank sum at least as good as the observed one (ranks: infinite and NaN values allowed).
+    With 3 seeds a side the smallest p is 1/20 = 0.05, reached only when every seed of `a` is
+    better than every seed of `b` (the ranges do not overlap)."""
+    pooled = _as_better_higher([*a, *b], better)
+    ranks = _ranks(pooled)
+    observed = sum(ranks[: len(a)])
+    splits = list(itertools.combinations(range(len(pooled)), len(a)))
+    at_least = sum(sum(ranks[i] for i in split) >= observed - 1e-9 for split in splits)
+    return at_least / len(splits)
+
+
+def compare(a: tuple[str, Sequence[float]], b: tuple[str, Sequence[float]], better: Better,
+            margin: float = 0.0, preconditions: Sequence[tuple[str, bool]] = ()
+            ) -> tuple[str, dict[str, Any]]:
+    """The one rule for a claim "`a` is better than `b` (by `margin`)", each side (label,
+    per-seed values): "holds" when the exact permutation test decides for it at ALPHA, "does not
+    hold" when the same test decides against it (`b` better than `a` shifted by the margin),
+    otherwise "inconclusive"; "not measured" when a precondition is unmet or a side has no
+    seeds. Returns the verdict and its evidence (the claims-file format in the module
+    docstring), from which a reader can recompute it."""
+    (label_a, seeds_a), (label_b, seeds_b) = a, b
+    shift = margin if better == "higher" else -margin
+    shifted = [math.nan if v is None else float(v) - shift for v in seeds_a]
+    evidence: dict[str, Any] = {
+        "sides": [{"label": label_a, "seeds": _seeds(seeds_a)},
+                  {"label": label_b, "seeds": _seeds(seeds_b)}],
+        "better": better, "margin": margin,
+        "preconditions": [{"check": check, "met": bool(met)} for check, met in preconditions]}
+    if not seeds_a or not seeds_b or not all(met for _, met in preconditions):
+        return "not measured", evidence
+    p_for = permutation_p(shifted, seeds_b, better)
+    p_against = permutation_p(seeds_b, shifted, better)
+    evidence |= {"test": f"exact one-sided permutation test of rank sums ({len(seeds_a)} vs "
+                         f"{len(seeds_b)} seeds, alpha {ALPHA:g})",
+                 "p_value": round(p_for, 6), "p_value_against": round(p_against, 6)}
+    result = "holds" if p_for <= ALPHA else "does not hold" if p_against <= ALPHA else \
+        "inconclusive"
+    return result, evidence
 
 
 class ClaimsError(ValueError):
