@@ -1,7 +1,7 @@
 """Claims files: how an experiment's analysis (bnrepro.experiments) hands its computed verdicts
 to the report (bnrepro.analysis.report).
 
-Each plot script that checks claims writes results/<name>_claims.json next to its figures:
+Each experiment that checks claims writes results/<name>_claims.json next to its figures:
 
     {"experiment": "fig2_cifar",                  # the config `name` of the runs
      "title": "Figs. 2-3: accelerating BN networks",
@@ -12,12 +12,25 @@ Each plot script that checks claims writes results/<name>_claims.json next to it
      "trained_on": ["<CPU> (AVX512), 2 threads of 2 cores, torch 2.15.0: 21 runs"],
                                                   # machines of its runs (bnrepro.run.machine)
      "claims": [{"claim": ..., "paper": ..., "ours": ..., "verdict": ...,
-                 "dataset": ..., "source": ...}, ...]}
+                 "dataset": ..., "source": ..., "evidence": {...}}, ...]}
 
 claim: the statement checked; paper: the paper's number or statement; ours: our number(s),
 mean and spread over seeds; verdict: one of VERDICTS, computed from the runs, never typed;
 dataset: exactly the data the runs used (cifar10-jpeg is not cifar10); source: the work the
-claim comes from, one of SOURCES (report.py counts verdicts per source). A bare list of claim
+claim comes from, one of SOURCES (the report counts verdicts per source); evidence: what the
+verdict was computed from, so that a reader (or a script) can recompute it without the runs.
+For a comparison (`compare`, the one rule):
+
+    "evidence": {"sides": [{"label": "BN-x30", "seeds": [0.4610, 0.4812, 0.4876]},
+                           {"label": "BN-x5",  "seeds": [0.4744, 0.4795, 0.4808]}],
+                 "better": "higher",       # which way the claim points; the first side is
+                 "margin": 0.0,            # the one it says is better, by this margin
+                 "test": "exact one-sided permutation test of rank sums (3 vs 3 seeds, ...)",
+                 "p_value": 0.35, "p_value_against": 0.8,
+                 "preconditions": [{"check": "every schedule has rate left", "met": true}]}
+
+A claim that is not a two-sided comparison (a slope in a range, "k of n diverged") records its
+own numbers there in the same spirit, with "rule" saying how they decide. A bare list of claim
 dicts is read too (the other fields then empty).
 """
 
@@ -135,8 +148,9 @@ class ClaimsError(ValueError):
     """A claims file or row that does not follow the format above."""
 
 
-def check_claim(row: dict[str, Any]) -> dict[str, str]:
-    """`row` with every field a string; raises ClaimsError naming what is wrong."""
+def check_claim(row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with every field a string but "evidence" (a dict: what the verdict was computed
+    from, `compare`'s or the claim's own numbers); raises ClaimsError naming what is wrong."""
     if missing := [f for f in FIELDS if f not in row]:
         raise ClaimsError(f"claim {row.get('claim')!r} lacks {', '.join(missing)}")
     if row["verdict"] not in VERDICTS:
@@ -145,7 +159,10 @@ def check_claim(row: dict[str, Any]) -> dict[str, str]:
     if row["source"] not in SOURCES:
         raise ClaimsError(f"claim {row['claim']!r}: source {row['source']!r} is not one of "
                           f"{', '.join(SOURCES)}")
-    return {k: str(v) for k, v in row.items()}
+    if not isinstance(row.get("evidence", {}), dict):
+        raise ClaimsError(f"claim {row['claim']!r}: evidence must be a dict, got "
+                          f"{type(row['evidence']).__name__}")
+    return {k: v if k == "evidence" else str(v) for k, v in row.items()}
 
 
 def write_claims(path: Path, claims: list[dict[str, Any]], *, experiment: str, title: str,
@@ -179,10 +196,43 @@ def read_claims(path: Path) -> dict[str, Any]:
     return data
 
 
+def evidence_text(claim: dict[str, Any]) -> str:
+    """The test behind a verdict in a few words: p-values for and against, or the claim's own
+    rule, and every unmet precondition."""
+    evidence = claim.get("evidence") or {}
+    parts = []
+    if "p_value" in evidence:
+        sides = evidence["sides"]
+        parts.append(f"p = {evidence['p_value']:.3g} for, {evidence['p_value_against']:.3g} "
+                     f"against ({len(sides[0]['seeds'])} vs {len(sides[1]['seeds'])} seeds)")
+    elif "rule" in evidence:
+        parts.append(str(evidence["rule"]))
+    parts += [f"unmet: {p['check']}" for p in evidence.get("preconditions", []) if not p["met"]]
+    return "; ".join(parts) or "-"
+
+
+def chance_decisions(claims: Iterable[dict[str, Any]]) -> float:
+    """How many of `claims`' comparisons chance alone would decide ("holds" or "does not
+    hold"): under no effect, an exact test at ALPHA decides each direction with probability
+    floor(ALPHA * n) / n, n the number of ways to split the seeds (ties aside)."""
+    expected = 0.0
+    for claim in claims:
+        evidence = claim.get("evidence") or {}
+        if "p_value" in evidence:
+            a, b = (len(side["seeds"]) for side in evidence["sides"])
+            splits = math.comb(a + b, a)
+            expected += 2 * math.floor(ALPHA * splits + 1e-9) / splits
+    return expected
+
+
 def to_markdown(title: str, claims: list[dict[str, Any]], verdict_rule: str,
                 paper_header: str = "paper") -> str:
-    """The human-readable claims table (results/<name>_claims.md): claim, paper, ours, verdict,
-    then the rule the verdicts follow."""
-    lines = [f"# {title}", "", f"| claim | {paper_header} | ours | verdict |", "|---|---|---|---|"]
-    lines += [f"| {c['claim']} | {c['paper']} | {c['ours']} | {c['verdict']} |" for c in claims]
+    """The human-readable claims table (results/<name>_claims.md): claim, paper, ours, the
+    test (where the claims carry evidence), verdict, then the rule the verdicts follow."""
+    tested = any("evidence" in c for c in claims)
+    head = ["claim", paper_header, "ours", *(["test"] * tested), "verdict"]
+    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join([c["claim"], c["paper"], c["ours"],
+                                 *([evidence_text(c)] * tested), c["verdict"]]) + " |"
+              for c in claims]
     return "\n".join([*lines, "", f"Verdict rule: {verdict_rule}", ""])

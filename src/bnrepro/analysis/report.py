@@ -29,7 +29,14 @@ from typing import Any
 import torch
 
 from bnrepro.atomic import atomic_write_text
-from bnrepro.claims import SOURCES, VERDICTS, ClaimsError, read_claims
+from bnrepro.claims import (
+    SOURCES,
+    VERDICTS,
+    ClaimsError,
+    chance_decisions,
+    evidence_text,
+    read_claims,
+)
 from bnrepro.experiments import EXPERIMENTS
 from bnrepro.run.machine import describe
 
@@ -58,13 +65,16 @@ def cell(text: Any) -> str:
     return str(text).replace("\n", " ").replace("|", "\\|")
 
 
-def claims_table(claims: list[dict[str, str]], with_experiment: bool = False) -> list[str]:
-    head = ["claim", "source", "paper", "ours", "dataset", "verdict"]
+def claims_table(claims: list[dict[str, Any]], with_experiment: bool = False) -> list[str]:
+    """One row per claim; a "test" column (bnrepro.claims.evidence_text) where any claim
+    carries its evidence."""
+    tested = any("evidence" in c for c in claims)
+    head = ["claim", "source", "paper", "ours", "dataset", *(["test"] * tested), "verdict"]
     if with_experiment:
         head.insert(0, "experiment")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in claims:
-        row = [c[k] for k in head if k != "experiment"]
+        row = [evidence_text(c) if k == "test" else c[k] for k in head if k != "experiment"]
         if with_experiment:
             row.insert(0, c["experiment"])
         lines.append("| " + " | ".join(cell(x) for x in row[:-1]) + f" | **{row[-1]}** |")
@@ -83,6 +93,18 @@ def headline(claims: list[dict[str, str]]) -> list[str]:
         name = "our own checks (not paper claims)" if source == "ours" else source
         lines.append(f"| {name} | {len(mine)} | " + " | ".join(map(str, counts)) + " |")
     return lines
+
+
+def chance_line(claims: list[dict[str, Any]]) -> list[str]:
+    """How many decisive verdicts chance alone would give at this many tested comparisons."""
+    tested = [c for c in claims if "p_value" in (c.get("evidence") or {})]
+    if not tested:
+        return []
+    decided = sum(c["verdict"] in ("holds", "does not hold") for c in tested)
+    return [f"Of the {len(tested)} claims decided by the permutation test, {decided} came out "
+            f"decisive (holds or does not hold); with no effect at all, chance alone would give "
+            f"{chance_decisions(tested):.1f} on average (each test at "
+            "alpha 0.05 in either direction).", ""]
 
 
 def load(results: Path) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
@@ -161,7 +183,8 @@ def render(results: Path, out: Path) -> tuple[str, dict[str, Any]]:
                  + " (no results in this folder; their claims are not counted below).", ""]
     if problems:
         head += ["Unreadable claims files (left out): " + "; ".join(problems), ""]
-    head += ["## Headline", "", *headline(all_claims), "", "## Every claim", "",
+    head += ["## Headline", "", *headline(all_claims), "", *chance_line(all_claims),
+             "## Every claim", "",
              *claims_table(all_claims, with_experiment=True), ""]
     text = "\n".join(head + sections).rstrip() + "\n"
     return text, {"claims": all_claims, "not_run": [e.name for e in not_run],
