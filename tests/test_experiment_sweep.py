@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import matplotlib.image
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
@@ -203,6 +204,14 @@ def test_the_best_cell_is_chosen_on_validation_and_reported_on_test(tmp_path, ca
     assert best["val_acc"] == pytest.approx(0.95, abs=1e-4)
     assert best["test_acc"] == pytest.approx(sum(tests_01.values()) / 3, abs=1e-4)  # reported
     assert best["completed"] == "3/3" and best["diverged"] == "0/3"
+    # the analysis behind the command: the same choice, and a figure per file it wrote
+    result = sweep.analyse([store], name="grid")
+    chosen = result.datasets["mnist"].best.set_index(["norm", "activation"])
+    assert chosen.loc[("bn", "relu"), "lr"] == 0.1
+    drawn = sweep.figures(result)
+    assert sorted(drawn) == ["grid_best_curves", "grid_heatmap"]
+    for fig in drawn.values():
+        plt.close(fig)
 
 
 def test_a_cell_cannot_win_on_its_surviving_seed_and_diverged_seeds_score_chance(tmp_path,
