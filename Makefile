@@ -70,14 +70,14 @@ norm-trials: setup  ## norms vs batch size (make batchsize) and residual depth (
 FIG1_NORMS := bn none
 fig1: setup  ## Fig. 1: BN vs no-BN, 3 seeds x 50k steps, then the figure
 	@$(MAKE) --no-print-directory -j2 $(addprefix fig1-norm-,$(FIG1_NORMS))
-	$(PY) scripts/plot_fig1.py runs/fig1_mnist --out results
+	$(PY) -m bnrepro.analyse fig1 runs/fig1_mnist --out results
 
 fig1-norm-%: setup
 	$(PY) -m bnrepro.train -m experiment=fig1_mnist model.norm=$*
 
 sweep-mnist: setup  ## the 144-run MNIST grid, aggregated into results/sweep_mnist*
 	$(PY) -m bnrepro.train -m experiment=sweep_mnist
-	$(PY) scripts/aggregate.py runs/sweep_mnist --out results
+	$(PY) -m bnrepro.analyse sweep-mnist runs/sweep_mnist --out results
 
 # CIFAR runs use true CIFAR-10 when it can be loaded, else the JPEG mirror (labelled
 # cifar10-jpeg everywhere: those are not CIFAR-10 numbers).
@@ -104,7 +104,7 @@ CIFAR_SLICE ?= seed=0 optim.lr=0.01,0.1,1.0 model.dropout=0.0,0.5 model.width_mu
 sweep-cifar: setup  ## CPU-sized CIFAR grid (cnn quick profile), aggregated into results/
 	@ds=$(CIFAR) && \
 	$(PY) -m bnrepro.train -m experiment=sweep_cifar dataset=$$ds $(CIFAR_SLICE) && \
-	$(PY) scripts/aggregate.py runs/sweep_$$ds --out results \
+	$(PY) -m bnrepro.analyse sweep-cifar runs/sweep_$$ds --out results \
 		--where model.width_multiplier=0.5 --where trainer.max_steps=400
 
 report: setup  ## results/REPORT.md: every figure and claim in results/, with its verdict

@@ -23,11 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnrepro.analysis.notebook import load_script, say, show, show_table
+from bnrepro.analysis.notebook import say, show, show_table
+from bnrepro.experiments import fig1, sweep
 from bnrepro.run.runs import find_runs
-
-plot_fig1 = load_script("plot_fig1")
-aggregate = load_script("aggregate")
 
 # %% tags=["parameters"]
 RUNS = "../runs/fig1_mnist"  # a folder of fig1_mnist runs (papermill: -p RUNS <folder>)
@@ -55,11 +53,11 @@ show_table(table.sort_values(["norm", "seed"], ignore_index=True), "runs")
 # statistics) on fixed validation images; dashed, the training network on its mini-batches.
 
 # %%
-show(plot_fig1.figure(runs), "fig1")
-numbers = plot_fig1.fig1_numbers(runs)
+show(fig1.fig1_figure(runs), "fig1")
+numbers = fig1.fig1_numbers(runs)
 for norm, n in numbers.items():
-    if norm in plot_fig1.STYLE:
-        say(f"**{plot_fig1.STYLE[norm][0]}**: final test accuracy (step {n['final_step']}) "
+    if norm in fig1.STYLE:
+        say(f"**{fig1.STYLE[norm][0]}**: final test accuracy (step {n['final_step']}) "
             f"{n['final_test_acc_mean']:.4f}, mean over {n['seeds']} seed(s) "
             f"(min {n['final_test_acc_min']:.4f}, max {n['final_test_acc_max']:.4f}).")
 if gap := numbers.get("bn_minus_none"):
@@ -70,13 +68,13 @@ if gap := numbers.get("bn_minus_none"):
 # %% [markdown]
 # ## The claims of Sec. 4.1, checked
 #
-# Each verdict is computed from the runs (`scripts/plot_fig1.py`, the same as
+# Each verdict is computed from the runs (`bnrepro.experiments.fig1`, the same as
 # `results/fig1_mnist_claims.md`) by the rule below the table.
 
 # %%
-claims = pd.DataFrame(plot_fig1.claims(runs, plot_fig1.accuracy_table(runs)))
+claims = pd.DataFrame(fig1.claims(runs, fig1.accuracy_table(runs)))
 show_table(claims[["claim", "paper", "ours", "verdict"]], "claims")
-say(f"Verdict rule: {plot_fig1.VERDICT_RULE}")
+say(f"Verdict rule: {fig1.VERDICT_RULE}")
 
 # %% [markdown]
 # ## Every hidden layer, not just the last
@@ -87,19 +85,19 @@ say(f"Verdict rule: {plot_fig1.VERDICT_RULE}")
 # (`act_train/`), where BN normalises each batch by its own statistics.
 
 # %%
-for prefix in plot_fig1.NETWORKS:
-    show(plot_fig1.layers_figure(runs, prefix), f"layers_{prefix}")
+for prefix in fig1.NETWORKS:
+    show(fig1.layers_figure(runs, prefix), f"layers_{prefix}")
 
 # %% [markdown]
 # ## How far does each layer's input move?
 #
 # One number per layer and run: for each of the tracked unit's percentiles, its largest minus
 # its smallest value over training, averaged over the three percentiles (`drift_h{i}`, as
-# `scripts/aggregate.py` writes it for sweeps). Below: its mean over seeds.
+# `bnrepro.experiments.sweep` writes it for sweeps). Below: its mean over seeds.
 
 # %%
 drift = pd.DataFrame([{"norm": r.config.model.norm, "seed": r.config.seed,
-                       **{f"drift_h{i}": aggregate.drift(r.metrics, i)
+                       **{f"drift_h{i}": sweep.drift(r.metrics, i)
                           for i in range(1, layers + 1)}} for r in runs])
 drift = drift.groupby("norm").mean(numeric_only=True).drop(columns="seed")
 show_table(drift, "drift")
@@ -121,14 +119,14 @@ if {"bn", "none"} <= set(drift.index):
 # bands: min..max.
 
 # %%
-shift = pd.concat([plot_fig1.shift_table(runs, p) for p in plot_fig1.SHIFT_NETWORKS],
+shift = pd.concat([fig1.shift_table(runs, p) for p in fig1.SHIFT_NETWORKS],
                   ignore_index=True)
 if shift.empty:
     say("These runs do not log the distributional-shift measures (`shift/h{i}/w1_init`, "
         "`shift/h{i}/w1_prev`): they were trained before the trainer recorded them. Retrain "
         "them (`make fig1`) to see this section.")
-for prefix, network in plot_fig1.SHIFT_NETWORKS.items():
-    if (fig := plot_fig1.shift_figure(runs, prefix)) is not None:
+for prefix, network in fig1.SHIFT_NETWORKS.items():
+    if (fig := fig1.shift_figure(runs, prefix)) is not None:
         show(fig, prefix)
     for measure in ("w1_prev", "w1_prev_rel"):
         rows = shift[(shift["network"] == prefix) & (shift["measure"] == measure)]

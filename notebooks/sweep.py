@@ -14,29 +14,28 @@
 # Fig. 1's network trained over a grid: {BN, no BN} x {sigmoid, ReLU} x learning rate x dropout
 # x seeds (`make sweep-mnist`, `conf/experiment/sweep_mnist.yaml`). The paper claims BN allows
 # higher learning rates and makes dropout less needed; the grid shows where that holds. Every
-# number here comes from `scripts/aggregate.py`'s functions (the same as `results/sweep_*`),
+# number here comes from `bnrepro.experiments.sweep`'s functions (the same as `results/sweep_*`),
 # reading the local run store (`RUNS`; any sweep folder works, one table per dataset).
 
 # %%
 
-from bnrepro.analysis.notebook import load_script, say, show, show_table
-
-aggregate = load_script("aggregate")
+from bnrepro.analysis.notebook import say, show, show_table
+from bnrepro.experiments import sweep
 
 # %% tags=["parameters"]
 RUNS = "../runs/sweep_mnist"  # a folder of sweep runs (papermill: -p RUNS <folder>)
 
 # %%
-df, curves, configs = aggregate.collect([RUNS])
+df, curves, configs = sweep.collect([RUNS])
 if df.empty:
     raise FileNotFoundError(f"no runs under {RUNS}: train them with `make sweep-mnist`")
-datasets = aggregate.by_dataset(df, configs)  # refuses runs of different experiments
-no_learn_below = aggregate.CHANCE + aggregate.CHANCE_MARGIN
+datasets = sweep.by_dataset(df, configs)  # refuses runs of different experiments
+no_learn_below = sweep.CHANCE + sweep.CHANCE_MARGIN
 for dataset, (runs, extra) in datasets.items():
     seeds = ", ".join(map(str, sorted(runs["seed"].unique())))
-    say(f"**{dataset}**: {len(runs)} runs ({aggregate.status_counts(runs)}); cells keyed by "
-        f"{', '.join([*aggregate.BASE_CELL, *extra])}; seeds {seeds}.")
-say(f"Selection: {aggregate.SELECTION_RULE}.")
+    say(f"**{dataset}**: {len(runs)} runs ({sweep.status_counts(runs)}); cells keyed by "
+        f"{', '.join([*sweep.BASE_CELL, *extra])}; seeds {seeds}.")
+say(f"Selection: {sweep.SELECTION_RULE}.")
 
 # %% [markdown]
 # ## The grid
@@ -48,11 +47,11 @@ say(f"Selection: {aggregate.SELECTION_RULE}.")
 # %%
 tables = {}
 for dataset, (runs, extra) in datasets.items():
-    cell = [*aggregate.BASE_CELL, *extra]
-    cells = aggregate.cell_table(runs, cell)
-    best = aggregate.best_cells(cells)
+    cell = [*sweep.BASE_CELL, *extra]
+    cells = sweep.cell_table(runs, cell)
+    best = sweep.best_cells(cells)
     tables[dataset] = cell, cells, best
-    show(aggregate.heatmap_figure(cells, best, extra, dataset, no_learn_below),
+    show(sweep.heatmap_figure(cells, best, extra, dataset, no_learn_below),
          f"heatmap_{dataset}")
 
 # %% [markdown]
@@ -64,7 +63,7 @@ for dataset, (runs, extra) in datasets.items():
 # %%
 for dataset, (cell, _, best) in tables.items():
     show_table(best.rename(columns={"score": "select_val"}), f"best_{dataset}")
-    show(aggregate.best_curves_figure(datasets[dataset][0], best, curves, cell, dataset),
+    show(sweep.best_curves_figure(datasets[dataset][0], best, curves, cell, dataset),
          f"best_curves_{dataset}")
     for activation, group in best.dropna(subset=["score"]).groupby("activation"):
         by_norm = group.set_index("norm")

@@ -451,7 +451,7 @@ def store_pair(root, overrides_per_run, curves):
     """The same hand-built run store twice: `plain/` without measures, `measured/` where
     every other run measured (its config asks for measures, its metrics.jsonl holds their
     rows; the summaries are the same): runs that differ in measures only are one setup."""
-    from tests.test_aggregate import make_run
+    from tests.test_experiment_sweep import make_run
 
     for name in ("plain", "measured"):
         for i, (overrides, rows) in enumerate(zip(overrides_per_run, curves, strict=True)):
@@ -464,7 +464,8 @@ def store_pair(root, overrides_per_run, curves):
 
 
 def test_aggregate_gives_the_same_tables_for_runs_with_measures(tmp_path, capsys):
-    from tests.test_aggregate import MNIST, aggregate, curve
+    from bnrepro.experiments import sweep
+    from tests.test_experiment_sweep import MNIST, curve
 
     runs = [([*MNIST, "model.norm=bn", f"optim.lr={lr}", f"seed={s}"],
              curve([0.1, 0.5 + lr / 4 + s / 100, 0.9 - s / 50]))
@@ -472,7 +473,7 @@ def test_aggregate_gives_the_same_tables_for_runs_with_measures(tmp_path, capsys
     plain, measured = store_pair(tmp_path, *zip(*runs, strict=True))
     outputs = []
     for store in (plain, measured):
-        aggregate.main([str(store), "--out", str(tmp_path / f"out_{store.name}")])
+        sweep.main([str(store), "--out", str(tmp_path / f"out_{store.name}")])
         csv = (tmp_path / f"out_{store.name}").glob("*.csv")
         def same_names(text, store=store):
             return text.replace(str(store), "STORE").replace(f"out_{store.name}", "OUT")
@@ -484,7 +485,7 @@ def test_aggregate_gives_the_same_tables_for_runs_with_measures(tmp_path, capsys
 
 def test_plot_fig2_gives_the_same_numbers_for_runs_with_measures(tmp_path):
     from tests.conftest import load_script
-    from tests.test_aggregate import curve
+    from tests.test_experiment_sweep import curve
 
     plot_fig2 = load_script("plot_fig2")
     base = ["experiment=fig2_cifar", "dataset=cifar10-jpeg", "trainer.max_steps=40",

@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 
 from bnrepro.analysis.notebook import RECORD_KEY
 from bnrepro.data.datasets import DataUnavailableError, load_dataset
+from bnrepro.experiments import fig1
 from bnrepro.run.store import evaluation_rows, read_metrics, read_summary
 from tests.conftest import REPO, data_missing, load_script
 
@@ -38,7 +39,6 @@ NOTEBOOK_DIR = REPO / "notebooks"
 # notebook -> the fixture giving its papermill parameters (a folder of real runs it reads)
 NOTEBOOKS = {"fig1_shift": "fig1_params", "sweep": "sweep_params", "fig2_cifar": "fig2_params",
              "santurkar": "santurkar_params", "batchsize_depth": "batchsize_depth_params"}
-plot_fig1 = load_script("plot_fig1")
 TINY = ["debug=smoke", "trainer.max_steps=4", "trainer.eval_every=2"]  # 3 evaluations
 MIN_PNG_SIDE = 200  # pixels: a figure, not an icon
 
@@ -263,13 +263,13 @@ def test_fig1_notebook_shows_the_store_numbers(executed):
 
 def check_shift(run: Executed, dirs: list[Path], networks: list[str]) -> None:
     """Each network's logged shift measures: a panel per (measure, layer), row-major in
-    plot_fig1.SHIFT_MEASURES order, with a line per norm through every evaluation that logged
+    fig1.SHIFT_MEASURES order, with a line per norm through every evaluation that logged
     it; and the table's numbers recomputed from metrics.jsonl (one seed per norm: the seed
     mean is the run's own value)."""
     shift = run.table("shift").set_index(["network", "measure", "layer", "norm"])
     for network in networks:
         keys = [k for k in metrics(dirs[0]).columns if k.startswith(f"{network}/")]
-        measures = [m for m in plot_fig1.SHIFT_MEASURES if any(k.endswith(f"/{m}") for k in keys)]
+        measures = [m for m in fig1.SHIFT_MEASURES if any(k.endswith(f"/{m}") for k in keys)]
         layers = sorted({int(k.split("/")[1][1:]) for k in keys})
         axes = run.figures[network]["axes"]
         assert len(axes) == len(measures) * len(layers)

@@ -6,9 +6,9 @@ without and with BN, over training: solid, the network as it predicts (BN with A
 statistics) on fixed validation images; dashed, the training network (each mini-batch of 60
 training images normalised by its own statistics). Writes results/fig1_mnist.{png,pdf}, the
 same percentiles for every hidden layer in fig1_mnist_layers.{png,pdf}, where the runs log the
-distributional-shift measures (bnrepro.measures.shift) fig1_mnist_shift{,_train}.{png,pdf}, a JSON of
-the numbers quoted in the README, and the claims of Sec. 4.1 with verdicts computed from the
-runs (fig1_mnist_claims.md, and .json for scripts/report.py):
+distributional-shift measures (bnrepro.measures.shift) fig1_mnist_shift{,_train}.{png,pdf},
+a JSON of the numbers quoted in the README, and the claims of Sec. 4.1 with verdicts computed
+from the runs (fig1_mnist_claims.md, and .json for the report):
 
 - "BN helps the network achieve higher accuracy": per seed the test accuracy at the last
   evaluation; with BN vs without.
@@ -19,40 +19,39 @@ runs (fig1_mnist_claims.md, and .json for scripts/report.py):
   the tracked unit of the last hidden layer (inference network, the figure's solid lines) =
   the mean over its logged 15/50/85th percentiles of (max - min over all evaluations); the
   drift of the 50th percentile alone is reported beside it.
-Verdicts follow VERDICT_RULE: the comparison of seed means (medians for steps) decides, the
-seed ranges say whether it is clear-cut.
+Verdicts follow VERDICT_RULE (bnrepro.claims.verdict): the comparison of seed means (medians
+for steps) decides, the seed ranges say whether it is clear-cut.
 
-    python scripts/plot_fig1.py runs/fig1_mnist [--out results] [--wandb]
+    python -m bnrepro.analyse fig1 runs/fig1_mnist [--out results] [--wandb]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from bnrepro.analysis import wandb_figures  # noqa: E402
-from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
-from bnrepro.claims import to_markdown, write_claims  # noqa: E402
-from bnrepro.measures.evaluation import SHIFT_PREFIX  # noqa: E402
-from bnrepro.run.runs import Run, find_runs  # noqa: E402
+from bnrepro.analysis import wandb_figures
+from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text
+from bnrepro.claims import to_markdown, verdict, write_claims
+from bnrepro.measures.evaluation import SHIFT_PREFIX
+from bnrepro.run.runs import Run, find_runs
 
 PAPER_ACC_RANGE = (0.7, 1.0)  # Fig. 1(a)'s y axis
 STYLE = {"none": ("Without BN", "tab:red"), "bn": ("With BN", "tab:blue")}
 # probe key prefix -> (label, line style, colour of the 15/85th and of the 50th percentile)
 NETWORKS = {"act": ("inference net, validation images", "-", "0.55", "0.0"),
             "act_train": ("training net, mini-batches of 60", "--", "tab:cyan", "tab:blue")}
-# distributional shift (bnrepro.measures.shift): key prefix -> network, the trainer's prefixes for the
-# probe sets above (evaluation.SHIFT_PREFIX: shift/ is the training network); measure -> what
-# it compares
+# distributional shift (bnrepro.measures.shift): key prefix -> network, the trainer's prefixes
+# for the probe sets above (evaluation.SHIFT_PREFIX: shift/ is the training network); measure
+# -> what it compares
 SHIFT_NETWORKS = {SHIFT_PREFIX[probe]: label for probe, (label, *_) in NETWORKS.items()}
 SHIFT_MEASURES = {"w1_init": "W1 to step 0", "w1_prev": "W1 to the previous evaluation",
                   "w1_init_rel": "W1 to step 0 / spread", "w1_prev_rel": "W1 to previous / spread"}
@@ -124,11 +123,6 @@ def seed_table(runs: list[Run], target: float) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["norm", "seed"], ignore_index=True)
 
 
-def verdict(means_hold: bool, ranges_apart: bool) -> str:
-    return "holds" if means_hold and ranges_apart else "mixed" if means_hold else \
-        "does not hold"
-
-
 def spread(values: pd.Series, fmt: str = ".4f") -> str:
     return f"{values.mean():{fmt}} ({values.min():{fmt}}..{values.max():{fmt}})"
 
@@ -188,7 +182,7 @@ def claims(runs: list[Run], acc: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def figure(runs: list[Run]) -> plt.Figure:
+def fig1_figure(runs: list[Run]) -> plt.Figure:
     """Fig. 1: (a) test accuracy per norm, mean over seeds, band min..max; (b, c) the last
     hidden layer's tracked unit, 15/50/85th percentiles, without and with BN (lowest seed)."""
     acc = accuracy_table(runs)
@@ -298,8 +292,8 @@ def shift_table(runs: list[Run], prefix: str = "shift") -> pd.DataFrame:
 
 def shift_figure(runs: list[Run], prefix: str = "shift") -> plt.Figure | None:
     """Distributional shift of each hidden layer's input to the sigmoid (logged under
-    `prefix`; see bnrepro.measures.shift): one row per logged measure, one column per layer, a line per
-    norm (mean over seeds, band min..max). None if the runs logged none."""
+    `prefix`; see bnrepro.measures.shift): one row per logged measure, one column per layer, a
+    line per norm (mean over seeds, band min..max). None if the runs logged none."""
     logged = shift_layers(runs, prefix)
     if not logged:
         return None
@@ -362,60 +356,93 @@ def fig1_numbers(runs: list[Run]) -> dict:
     return numbers
 
 
-def plot(runs: list[Run], out_dir: Path) -> dict:
-    """Write the figures (module docstring), fig1_mnist.json and the claims; return the
-    JSON's numbers ("figures": the PNGs written)."""
-    figures = {"fig1_mnist": figure(runs), "fig1_mnist_layers": layers_figure(runs)}
-    figures |= {f"fig1_mnist_{p}": shift_figure(runs, p) for p in SHIFT_NETWORKS}
-    written = []
-    for stem, fig in figures.items():
-        if fig is not None:
-            atomic_save_figure(fig, out_dir / stem)
-            plt.close(fig)
-            written.append(f"{stem}.png")
-    acc, numbers = accuracy_table(runs), fig1_numbers(runs) | {"figures": written}
+@dataclass
+class Fig1Result:
+    """What the runs say: the README's numbers (fig1_numbers), the shift measures of every
+    network (shift_table; empty if the runs logged none) and the claims of Sec. 4.1; the runs
+    and their accuracy table, which the figures and the setup line read."""
+    runs: list[Run]
+    accuracy: pd.DataFrame  # accuracy_table
+    numbers: dict[str, Any]
+    shift: pd.DataFrame
+    claims: list[dict[str, Any]]
+
+
+def analyse(runs: list[Run]) -> Fig1Result:
+    """The numbers, shift measures and claims of the fig1_mnist runs `runs`."""
+    acc = accuracy_table(runs)
     shift = pd.concat([shift_table(runs, p) for p in SHIFT_NETWORKS], ignore_index=True)
-    if len(shift):
-        numbers["shift"] = shift.round(6).to_dict("records")
-    numbers["claims"] = claims(runs, acc)
-    atomic_write_json(out_dir / "fig1_mnist.json", numbers)
+    return Fig1Result(runs, acc, fig1_numbers(runs), shift, claims(runs, acc))
+
+
+def figures(result: Fig1Result) -> dict[str, plt.Figure]:
+    """File stem -> figure: Fig. 1, every layer's percentiles, and the shift figure of each
+    network whose shift measures the runs logged."""
+    runs = result.runs
+    drawn = {"fig1_mnist": fig1_figure(runs), "fig1_mnist_layers": layers_figure(runs)}
+    drawn |= {f"fig1_mnist_{p}": shift_figure(runs, p) for p in SHIFT_NETWORKS}
+    return {stem: fig for stem, fig in drawn.items() if fig is not None}
+
+
+def numbers_json(result: Fig1Result, pngs: list[str]) -> dict[str, Any]:
+    """fig1_mnist.json: the README's numbers, the PNGs written ("figures"), the shift measures
+    (where logged) and the claims."""
+    numbers = result.numbers | {"figures": pngs}
+    if len(result.shift):
+        numbers["shift"] = result.shift.round(6).to_dict("records")
+    return numbers | {"claims": result.claims}
+
+
+def setup_text(result: Fig1Result) -> str:
+    """The profile the runs used, in words (the claims file's `setup`)."""
+    config, acc = result.runs[0].config, result.accuracy
+    return (f"{config.dataset.name}, {int(acc.index.get_level_values(1).max())} steps of "
+            f"{config.trainer.batch_size}, lr {config.optim.lr:g}, {acc.columns.size} seeds "
+            "per net")
+
+
+def write(result: Fig1Result, out_dir: Path) -> list[str]:
+    """Write the figures (module docstring), fig1_mnist.json and the claims; return the PNGs
+    written."""
+    pngs = []
+    for stem, fig in figures(result).items():
+        atomic_save_figure(fig, out_dir / stem)
+        plt.close(fig)
+        pngs.append(f"{stem}.png")
+    atomic_write_json(out_dir / "fig1_mnist.json", numbers_json(result, pngs))
     title = "Claims of Sec. 4.1 (Fig. 1) checked on mnist"
     atomic_write_text(out_dir / "fig1_mnist_claims.md",
-                      to_markdown(title, numbers["claims"], VERDICT_RULE))
-    seeds = acc.columns.size
-    write_claims(out_dir / "fig1_mnist_claims.json", numbers["claims"], experiment="fig1_mnist",
+                      to_markdown(title, result.claims, VERDICT_RULE))
+    write_claims(out_dir / "fig1_mnist_claims.json", result.claims, experiment="fig1_mnist",
                  title="Fig. 1: MNIST with and without BN (Sec. 4.1)", make="make fig1",
-                 setup=f"{runs[0].config.dataset.name}, {int(acc.index.get_level_values(1).max())}"
-                       f" steps of {runs[0].config.trainer.batch_size}, lr "
-                       f"{runs[0].config.optim.lr:g}, {seeds} seeds per net",
-                 figures=written, verdict_rule=VERDICT_RULE, summaries=[r.summary for r in runs])
-    return numbers
+                 setup=setup_text(result), figures=pngs, verdict_rule=VERDICT_RULE,
+                 summaries=[r.summary for r in result.runs])
+    return pngs
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bnrepro.analyse fig1",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run-store folders to search")
     parser.add_argument("--out", type=Path, default=Path("results"))
     wandb_figures.add_flag(parser)
     args = parser.parse_args(argv)
+    matplotlib.use("Agg")  # files only: no window, whatever backend the environment names
     runs = [r for r in find_runs(args.run_dirs) if r.config.name == "fig1_mnist"]
     if not runs:
         raise SystemExit(f"no completed fig1_mnist runs under {', '.join(map(str, args.run_dirs))}"
                          "; train them with `python -m bnrepro.train -m experiment=fig1_mnist`")
-    numbers = plot(runs, args.out)
-    pngs = numbers["figures"]
+    result = analyse(runs)
+    pngs = write(result, args.out)
     wandb_figures.publish(args.wandb, runs[0].config, [args.out / p for p in pngs],
-                          claims=numbers["claims"], wandb_dir=args.run_dirs[0])
+                          claims=result.claims, wandb_dir=args.run_dirs[0])
     print(f"wrote {', '.join(str(args.out / p) for p in pngs)} (and .pdf), fig1_mnist.json, "
           f"fig1_mnist_claims.md and .json from {len(runs)} runs")
     for norm in ("none", "bn"):
-        if norm in numbers:
-            n = numbers[norm]
+        if norm in result.numbers:
+            n = result.numbers[norm]
             print(f"  {STYLE[norm][0]:<11} final test acc {n['final_test_acc_mean']:.4f} "
                   f"(min {n['final_test_acc_min']:.4f}, max {n['final_test_acc_max']:.4f})")
-    for c in numbers["claims"]:
+    for c in result.claims:
         print(f"  [{c['verdict']}] {c['claim']}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

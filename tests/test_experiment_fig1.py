@@ -1,4 +1,4 @@
-"""scripts/plot_fig1.py's claims (Sec. 4.1): verdicts computed from the runs by the documented
+"""bnrepro.experiments.fig1's claims (Sec. 4.1): verdicts computed from the runs by the documented
 rules, checked on a hand-written fig1 run store (config.yaml, metrics.jsonl, summary.json per
 run, as the trainer writes them) whose numbers each case sets; the drift is recomputed here
 from the metrics directly."""
@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bnrepro import analyse
 from bnrepro.claims import read_claims
-from tests.conftest import load_script
+from bnrepro.experiments import fig1
+from bnrepro.run.runs import find_runs
 
-plot_fig1 = load_script("plot_fig1")
 STEPS = [0, 100, 200, 300]
 HIGHER, FASTER, STABLE = (
     "BN helps the network achieve higher test accuracy", "BN helps the network train faster",
@@ -54,8 +55,10 @@ def run(tmp_path: Path, bn_acc: list[list[float]], bn_q50: list[list[float]],
         # without BN the median wanders by 1.0 + seed/10 over training, the band widens
         write_run(root, "none", seed, acc, [0, 0.5, 1.0 + seed / 10, 0.2], width=0.5)
     out = tmp_path / "results"
-    plot_fig1.main([str(root), "--out", str(out)])
+    assert analyse.main(["fig1", str(root), "--out", str(out)]) == 0  # as `make fig1` runs it
     claims = read_claims(out / "fig1_mnist_claims.json")
+    # the module's analysis is what the command wrote
+    assert fig1.analyse(find_runs([root])).claims == claims["claims"]
     # no shift measures logged here: Fig. 1 and every layer's percentiles only
     assert claims["figures"] == ["fig1_mnist.png", "fig1_mnist_layers.png"]
     assert all((out / f).is_file() for f in claims["figures"])

@@ -1,7 +1,7 @@
-"""scripts/aggregate.py: selection on validation, reporting on test; diverged seeds scored as
-chance; cells keyed by every differing config value; mixed experiments refused until narrowed
-with --where. Most tests build run stores by hand (the trainer's store interface) so every
-number is known; one trains real runs end to end."""
+"""bnrepro.experiments.sweep (sweep-mnist, sweep-cifar): selection on validation, reporting on
+test; diverged seeds scored as chance; cells keyed by every differing config value; mixed
+experiments refused until narrowed with --where. Most tests build run stores by hand (the
+trainer's store interface) so every number is known; one trains real runs end to end."""
 
 import functools
 import io
@@ -11,21 +11,20 @@ from collections import Counter
 from pathlib import Path
 
 import matplotlib.image
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from bnrepro import analyse
 from bnrepro.config import compose_config
+from bnrepro.experiments import sweep
 from bnrepro.run.store import read_metrics, read_summary
-from tests.conftest import load_script
 
 THRESHOLDS = (0.3, 0.6, 0.99)  # reached early, reached later on val than on test, never
 STATUS_ORDER = ["completed", "diverged", "failed", "interrupted", "running"]
 MNIST = ["experiment=sweep_mnist", "model.dropout=0.0"]
 CIFAR = ["experiment=sweep_cifar", "dataset=cifar10-jpeg", "model.dropout=0.0"]
-
-
-aggregate = load_script("aggregate")
 
 
 @functools.cache
@@ -116,36 +115,36 @@ def best_row(table: pd.DataFrame, norm: str, activation: str) -> pd.Series:
 def test_steps_to_threshold_reads_validation_accuracy_first_time_it_is_reached():
     metrics = pd.DataFrame({"step": [0, 20, 40, 60], "val/acc": [0.1, 0.5, 0.4, 0.7],
                             "test/acc": [0.1, 0.9, 0.9, 0.9]})
-    assert aggregate.steps_to_threshold(metrics, 0.45) == 20  # not 60: the first time
-    assert aggregate.steps_to_threshold(metrics, 0.5) == 20  # >=
-    assert aggregate.steps_to_threshold(metrics, 0.6) == 60  # test/acc would say 20
-    assert aggregate.steps_to_threshold(metrics, 0.95) is None
-    assert aggregate.steps_to_threshold(pd.DataFrame(), 0.5) is None
-    assert aggregate.steps_to_threshold(metrics.drop(columns="val/acc"), 0.5) is None
+    assert sweep.steps_to_threshold(metrics, 0.45) == 20  # not 60: the first time
+    assert sweep.steps_to_threshold(metrics, 0.5) == 20  # >=
+    assert sweep.steps_to_threshold(metrics, 0.6) == 60  # test/acc would say 20
+    assert sweep.steps_to_threshold(metrics, 0.95) is None
+    assert sweep.steps_to_threshold(pd.DataFrame(), 0.5) is None
+    assert sweep.steps_to_threshold(metrics.drop(columns="val/acc"), 0.5) is None
 
 
 def test_drift_averages_the_range_of_the_tracked_units_quantiles():
     metrics = pd.DataFrame({"act/h2/q15": [-1.0, -3.0, -2.0], "act/h2/q50": [0.0, 0.0, 1.0],
                             "act/h2/q85": [1.0, 1.0, 1.0], "act/h2/all_q15": [0.0, 9.0, 0.0],
                             "act_train/h2/q15": [0.0, 9.0, 0.0]})
-    assert aggregate.drift(metrics, 2) == pytest.approx((2 + 1 + 0) / 3)  # all_q*, act_train: no
-    assert math.isnan(aggregate.drift(metrics, 1))
+    assert sweep.drift(metrics, 2) == pytest.approx((2 + 1 + 0) / 3)  # all_q*, act_train: no
+    assert math.isnan(sweep.drift(metrics, 1))
 
 
 def test_a_hand_built_sweep_one_row_per_run_and_unreadable_dirs_skipped(tmp_path, capsys):
-    sweep, out = tmp_path / "sweep", tmp_path / "results"
+    store, out = tmp_path / "store", tmp_path / "results"
     val, test = [0.1, 0.35, 0.65, 0.8], [0.1, 0.7, 0.7, 0.8]  # 0.6 reached at 40 on val, 20 test
     relu = [*MNIST, "model.activation=relu"]
-    runs = run_cell(sweep, [*relu, "model.norm=bn", "optim.lr=0.1"],
+    runs = run_cell(store, [*relu, "model.norm=bn", "optim.lr=0.1"],
                     {0: ("completed", curve(val, test)), 1: ("completed", curve(val))})
     val_later_than_test = next(iter(runs))
-    runs |= run_cell(sweep, [*relu, "model.norm=bn", "optim.lr=1.0"],
+    runs |= run_cell(store, [*relu, "model.norm=bn", "optim.lr=1.0"],
                      {1: ("interrupted", curve(val[:2]))})
-    runs[make_run(sweep / "bn,lr=1.0,seed=0", [*relu, "model.norm=bn", "optim.lr=1.0", "seed=0"],
+    runs[make_run(store / "bn,lr=1.0,seed=0", [*relu, "model.norm=bn", "optim.lr=1.0", "seed=0"],
                   curve([0.1, 0.2, 0.3, 0.4]), config_at=".hydra/config.yaml")] = "completed"
-    runs |= run_cell(sweep, [*relu, "model.norm=none", "optim.lr=0.1"],
+    runs |= run_cell(store, [*relu, "model.norm=none", "optim.lr=0.1"],
                      {0: ("completed", curve(test, val)), 1: ("failed", [])})
-    runs |= run_cell(sweep, [*relu, "model.norm=none", "optim.lr=1.0"],
+    runs |= run_cell(store, [*relu, "model.norm=none", "optim.lr=1.0"],
                      {0: ("diverged", curve([0.1, 0.7])), 1: ("diverged", curve([0.1]))})
     good = next(iter(runs))
     bad = {"broken": lambda d: (d / "summary.json").write_text('{"status": "co'),
@@ -154,13 +153,13 @@ def test_a_hand_built_sweep_one_row_per_run_and_unreadable_dirs_skipped(tmp_path
            "old_trainer": lambda d: (d / "summary.json").write_text(json.dumps(
                {k: v for k, v in read_summary(d).items() if k != "final_val_acc"}))}
     for name, damage in bad.items():
-        make_run(sweep / "bad" / name, [*relu, "seed=0"], curve(val))
-        damage(sweep / "bad" / name)
+        make_run(store / "bad" / name, [*relu, "seed=0"], curve(val))
+        damage(store / "bad" / name)
 
     with pytest.warns(UserWarning, match=r"skipped 4 unreadable") as caught:
-        aggregate.main([str(sweep), "--out", str(out), "--thresholds", *map(str, THRESHOLDS)])
+        sweep.main([str(store), "--out", str(out), "--thresholds", *map(str, THRESHOLDS)])
     message = str(caught[0].message)
-    assert all(str(sweep / "bad" / name) in message for name in bad), message
+    assert all(str(store / "bad" / name) in message for name in bad), message
     assert str(good) not in message
     printed = capsys.readouterr().out
     assert count_line("mnist", list(runs.values())) in printed, printed
@@ -192,40 +191,48 @@ def test_a_hand_built_sweep_one_row_per_run_and_unreadable_dirs_skipped(tmp_path
 
 
 def test_the_best_cell_is_chosen_on_validation_and_reported_on_test(tmp_path, capsys):
-    sweep, base = tmp_path / "sweep", [*MNIST, "model.norm=bn", "model.activation=relu"]
+    store, base = tmp_path / "store", [*MNIST, "model.norm=bn", "model.activation=relu"]
     # lr 0.1: better on validation, worse on test; lr 1.0 the other way round.
     tests_01 = {0: 0.90, 1: 0.91, 2: 0.89}
-    run_cell(sweep, [*base, "optim.lr=0.1"],
+    run_cell(store, [*base, "optim.lr=0.1"],
              {s: ("completed", curve([0.1, 0.95], [0.1, t])) for s, t in tests_01.items()})
-    run_cell(sweep, [*base, "optim.lr=1.0"],
+    run_cell(store, [*base, "optim.lr=1.0"],
              {s: ("completed", curve([0.1, 0.90], [0.1, 0.97])) for s in tests_01})
-    aggregate.main([str(sweep), "--out", str(tmp_path / "out")])
+    sweep.main([str(store), "--out", str(tmp_path / "out")])
     best = best_row(printed_best(capsys.readouterr().out), "bn", "relu")
     assert best["lr"] == 0.1
     assert best["val_acc"] == pytest.approx(0.95, abs=1e-4)
     assert best["test_acc"] == pytest.approx(sum(tests_01.values()) / 3, abs=1e-4)  # reported
     assert best["completed"] == "3/3" and best["diverged"] == "0/3"
+    # the analysis behind the command: the same choice, and a figure per file it wrote
+    result = sweep.analyse([store], name="grid")
+    chosen = result.datasets["mnist"].best.set_index(["norm", "activation"])
+    assert chosen.loc[("bn", "relu"), "lr"] == 0.1
+    drawn = sweep.figures(result)
+    assert sorted(drawn) == ["grid_best_curves", "grid_heatmap"]
+    for fig in drawn.values():
+        plt.close(fig)
 
 
 def test_a_cell_cannot_win_on_its_surviving_seed_and_diverged_seeds_score_chance(tmp_path,
                                                                                    capsys):
-    sweep = tmp_path / "sweep"
+    store = tmp_path / "store"
     relu = [*MNIST, "model.norm=none", "model.activation=relu"]
     # lr 1.0: one survivor at 0.99; the diverged seed even reports 0.99 before it blew up.
-    lucky = run_cell(sweep, [*relu, "optim.lr=1.0"],
+    lucky = run_cell(store, [*relu, "optim.lr=1.0"],
                      {0: ("completed", curve([0.1, 0.99])), 1: ("diverged", curve([0.1, 0.99])),
                       2: ("failed", [])})
-    steady = run_cell(sweep, [*relu, "optim.lr=0.1"],
+    steady = run_cell(store, [*relu, "optim.lr=0.1"],
                       {s: ("completed", curve([0.1, 0.9])) for s in range(3)})
     # Chance, not zero: (0.95 + 0.95 + 0.1) / 3 = 0.667 beats 0.65; scored 0 it would not.
     sigmoid = [*MNIST, "model.norm=bn", "model.activation=sigmoid"]
-    run_cell(sweep, [*sigmoid, "optim.lr=1.0"],
+    run_cell(store, [*sigmoid, "optim.lr=1.0"],
              {0: ("completed", curve([0.1, 0.95])), 1: ("completed", curve([0.1, 0.95])),
               2: ("diverged", curve([0.1]))})
-    run_cell(sweep, [*sigmoid, "optim.lr=0.1"],
+    run_cell(store, [*sigmoid, "optim.lr=0.1"],
              {s: ("completed", curve([0.1, 0.65])) for s in range(3)})
 
-    aggregate.main([str(sweep), "--out", str(tmp_path / "out")])
+    sweep.main([str(store), "--out", str(tmp_path / "out")])
     printed = capsys.readouterr().out
     assert "a diverged/failed/unfinished seed scoring chance (0.1)" in printed  # the rule
     table = printed_best(printed)
@@ -237,8 +244,8 @@ def test_a_cell_cannot_win_on_its_surviving_seed_and_diverged_seeds_score_chance
     assert bn_sigmoid["select_val"] == pytest.approx((0.95 + 0.95 + 0.1) / 3, abs=1e-4)
     assert bn_sigmoid["val_acc"] == pytest.approx(0.95, abs=1e-4)  # mean over completed seeds
     assert bn_sigmoid["completed"] == "2/3" and bn_sigmoid["diverged"] == "1/3"
-    cells = aggregate.cell_table(pd.read_csv(tmp_path / "out" / "sweep_mnist.csv"),
-                                 aggregate.BASE_CELL).set_index(["norm", "lr"])
+    cells = sweep.cell_table(pd.read_csv(tmp_path / "out" / "sweep_mnist.csv"),
+                             sweep.BASE_CELL).set_index(["norm", "lr"])
     assert cells.loc[("none", 1.0), "n"] == 1 and cells.loc[("none", 1.0), "runs"] == len(lucky)
     assert cells.loc[("none", 0.1), "n"] == len(steady)
     assert_figure(tmp_path / "out" / "sweep_mnist_heatmap")
@@ -246,17 +253,17 @@ def test_a_cell_cannot_win_on_its_surviving_seed_and_diverged_seeds_score_chance
 
 def test_runs_of_different_experiments_are_refused_until_narrowed_with_where(tmp_path,
                                                                              capsys):
-    sweep, out = tmp_path / "sweep_cifar10-jpeg", tmp_path / "out"
+    store, out = tmp_path / "sweep_cifar10-jpeg", tmp_path / "out"
     cpu_slice, full = {}, {}
     for lr in ("0.1", "1.0"):
-        cpu_slice |= run_cell(sweep, [*CIFAR, "model.width_multiplier=0.5",
+        cpu_slice |= run_cell(store, [*CIFAR, "model.width_multiplier=0.5",
                                       "trainer.max_steps=400", f"optim.lr={lr}"],
                               {0: ("completed", curve([0.1, 0.4]))})
-        full |= run_cell(sweep, [*CIFAR, "model.width_multiplier=1.0", "trainer.max_steps=3000",
+        full |= run_cell(store, [*CIFAR, "model.width_multiplier=1.0", "trainer.max_steps=3000",
                                  f"optim.lr={lr}"], {s: ("completed", curve([0.1, 0.6]))
                                                      for s in range(2)})
     with pytest.raises(SystemExit) as refused:
-        aggregate.main([str(sweep), "--out", str(out)])
+        sweep.main([str(store), "--out", str(out)])
     message = str(refused.value.code)
     width = next(line for line in message.splitlines() if "model.width_multiplier" in line)
     steps = next(line for line in message.splitlines() if "trainer.max_steps" in line)
@@ -266,25 +273,27 @@ def test_runs_of_different_experiments_are_refused_until_narrowed_with_where(tmp
     assert not out.exists()  # nothing written
 
     with pytest.raises(SystemExit, match="model.widht"):  # a typo is not a filter
-        aggregate.main([str(sweep), "--out", str(out), "--where", "model.widht=0.5"])
-    aggregate.main([str(sweep), "--out", str(out), "--where", "model.width_multiplier=0.5"])
+        sweep.main([str(store), "--out", str(out), "--where", "model.widht=0.5"])
+    # the command of `make sweep-cifar`
+    assert analyse.main(["sweep-cifar", str(store), "--out", str(out), "--where",
+                         "model.width_multiplier=0.5", "--where", "trainer.max_steps=400"]) == 0
     assert count_line("cifar10-jpeg", list(cpu_slice.values())) in capsys.readouterr().out
     df = pd.read_csv(out / "sweep_cifar10-jpeg.csv")
     assert sorted(df["run_dir"]) == sorted(map(str, cpu_slice))
-    aggregate.main([str(sweep), "--out", str(out), "--where", "model.width_multiplier=1.0",
-                    "--where", "seed=1"])  # every condition must hold
+    sweep.main([str(store), "--out", str(out), "--where", "model.width_multiplier=1.0",
+                "--where", "seed=1"])  # every condition must hold
     df = pd.read_csv(out / "sweep_cifar10-jpeg.csv")
     assert sorted(df["run_dir"]) == sorted(str(d) for d in full if d.name.endswith("seed=1"))
 
 
 def test_a_momentum_sweep_becomes_a_cell_key_and_a_csv_column(tmp_path, capsys):
-    sweep = tmp_path / "sweep"
+    store = tmp_path / "store"
     base = [*MNIST, "model.norm=bn", "model.activation=sigmoid", "optim.lr=0.1"]
-    runs = run_cell(sweep, [*base, "optim.momentum=0.9"],
+    runs = run_cell(store, [*base, "optim.momentum=0.9"],
                     {s: ("completed", curve([0.1, 0.97])) for s in range(3)})
-    runs |= run_cell(sweep, [*base, "optim.momentum=0.0"],
+    runs |= run_cell(store, [*base, "optim.momentum=0.0"],
                      {s: ("completed", curve([0.1, 0.93])) for s in range(3)})
-    aggregate.main([str(sweep), "--out", str(tmp_path / "out")])
+    sweep.main([str(store), "--out", str(tmp_path / "out")])
     best = best_row(printed_best(capsys.readouterr().out), "bn", "sigmoid")
     assert best["optim.momentum"] == 0.9
     assert best["completed"] == "3/3"  # not 6/6: momenta are not seeds
@@ -298,19 +307,19 @@ def test_a_momentum_sweep_becomes_a_cell_key_and_a_csv_column(tmp_path, capsys):
 
 
 def test_where_values_are_parsed_as_yaml():
-    assert aggregate.parse_where("model.width_multiplier=0.5") == ("model.width_multiplier", 0.5)
-    assert aggregate.parse_where("optim.weight_decay=1e-4") == ("optim.weight_decay", 1e-4)
-    assert aggregate.parse_where("model.norm=none") == ("model.norm", "none")
-    assert aggregate.parse_where("model.hidden=[100, 100]") == ("model.hidden", [100, 100])
+    assert sweep.parse_where("model.width_multiplier=0.5") == ("model.width_multiplier", 0.5)
+    assert sweep.parse_where("optim.weight_decay=1e-4") == ("optim.weight_decay", 1e-4)
+    assert sweep.parse_where("model.norm=none") == ("model.norm", "none")
+    assert sweep.parse_where("model.hidden=[100, 100]") == ("model.hidden", [100, 100])
 
 
 def test_aggregate_runs_of_the_real_trainer_end_to_end(run_train, mirror, tmp_path, capsys):
-    sweep, out = tmp_path / "sweep", tmp_path / "results"
+    store, out = tmp_path / "store", tmp_path / "results"
     run_train("-m", "experiment=fig1_mnist", "debug=smoke", "model.activation=relu",
-              "model.norm=bn,none", "optim.lr=0.5,3.0", "seed=0", f"hydra.sweep.dir={sweep}")
-    run_dirs = sorted(p.parent for p in sweep.rglob("summary.json"))
+              "model.norm=bn,none", "optim.lr=0.5,3.0", "seed=0", f"hydra.sweep.dir={store}")
+    run_dirs = sorted(p.parent for p in store.rglob("summary.json"))
     assert len(run_dirs) == 4
-    aggregate.main([str(sweep), "--out", str(out), "--thresholds", *map(str, THRESHOLDS)])
+    sweep.main([str(store), "--out", str(out), "--thresholds", *map(str, THRESHOLDS)])
     statuses = [read_summary(d)["status"] for d in run_dirs]
     assert "completed" in statuses
     assert count_line("mnist", statuses) in capsys.readouterr().out
@@ -336,17 +345,17 @@ def test_aggregate_runs_of_the_real_trainer_end_to_end(run_train, mirror, tmp_pa
 def test_wandb_flag_logs_the_figures_and_runs_table_to_the_sweeps_group(tmp_path, capsys,
                                                                          monkeypatch):
     calls = []
-    monkeypatch.setattr(aggregate.wandb_figures, "publish",
+    monkeypatch.setattr(sweep.wandb_figures, "publish",
                         lambda *args, **kwargs: calls.append((args, kwargs)))
-    sweep, base = tmp_path / "sweep", [*MNIST, "model.norm=bn", "model.activation=relu"]
-    run_cell(sweep, [*base, "optim.lr=0.1"], {s: ("completed", curve([0.1, 0.9])) for s in (0, 1)})
-    aggregate.main([str(sweep), "--out", str(tmp_path / "out")])
+    store, base = tmp_path / "store", [*MNIST, "model.norm=bn", "model.activation=relu"]
+    run_cell(store, [*base, "optim.lr=0.1"], {s: ("completed", curve([0.1, 0.9])) for s in (0, 1)})
+    sweep.main([str(store), "--out", str(tmp_path / "out")])
     (enabled, config, images), kwargs = calls.pop()
     assert not enabled  # publish decides: off without --wandb
-    aggregate.main([str(sweep), "--out", str(tmp_path / "out"), "--wandb"])
+    sweep.main([str(store), "--out", str(tmp_path / "out"), "--wandb"])
     (enabled, config, images), kwargs = calls.pop()
-    assert enabled and aggregate.wandb_figures.target(config)["group"] == "sweep_mnist"
+    assert enabled and sweep.wandb_figures.target(config)["group"] == "sweep_mnist"
     assert sorted(p.name for p in images) == ["sweep_mnist_best_curves.png",
                                               "sweep_mnist_heatmap.png"]
-    assert all(p.is_file() for p in images) and kwargs["wandb_dir"] == sweep
+    assert all(p.is_file() for p in images) and kwargs["wandb_dir"] == store
     assert sorted(kwargs["tables"]["runs"]["seed"]) == [0, 1]

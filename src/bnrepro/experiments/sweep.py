@@ -1,7 +1,10 @@
 """Aggregate a hyper-parameter sweep: one CSV row per run, accuracy heatmaps, best-cell curves.
+The analysis of the experiments sweep-mnist and sweep-cifar (bnrepro.experiments.EXPERIMENTS).
 
-    python scripts/aggregate.py runs/sweep [more dirs] [--out results] [--thresholds 0.9 0.95]
-                                [--where KEY=VALUE ...] [--name STEM]
+    python -m bnrepro.analyse sweep-mnist runs/sweep_mnist [more dirs] [--out results]
+        [--thresholds 0.9 0.95] [--where KEY=VALUE ...] [--name STEM]
+    python -m bnrepro.analyse sweep-cifar runs/sweep_cifar10 [--out results]
+        --where model.width_multiplier=0.5 --where trainer.max_steps=400
 
 Every run dir below the given folders is read, whatever its status (completed, diverged,
 failed, ...); one whose files are missing or unreadable is named in a warning and skipped.
@@ -13,7 +16,7 @@ dropout and every other config key whose value differs between the runs, except 
 cell's seeds are its replicates) and NON_TRAJECTORY_KEYS. Besides the four, only optimiser
 hyper-parameters (optim.*, e.g. momentum) may differ: selection tunes over them. Runs that
 differ in anything else (width, steps, model profile, ...) are different experiments, so the
-script stops with one error naming each such key and its values, writing nothing; narrow the
+analysis stops with one error naming each such key and its values, writing nothing; narrow the
 folder with --where.
 
 Selection rule: validation picks, test reports. Per (norm, activation) the best cell is the
@@ -40,26 +43,25 @@ import re
 import textwrap
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.patches import Rectangle
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-from matplotlib.cm import ScalarMappable  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
-
-from bnrepro.analysis import wandb_figures  # noqa: E402
-from bnrepro.atomic import atomic_save_figure, atomic_write  # noqa: E402
-from bnrepro.config import flatten  # noqa: E402
-from bnrepro.run.store import evaluation_rows, read_config, read_metrics, read_summary  # noqa: E402
+from bnrepro.analysis import wandb_figures
+from bnrepro.atomic import atomic_save_figure, atomic_write
+from bnrepro.config import flatten
+from bnrepro.run.store import evaluation_rows, read_config, read_metrics, read_summary
 
 AXES = ["dataset", "norm", "activation", "lr", "dropout", "seed"]  # summary["axes"]
 AXIS_KEYS = {"dataset.name": "dataset", "model.norm": "norm", "model.activation": "activation",
@@ -81,6 +83,7 @@ STATUSES = ["completed", "diverged", "failed", "interrupted", "running"]  # prin
 NUM_CLASSES = 10  # mnist, cifar10 and cifar10-jpeg
 CHANCE = 1 / NUM_CLASSES  # the selection score of a seed that did not complete
 CHANCE_MARGIN = 0.1  # 'no learn' = mean val acc below CHANCE + this (--chance-margin)
+THRESHOLDS = (0.9, 0.95, 0.97)  # the steps_to_val_acc_<t> columns (--thresholds)
 UNIT_QUANTILE = re.compile(r"act/h(\d+)/q\d+$")  # the tracked unit's quantiles, not all_q*
 UNREADABLE = (OSError, ValueError, KeyError, yaml.YAMLError, OmegaConfBaseException)
 ABSENT = "(absent)"  # how a config key missing from a run is shown
@@ -144,7 +147,7 @@ def run_row(summary: dict, metrics: pd.DataFrame, thresholds: list[float]) -> di
     return row | {f"drift_h{i}": drift(metrics, i) for i in quantile_columns(metrics)}
 
 
-def collect(roots: Iterable[str | Path], thresholds: Iterable[float] = (0.9, 0.95, 0.97)
+def collect(roots: Iterable[str | Path], thresholds: Iterable[float] = THRESHOLDS
             ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], dict[str, dict[str, Any]]]:
     """One row per run dir below `roots` (every status), and each run's metrics and flattened
     config by run_dir. Unreadable run dirs are skipped with one warning that names them."""
@@ -298,12 +301,6 @@ def status_counts(runs: pd.DataFrame) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in order)
 
 
-def save(fig: plt.Figure, stem: Path) -> list[Path]:
-    paths = atomic_save_figure(fig, stem)
-    plt.close(fig)
-    return paths
-
-
 def cell_lines(cell: dict[str, Any], no_learn_below: float, chosen: bool) -> list[str]:
     """The text of one heatmap cell."""
     lines = [f"val {cell['val']:.3f}", f"test {cell['test']:.3f}"] if cell["n"] else []
@@ -351,12 +348,6 @@ def draw_panel(ax: plt.Axes, panel: pd.DataFrame, chosen: pd.DataFrame, scale: N
     ax.set_yticks(range(len(dropouts)), [f"{d:g}" for d in dropouts])
 
 
-def plot_heatmap(cells: pd.DataFrame, best: pd.DataFrame, extra: list[str], dataset: str,
-                 no_learn_below: float, stem: Path) -> list[Path]:
-    """heatmap_figure, saved as <stem>.png and .pdf."""
-    return save(heatmap_figure(cells, best, extra, dataset, no_learn_below), stem)
-
-
 def heatmap_figure(cells: pd.DataFrame, best: pd.DataFrame, extra: list[str], dataset: str,
                    no_learn_below: float) -> plt.Figure:
     """Per (norm, extra keys) x activation panel: lr x dropout, coloured by mean final val acc
@@ -400,12 +391,6 @@ def cell_label(cell: dict[str, Any], keys: list[str]) -> str:
             f"{cell['diverged']:.0f} of {cell['runs']:.0f} diverged)")
 
 
-def plot_best_curves(runs: pd.DataFrame, best: pd.DataFrame, curves: dict[str, pd.DataFrame],
-                     cell: list[str], dataset: str, stem: Path) -> list[Path]:
-    """best_curves_figure, saved as <stem>.png and .pdf."""
-    return save(best_curves_figure(runs, best, curves, cell, dataset), stem)
-
-
 def best_curves_figure(runs: pd.DataFrame, best: pd.DataFrame, curves: dict[str, pd.DataFrame],
                        cell: list[str], dataset: str) -> plt.Figure:
     """Test accuracy of each chosen cell: mean over its completed seeds, band = min..max."""
@@ -427,24 +412,6 @@ def best_curves_figure(runs: pd.DataFrame, best: pd.DataFrame, curves: dict[str,
     else:
         ax.text(0.5, 0.5, "no completed runs", transform=ax.transAxes, ha="center")
     return fig
-
-
-def aggregate_dataset(runs: pd.DataFrame, curves: dict[str, pd.DataFrame], extra: list[str],
-                      dataset: str, stem: Path, no_learn_below: float) -> list[Path]:
-    """Write one dataset's CSV and figures; print its counts and best-cell table."""
-    cell = [*BASE_CELL, *extra]
-    runs = runs.sort_values([*cell, "seed"], ignore_index=True)
-    csv = stem.with_name(f"{stem.name}.csv")
-    atomic_write(csv, lambda tmp: runs.to_csv(tmp, index=False))
-    cells = cell_table(runs, cell)
-    best = best_cells(cells)
-    paths = [csv, *plot_heatmap(cells, best, extra, dataset, no_learn_below,
-                                stem.with_name(f"{stem.name}_heatmap"))]
-    paths += plot_best_curves(runs, best, curves, cell, dataset,
-                              stem.with_name(f"{stem.name}_best_curves"))
-    print(f"{dataset}: {len(runs)} runs ({status_counts(runs)})")
-    print(best_table_text(best, cell))
-    return paths
 
 
 def with_cell_columns(runs: pd.DataFrame, configs: dict[str, dict[str, Any]],
@@ -469,11 +436,101 @@ def by_dataset(df: pd.DataFrame, configs: dict[str, dict[str, Any]]
             for d in datasets}
 
 
+@dataclass
+class DatasetSweep:
+    """One dataset's sweep: its runs (the CSV's rows, in cell and seed order), the config keys
+    that key its cells besides BASE_CELL, its cells and the chosen cell per (norm,
+    activation), and the stem of its files."""
+    dataset: str
+    stem: str
+    runs: pd.DataFrame
+    extra: list[str]
+    cells: pd.DataFrame
+    best: pd.DataFrame
+
+    @property
+    def cell(self) -> list[str]:
+        return [*BASE_CELL, *self.extra]
+
+
+@dataclass
+class SweepResult:
+    """Each dataset's sweep; every run's metrics and flattened config by run_dir; the 'no
+    learn' line of the heatmaps."""
+    datasets: dict[str, DatasetSweep]
+    curves: dict[str, pd.DataFrame]
+    configs: dict[str, dict[str, Any]]
+    no_learn_below: float
+
+
+def dataset_sweep(runs: pd.DataFrame, extra: list[str], dataset: str, stem: str
+                  ) -> DatasetSweep:
+    """One dataset's cells and chosen cells (selection rule: module docstring)."""
+    runs = runs.sort_values([*BASE_CELL, *extra, "seed"], ignore_index=True)
+    cells = cell_table(runs, [*BASE_CELL, *extra])
+    return DatasetSweep(dataset, stem, runs, extra, cells, best_cells(cells))
+
+
+def analyse(sweep_dirs: list[Path], thresholds: Iterable[float] = THRESHOLDS,
+            where: Iterable[tuple[str, Any]] = (), name: str | None = None,
+            chance_margin: float = CHANCE_MARGIN) -> SweepResult:
+    """Every run below `sweep_dirs` that has every `where` (key, value), split by dataset;
+    file stems sweep_<dataset>, or `name` (name_<dataset> when there are several datasets).
+    SystemExit, before anything is computed, when there is no run or the runs of a dataset
+    are different experiments (mixed_experiments_error)."""
+    if missing := [str(d) for d in sweep_dirs if not Path(d).is_dir()]:
+        raise SystemExit(f"no such folder: {', '.join(missing)}")
+    df, curves, configs = collect(sweep_dirs, thresholds)
+    if df.empty:
+        raise SystemExit(f"no readable runs under {', '.join(map(str, sweep_dirs))}")
+    where = list(where)
+    df = keep_where(df, configs, where)
+    if df.empty:
+        raise SystemExit("no run matches " + " ".join(f"--where {k}={v}" for k, v in where))
+    datasets = by_dataset(df, configs)  # refuses mixed experiments before anything is written
+
+    def stem(dataset: str) -> str:
+        if name:
+            return f"{name}_{dataset}" if len(datasets) > 1 else name
+        return f"sweep_{dataset}"
+
+    return SweepResult({d: dataset_sweep(runs, extra, d, stem(d))
+                        for d, (runs, extra) in datasets.items()},
+                       curves, configs, 1 / NUM_CLASSES + chance_margin)
+
+
+def dataset_figures(sweep: DatasetSweep, result: SweepResult) -> dict[str, plt.Figure]:
+    """One dataset's figures: file stem -> the heatmap, the chosen cells' test curves."""
+    return {f"{sweep.stem}_heatmap": heatmap_figure(sweep.cells, sweep.best, sweep.extra,
+                                                    sweep.dataset, result.no_learn_below),
+            f"{sweep.stem}_best_curves": best_curves_figure(sweep.runs, sweep.best,
+                                                            result.curves, sweep.cell,
+                                                            sweep.dataset)}
+
+
+def figures(result: SweepResult) -> dict[str, plt.Figure]:
+    """File stem -> figure, for every dataset."""
+    return {stem: fig for sweep in result.datasets.values()
+            for stem, fig in dataset_figures(sweep, result).items()}
+
+
+def write_dataset(sweep: DatasetSweep, result: SweepResult, out: Path) -> list[Path]:
+    """Write one dataset's CSV and figures into `out`; return the paths written."""
+    csv = out / f"{sweep.stem}.csv"
+    atomic_write(csv, lambda tmp: sweep.runs.to_csv(tmp, index=False))
+    paths = [csv]
+    for stem, fig in dataset_figures(sweep, result).items():
+        paths += atomic_save_figure(fig, out / stem)
+        plt.close(fig)
+    return paths
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bnrepro.analyse {sweep-mnist,sweep-cifar}",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dirs", nargs="+", type=Path, help="folders to search for runs")
     parser.add_argument("--out", type=Path, default=Path("results"))
-    parser.add_argument("--thresholds", nargs="+", type=float, default=[0.9, 0.95, 0.97],
+    parser.add_argument("--thresholds", nargs="+", type=float, default=list(THRESHOLDS),
                         help="validation accuracies for the steps_to_val_acc_<t> columns")
     parser.add_argument("--where", type=parse_where, action="append", default=[],
                         metavar="KEY=VALUE", help="keep only runs whose config has KEY=VALUE "
@@ -485,29 +542,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if missing := [str(d) for d in args.sweep_dirs if not d.is_dir()]:
-        raise SystemExit(f"no such folder: {', '.join(missing)}")
-    df, curves, configs = collect(args.sweep_dirs, args.thresholds)
-    if df.empty:
-        raise SystemExit(f"no readable runs under {', '.join(map(str, args.sweep_dirs))}")
-    df = keep_where(df, configs, args.where)
-    if df.empty:
-        raise SystemExit("no run matches " + " ".join(f"--where {k}={v}" for k, v in args.where))
-    datasets = by_dataset(df, configs)  # refuses mixed experiments before anything is written
-    for dataset, (runs, extra) in datasets.items():
-        stem = args.name or f"sweep_{dataset}"
-        if args.name and len(datasets) > 1:
-            stem = f"{args.name}_{dataset}"
-        paths = aggregate_dataset(runs, curves, extra, dataset, args.out / stem,
-                                  1 / NUM_CLASSES + args.chance_margin)
+    matplotlib.use("Agg")  # files only: no window, whatever backend the environment names
+    result = analyse(args.sweep_dirs, args.thresholds, args.where, args.name,
+                     args.chance_margin)
+    for sweep in result.datasets.values():
+        paths = write_dataset(sweep, result, args.out)
+        print(f"{sweep.dataset}: {len(sweep.runs)} runs ({status_counts(sweep.runs)})")
+        print(best_table_text(sweep.best, sweep.cell))
         print("wrote " + ", ".join(map(str, paths)))
-        wandb_figures.publish(args.wandb, configs[runs["run_dir"].iloc[0]],
+        wandb_figures.publish(args.wandb, result.configs[sweep.runs["run_dir"].iloc[0]],
                               [p for p in paths if p.suffix == ".png"],
-                              tables={"runs": runs.drop(columns="run_dir")},
+                              tables={"runs": sweep.runs.drop(columns="run_dir")},
                               wandb_dir=args.sweep_dirs[0])
-
-
-if __name__ == "__main__":
-    main()
+    return 0
