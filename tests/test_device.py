@@ -120,3 +120,39 @@ def test_the_local_launcher_asks_for_the_visible_gpus_and_passes_which_ones(two_
     executor = instantiate(cfg.hydra.launcher).submitit_executor()._executor
     assert executor.parameters["gpus_per_node"] == 2
     assert tuple(executor.parameters["visible_gpus"]) == (3, 5)
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_numerics_are_set_as_asked_and_reset_by_the_next_run():
+    cuda = resolve_device("cuda")
+    recorded = device.configure(cuda, "tf32", False)
+    assert recorded["matmul_fp32"] == recorded["conv_fp32"] == "tf32"
+    assert not torch.backends.cudnn.deterministic and torch.backends.cudnn.benchmark
+    recorded = device.configure(cuda)
+    assert recorded["matmul_fp32"] == recorded["conv_fp32"] == "ieee"
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.gpu
+def test_a_cuda_run_records_its_gpu_and_numerics_and_evaluates_there(tmp_path, mirror):
+    summary = train_population([compose_config([*TINY, "trainer.device=cuda"])],
+                               [tmp_path / "run"])[0]
+    recorded = summary["machine"]
+    assert summary["status"] == "completed"
+    assert recorded["gpu"] == torch.cuda.get_device_name() and recorded["precision"] == "ieee"
+    assert recorded["matmul_fp32"] == "ieee" and recorded["cudnn_deterministic"] is True
+    assert any(key.startswith("act/h1/") for key in read_metrics(tmp_path / "run")[-1])
+
+
+@pytest.mark.gpu
+def test_probes_on_the_gpu_give_the_cpus_numbers():
+    from bnrepro.measures.probes import sigmoid_input_quantiles
+
+    h = [torch.randn(3, 50, 8, generator=torch.Generator().manual_seed(0))]
+    on_cpu = sigmoid_input_quantiles(h, 2, [0.15, 0.5, 0.85])
+    on_gpu = sigmoid_input_quantiles([t.cuda() for t in h], 2, [0.15, 0.5, 0.85])
+    for cpu_row, gpu_row in zip(on_cpu, on_gpu, strict=True):
+        assert cpu_row.keys() == gpu_row.keys()
+        for key, value in cpu_row.items():
+            assert gpu_row[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
