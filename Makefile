@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -m "not slow"
 TEST_WORKERS ?= auto
 
 .PHONY: help setup test test-all reproduce shift-trials norm-trials fig1 sweep-mnist fig2 fig2-lr depth sweep-cifar dln \
-	santurkar batchsize batchsize-lr bench bench-profile notebooks lint format clean report wandb-workspace
+	santurkar batchsize batchsize-lr bench bench-profile gpu-check notebooks lint format clean report wandb-workspace
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -136,6 +136,13 @@ bench: setup  ## ms per model-step, ours vs the loops a PyTorch user writes, and
 
 bench-profile: setup  ## where a step's time goes, op by op, ours beside the bench's peers
 	$(PY) -m bnrepro.bench.profile
+
+# On a machine with a GPU, as is: versions and precision flags, the tests marked gpu, every
+# experiment's smoke profile on CUDA, kill/resume, determinism, population vs solo, host syncs
+# per step and the bench's rows, each section under its own time budget (10 minutes in all);
+# one report. `python -m bnrepro.gpu_check --device cpu` runs it tiny on the CPU.
+gpu-check: setup  ## on a GPU (10 minutes): the GPU's checks, into results/gpu_check.md
+	$(PY) -m bnrepro.gpu_check --out results/gpu_check.md
 
 # The notebooks' sources are notebooks/*.py (jupytext percent format); executed copies, with
 # their outputs, go to results/notebooks/ (ignored by git). Trains nothing: reads runs/.

@@ -22,6 +22,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # processes of two threads each side by side spin-wait on each other (docs/costs.md).
     os.environ["OMP_NUM_THREADS"] = "1"
 
+# Tests run on the CPU whatever the machine has (their expectations are CPU floats and CPU
+# random streams): no GPU is visible to this process or to the training subprocesses it starts
+# (set before torch is imported). BNREPRO_TEST_GPU=1 (make gpu-check) leaves the GPUs visible,
+# for the tests marked `gpu`, which are skipped where CUDA is not usable.
+if os.environ.get("BNREPRO_TEST_GPU") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
 import torch  # noqa: E402
 
 from bnrepro.data.datasets import Dataset, DataUnavailableError, load_dataset  # noqa: E402
@@ -32,9 +39,13 @@ STORE_FIXTURES = {"fig2_store", "santurkar_store", "batchsize_store"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    no_gpu = pytest.mark.skip(reason="needs a usable CUDA device and BNREPRO_TEST_GPU=1 "
+                                     "(make gpu-check runs these)")
     for item in items:
         if STORE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group("trained_stores"))
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -158,7 +158,7 @@ def test_divergence_read_back_every_few_steps_freezes_the_same_members_at_the_sa
             torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, equal_nan=True)
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_on_a_gpu_the_step_streams_live_there_and_members_still_match_their_solo_runs(
         tmp_path, mirror):
     """Dropout and augmentation draw on the GPU (seeding.on_device); a member of a population

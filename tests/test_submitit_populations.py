@@ -88,8 +88,8 @@ def test_a_preempted_job_is_requeued_and_ends_as_an_uninterrupted_run(run_train,
 
 def test_a_bad_job_and_a_failed_population_fail_alone(run_train, tmp_path, mirror):
     """`tpu` is refused by the launcher's check (one `error:` line); `cuda` passes it but its
-    population's job fails (the local executor hides GPUs unless gpus_per_node is set): both
-    fail their own jobs only, the cpu job completes, and the sweep exits non-zero."""
+    population's job fails (no usable CUDA in the job: run/device.py refuses it): both fail
+    their own jobs only, the cpu job completes, and the sweep exits non-zero."""
     result = run_train("-m", "experiment=fig1_mnist", "debug=smoke", "model.norm=bn", "seed=0",
                        "trainer.threads=1", "trainer.device=cpu,cuda,tpu", LOCAL,
                        f"hydra.sweep.dir={tmp_path}",
@@ -99,7 +99,7 @@ def test_a_bad_job_and_a_failed_population_fail_alone(run_train, tmp_path, mirro
     assert len(errors) == 1 and "trainer.device='tpu'" in errors[0], result.stderr
     assert "population of submitit job" in result.stdout + result.stderr  # logged, with why
     assert read_summary(tmp_path / "cpu")["status"] == "completed"
-    for device in ("cuda", "tpu"):  # cuda failed moving the data, before its first summary
+    for device in ("cuda", "tpu"):  # cuda refused before its first summary
         assert read_summary(tmp_path / device) is None
     assert len(submitit_jobs(tmp_path)) == 2
 

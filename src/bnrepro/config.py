@@ -65,6 +65,14 @@ def floor_divided(value: float, divisor: float) -> int:
     return int(value // divisor)
 
 
+def visible_gpus() -> int:
+    """${bnrepro.visible_gpus:}: the GPUs this process sees (run/device.py; torch is imported
+    only when a config asks)."""
+    from bnrepro.run import device
+
+    return device.visible_gpus()
+
+
 def register_resolvers() -> None:
     """Make the ${bnrepro.*} resolvers known to OmegaConf (before Hydra composes a config:
     hydra.run.dir uses two of them)."""
@@ -74,6 +82,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("bnrepro.times", times)
         OmegaConf.register_new_resolver("bnrepro.divided", divided)
         OmegaConf.register_new_resolver("bnrepro.floor_divided", floor_divided)
+    if not OmegaConf.has_resolver("bnrepro.visible_gpus"):
+        OmegaConf.register_new_resolver("bnrepro.visible_gpus", visible_gpus)
 
 
 def compose_config(overrides: Sequence[str] = ()) -> DictConfig:

@@ -34,6 +34,7 @@ from bnrepro.models import build_model, move_step_streams
 from bnrepro.norms import norm_step_setter
 from bnrepro.optim import PopulationSGD
 from bnrepro.run import checkpoint, machine, runlock
+from bnrepro.run.device import DeviceError, autocast, configure, resolve_device
 from bnrepro.run.loggers import make_sink
 from bnrepro.run.store import RunStore, read_summary
 from bnrepro.validation import ConfigError, validate
@@ -70,12 +71,6 @@ def member_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The training loss of each member: mean cross-entropy over its batch, logits [P, B, C]
     and labels [P, B] -> [P]. The measures replay the step's loss with this same function."""
     return F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def new_summary(cfg: DictConfig, population_size: int) -> dict:
@@ -197,6 +192,7 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     cfg, P = cfgs[0], len(cfgs)
     start_time = time.time()
     device = resolve_device(cfg.trainer.device)
+    numerics = configure(device, cfg.trainer.precision, cfg.trainer.deterministic)
     # Subnormal floats (below ~1e-38: a collapsed net's activations and gradients) make CPU
     # arithmetic up to 100x slower; flushing them to zero costs only those last bits.
     torch.set_flush_denormal(bool(cfg.trainer.flush_denormal))
@@ -209,7 +205,8 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     max_steps, eval_every = cfg.trainer.max_steps, cfg.trainer.eval_every
     checkpoint_every = cfg.trainer.checkpoint_every
 
-    model = build_model(cfgs, ds.image_shape).to(device)
+    model = autocast(build_model(cfgs, ds.image_shape).to(device), device,
+                     cfg.trainer.precision)
     if whole_population:  # evaluation chunks as for the whole population: its floats
         model.widest_activation = model.widest_activation // P * whole_population
     move_step_streams(model, device)  # a step's random draws happen on the device (seeding)
@@ -228,7 +225,8 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
                                         evaluate.resumable())
         summaries = [dict(s["summary"], population_size=P, resumed_from_step=start_step)
                      for s in saved]
-    recorded = machine.describe(device)  # this (re)start's: floats depend on it (machine.py)
+    # this (re)start's: floats depend on it (machine.py) and on the numerics (run/device.py)
+    recorded = machine.describe(device) | numerics
     for summary in summaries:
         summary["machine"] = recorded
 
@@ -423,7 +421,8 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
     return summaries
 
 
-JOB_ERRORS = (ConfigError, checkpoint.ResumeMismatchError, runlock.RunDirectoryBusy)
+JOB_ERRORS = (ConfigError, checkpoint.ResumeMismatchError, runlock.RunDirectoryBusy,
+              DeviceError)
 
 
 @hydra.main(config_path="../../conf", config_name="train", version_base="1.3")

@@ -27,6 +27,7 @@ from bnrepro.measures.probes import sigmoid_input_quantiles
 from bnrepro.models.deep_linear import DeepLinearNet, squared_error
 from bnrepro.optim import PopulationSGD
 from bnrepro.run import machine
+from bnrepro.run.device import configure, resolve_device
 from bnrepro.run.store import RunStore, read_config, read_summary
 
 DATASET = "gaussian-linear"  # how results name this synthetic problem
@@ -46,7 +47,9 @@ def member_config(cfg: DictConfig, norm: str, lr: float, seed: int) -> DictConfi
     """The resolved config one run directory records: the experiment's, with its norm, rate
     and seed."""
     member = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("norms", "lrs", "seeds"):
+    # device: where a run trains, not what it is (summary.json's machine says where), so
+    # finished runs stay finished when it changes, as train.py's resume allows
+    for key in ("norms", "lrs", "seeds", "device"):
         member.pop(key)
     member |= {"norm": norm, "lr": lr, "seed": seed}
     return OmegaConf.create(member)
@@ -71,21 +74,24 @@ def train_population(cfg: DictConfig, norm: str) -> list[dict]:
     if all(finished(d, c) for d, c in zip(dirs, configs, strict=True)):
         return [read_summary(d) for d in dirs]
     start = time.time()
-    x, y = make_problem(cfg.data_seed, cfg.samples, cfg.dim)
-    model = DeepLinearNet(seeds, cfg.dim, cfg.depth, norm, cfg.model)
+    device = resolve_device(cfg.get("device", "cpu"))
+    recorded = machine.describe(device) | configure(device)
+    # The problem and the initialisation are drawn on the CPU: the same on every device.
+    x, y = (t.to(device) for t in make_problem(cfg.data_seed, cfg.samples, cfg.dim))
+    model = DeepLinearNet(seeds, cfg.dim, cfg.depth, norm, cfg.model).to(device)
     model.train()
     P = len(seeds)
-    lr = torch.tensor([lr for lr, _ in members])
-    zero = torch.zeros(P)
+    lr = torch.tensor([lr for lr, _ in members], device=device)
+    zero = torch.zeros(P, device=device)
     optimizer = PopulationSGD(model.parameters(), lr, momentum=zero, weight_decay=zero)
     measures = StepMeasures(cfg.measures, model, optimizer, squared_error)
     stores = [RunStore(d, c) for d, c in zip(dirs, configs, strict=True)]
     summaries = [{"status": "running", "reason": None, "steps_done": 0, "max_steps": cfg.steps,
                   "final_train_loss": None, "min_train_loss": None, "diverged_at_step": None,
-                  "wall_time_s": None, "population_size": P, "machine": machine.describe(),
+                  "wall_time_s": None, "population_size": P, "machine": recorded,
                   "axes": {"dataset": DATASET, "norm": norm, "lr": lr, "seed": s}}
                  for lr, s in members]
-    alive = torch.ones(P, dtype=torch.bool)
+    alive = torch.ones(P, dtype=torch.bool, device=device)
 
     def log(step: int, loss: torch.Tensor, preactivations: list[torch.Tensor]) -> None:
         probes = sigmoid_input_quantiles(preactivations, 0, cfg.probe_quantiles) \

@@ -16,9 +16,9 @@ from bnrepro.norms import NORMS
 from bnrepro.norms.batch import INFERENCE
 from bnrepro.norms.lp import NORM_OF
 from bnrepro.norms.noisy import SIGMA_PARAMS, WHERE
+from bnrepro.run.device import DEVICE_PATTERN, PRECISIONS
 
 LOGGERS = ("none", "wandb")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 class ConfigError(ValueError):
@@ -43,7 +43,11 @@ def config_problems(cfg: DictConfig) -> list[str]:
     if "conv_execution" in cfg.model:  # conv nets only
         one_of("model.conv_execution", CONV_EXECUTIONS)
     one_of("logger.kind", LOGGERS)
-    one_of("trainer.device", DEVICES)
+    check("trainer.device", DEVICE_PATTERN.fullmatch(str(cfg.trainer.device)) is not None,
+          "choose auto, cpu, cuda or cuda:N")
+    one_of("trainer.precision", PRECISIONS)
+    check("trainer.deterministic", isinstance(cfg.trainer.get("deterministic"), bool),
+          "must be true or false")
     for knob in ("threads", "divergence_check_every", "members_at_once"):  # null: default
         value = cfg.trainer.get(knob)
         check(f"trainer.{knob}", value is None or (_integer(value) and value >= 1),

@@ -22,7 +22,7 @@ from bnrepro.bench.ours import our_trainer
 from bnrepro.bench.timing import Row, run_rounds
 from bnrepro.bench.workloads import Workload, cnn_workload, mlp_workload
 from bnrepro.run import machine
-from bnrepro.train import resolve_device
+from bnrepro.run.device import configure, resolve_device
 
 SECTIONS = ("mlp", "cnn", "roofline", "conv", "pool", "eval", "measures")
 
@@ -107,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     started = time.perf_counter()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else machine.cpu_model()
     result: dict = {
-        "machine": {"device": str(device), "device_name": name, **machine.describe(device)},
+        # the trainer's defaults (ieee, deterministic): a row times what a run computes
+        "machine": {"device": str(device), "device_name": name, **machine.describe(device),
+                    **configure(device)},
         "protocol": {"repeats": args.repeats, "warmup": args.warmup,
                      "steps": {"mlp": args.steps_mlp, "cnn": args.steps_cnn},
                      "populations": {"mlp": args.mlp_populations, "cnn": args.cnn_populations},

@@ -26,8 +26,10 @@ and that Santurkar et al. look at, `shift_inference/...` for the inference netwo
 probe.shift). The training network's probes of a noisy norm
 (noisy_bn, noise_only) include its noise (probe.train_noise), drawn for this evaluation from
 the probe stream (norms/noisy.py: ProbeNoise): that is the network that trains.
-Forward passes run in chunks sized from `trainer.eval_memory_mb` and the model's widest layer,
-so a wide CNN population never materialises thousands of examples' activations at once.
+Forward passes run in chunks sized from `trainer.eval_memory_mb` (scaled up on a GPU:
+run/device.py) and the model's widest layer, so a wide CNN population never materialises
+thousands of examples' activations at once. Everything stays on the training device until the
+per-member numbers are read back.
 
 The train/inference gap (`probe.inference_gap: true`; off by default, then nothing below is
 computed). For a norm with batch statistics (NormSpec.batch_statistics: bn, noisy_bn, brn,
@@ -80,6 +82,7 @@ from bnrepro.models.residual_variance import ResidualMoments
 from bnrepro.norms import norm_spec
 from bnrepro.norms.batch import bn_inference, bn_mode, estimate_population_statistics
 from bnrepro.norms.noisy import probe_noise
+from bnrepro.run.device import eval_memory_mb
 
 PROBE_NETWORKS = {"inference": "act", "training": "act_train"}  # probe.networks -> key prefix
 SHIFT_PREFIX = {"act_train": "shift", "act": "shift_inference"}  # probe prefix -> shift keys
@@ -157,7 +160,7 @@ class Evaluator:
         self.max_values_per_unit = shift.get("max_values_per_unit", 0)
         self.train_noise = bool(cfg.probe.get("train_noise", False))
         self.batch_size = cfg.trainer.batch_size
-        self.memory_mb = cfg.trainer.eval_memory_mb
+        self.memory_mb = eval_memory_mb(cfg.trainer.eval_memory_mb, device)
 
         def images(index: torch.Tensor) -> torch.Tensor:
             return transform(ds.train_images[index.to(device)])

@@ -8,7 +8,9 @@ all units of the layer, plus their mean and standard deviation.
 Probes run chunk by chunk (a chunk's activations of a wide CNN population do not all fit in
 memory at once): the tracked unit's values are kept whole; the pooled values of all units are
 kept whole up to `max_pooled` per member and layer, else as an evenly strided sample of them
-(mean and std always use every value).
+(mean and std always use every value). Everything stays on the device the activations are on
+(the quantiles too: on a GPU, a copy of every value to the host and a one-thread sort there
+cost more than the forward passes); only the results are read back, one copy per tensor.
 """
 
 from __future__ import annotations
@@ -51,26 +53,26 @@ class ProbeCollector:
         if not self.tracked:
             n = len(preactivations)
             self.tracked, self.pooled = [[] for _ in range(n)], [[] for _ in range(n)]
-            self.moments = [torch.zeros(3, preactivations[0].shape[0], dtype=torch.float64)
-                            for _ in range(n)]
+            self.moments = [torch.zeros(3, preactivations[0].shape[0], dtype=torch.float64,
+                                        device=preactivations[0].device) for _ in range(n)]
         for i, h in enumerate(preactivations):
             h = h.detach().float()
             if not 0 <= self.unit < h.shape[2]:
                 raise ValueError(f"probe.unit={self.unit} but hidden layer {i + 1} has "
                                  f"{h.shape[2]} units")
             P = h.shape[0]
-            self.tracked[i].append(h[:, :, self.unit].reshape(P, -1).cpu())
+            self.tracked[i].append(h[:, :, self.unit].reshape(P, -1))
             flat = h.reshape(P, -1)
             per_example = flat.shape[1] // h.shape[1]
             stride = max(1, math.ceil(per_example * self.num_examples / self.max_pooled))
-            self.pooled[i].append(flat[:, ::stride].cpu())
+            self.pooled[i].append(flat[:, ::stride])
             wide = flat.double()
             self.moments[i] += torch.stack([torch.full((P,), float(flat.shape[1]),
                                                        dtype=torch.float64, device=flat.device),
-                                            wide.sum(1), wide.square().sum(1)]).cpu()
+                                            wide.sum(1), wide.square().sum(1)])
 
     def result(self) -> list[dict[str, float]]:
-        q = torch.tensor(self.quantiles, dtype=torch.float32)
+        q = torch.tensor(self.quantiles, dtype=torch.float32, device=self.moments[0].device)
         names = [quantile_key(x) for x in self.quantiles]
         P = self.moments[0].shape[1]
         metrics: list[dict[str, float]] = [{} for _ in range(P)]

@@ -39,14 +39,16 @@ class ResidualMoments:
     def add(self, skip: torch.Tensor, branch: torch.Tensor) -> None:
         """One block's two terms for one chunk of examples, [P, B, C, H, W] each."""
         if self._block == len(self.sums):
-            self.sums.append(torch.zeros(2, 3, skip.shape[0], dtype=torch.float64))
+            # On the activations' device: no host copy (and wait) per block and chunk.
+            self.sums.append(torch.zeros(2, 3, skip.shape[0], dtype=torch.float64,
+                                         device=skip.device))
         stats = []
         for term in (skip, branch):
             flat = term.detach().reshape(term.shape[0], -1).double()
             count = torch.full((flat.shape[0],), float(flat.shape[1]), dtype=torch.float64,
                                device=flat.device)
             stats.append(torch.stack([count, flat.sum(1), flat.square().sum(1)]))
-        self.sums[self._block] += torch.stack(stats).cpu()
+        self.sums[self._block] += torch.stack(stats)
         self._block += 1
 
     def variances(self) -> torch.Tensor:
@@ -60,10 +62,9 @@ class ResidualMoments:
         """Per member: {"resid/b{i}/var_skip", ".../var_branch", ".../var_ratio"}."""
         if not self.sums:
             return []
-        var = self.variances()
-        rows: list[dict[str, float]] = [{} for _ in range(var.shape[2])]
-        for i, block in enumerate(var):
-            skip, branch = block[0].tolist(), block[1].tolist()
+        var = self.variances().tolist()  # one copy to the host
+        rows: list[dict[str, float]] = [{} for _ in range(len(var[0][0]))]
+        for i, (skip, branch) in enumerate(var):
             for k, row in enumerate(rows):
                 key = f"{PREFIX}/b{i + 1}/"
                 ratio = branch[k] / skip[k] if skip[k] > 0 else float("nan")

@@ -53,7 +53,9 @@ RESUME_INSENSITIVE = ("fresh", "trainer.progress", "trainer.resume", "trainer.ch
 # checkpoint that lacks one matches a config holding that value, so an upgrade of the harness
 # does not orphan the runs already on disk.
 ADDED_KEYS = {"optim.lr_decay": 1.0, "optim.lr_decay_steps": None, "augment.crop_padding": 0,
-              "augment.flip": False, "trainer.flush_denormal": False}
+              "augment.flip": False, "trainer.flush_denormal": False,
+              # issue 27: on the CPU these two compute the floats older runs were trained with
+              "trainer.precision": "ieee", "trainer.deterministic": True}
 
 
 class ResumeMismatchError(ValueError):

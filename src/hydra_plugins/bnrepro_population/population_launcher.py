@@ -198,6 +198,15 @@ class PopulationLauncher(Launcher):
             folder=self.submitit_folder, cluster=self.executor,
             **{f"{self.executor}_max_num_timeout": self.max_num_timeout})
         executor.update_parameters(**self.submitit_parameters)
+        gpus = self.submitit_parameters["gpus_per_node"]
+        if self.executor == "local" and gpus:
+            from bnrepro.run.device import visible_gpu_ids  # torch: only here
+
+            # The GPUs this process was given (CUDA_VISIBLE_DEVICES), not submitit's default
+            # 0..n-1; AutoExecutor takes no visible_gpus, its local executor does.
+            if given := visible_gpu_ids():
+                executor._executor._internal_update_parameters(gpus_per_node=gpus,
+                                                               visible_gpus=given)
         return executor
 
     def _submit(self, batches: list[list[int]], prepared: dict[int, JobReturn]
