@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 from collections import defaultdict
+from functools import reduce
+from operator import getitem
 from pathlib import Path
 
 import pandas as pd
@@ -51,10 +53,7 @@ def edit_run(run_dir: Path, *, val=None, rows: int | None = None, status: str | 
     cfg = config(run_dir)
     for dotted, value in keys.items():
         *parents, leaf = dotted.split("__")
-        node = cfg
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        reduce(getitem, parents, cfg)[leaf] = value  # the dict that holds a.b.c's c
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
     lines = metrics(run_dir)[:rows]
     for row in lines:

@@ -542,21 +542,19 @@ def figures(result: dict[str, Any]) -> dict[str, plt.Figure]:
                                                  result["target"], result["dataset"])}
 
 
-def json_ready(x: Any) -> Any:
-    """x with inf as "never", NaN as null and floats rounded to 6 digits, for JSON."""
-    if isinstance(x, dict):
-        return {k: json_ready(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [json_ready(v) for v in x]
-    if isinstance(x, float):
-        return "never" if math.isinf(x) else None if math.isnan(x) else round(x, 6)
-    return x
-
-
 def numbers(result: dict[str, Any]) -> dict[str, Any]:
     """The numbers of fig2_<dataset>.json (every number the README quotes) of `result`."""
+    def clean(x: Any) -> Any:  # JSON: inf -> "never", NaN -> null
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        if isinstance(x, float):
+            return "never" if math.isinf(x) else None if math.isnan(x) else round(x, 6)
+        return x
+
     r = result
-    return json_ready({
+    return clean({
         "dataset": r["dataset"], "max_steps": r["max_steps"],
         "eval_steps": [int(s) for s in r["steps"]],
         "target": r["target"], "target_step_of_baseline_mean": r["target_step"],
