@@ -13,17 +13,9 @@ import pandas as pd
 import pytest
 
 from bnrepro.experiments import batchsize
+from tests import store_edits
 from tests.conftest import copy_store
-from tests.store_edits import (
-    assert_refuses,
-    assert_refuses_empty_folder,
-    config,
-    metrics,
-    select_runs,
-    set_config,
-    update_summary,
-    write_metrics,
-)
+from tests.store_edits import config, metrics
 
 
 @pytest.fixture(scope="session")
@@ -32,18 +24,18 @@ def store(batchsize_store) -> Path:
 
 
 def run_dirs(root: Path, norm: str | None = None, batch: int | None = None) -> list[Path]:
-    return select_runs(root, model__norm=norm, trainer__batch_size=batch)
+    return store_edits.select_runs(root, model__norm=norm, trainer__batch_size=batch)
 
 
 def edit(run_dir: Path, *, status: str | None = None, rows: int | None = None,
          summary: dict | None = None, final: dict | None = None, **keys) -> None:
     """Edit a copied run in place: the final metrics row's values (`final`), keep only the first
     `rows` rows, the summary's status and fields, config keys given as a__b=value (a.b)."""
-    set_config(run_dir, **keys)
+    store_edits.set_config(run_dir, **keys)
     lines = metrics(run_dir)[:rows]
     lines[-1] |= final or {}
-    write_metrics(run_dir, lines)
-    update_summary(run_dir, (summary or {}) | ({"status": status} if status else {}))
+    store_edits.write_metrics(run_dir, lines)
+    store_edits.update_summary(run_dir, (summary or {}) | ({"status": status} if status else {}))
 
 
 def set_errors(root: Path, norm: str, batch: int, errors: list[float], key: str = "test/acc"
@@ -198,8 +190,9 @@ def test_the_base_rate_is_checked_against_the_best_candidate(store, tmp_path, fa
 def test_mixed_setups_are_refused_naming_the_key(store, tmp_path, capsys):
     root = copy_store(store, tmp_path / "store")
     edit(run_dirs(root, "gn", 2)[0], batch_scaling__examples=128)
-    assert_refuses(batchsize.main, root, tmp_path / "out", capsys, "batch_scaling.examples")
+    store_edits.assert_refuses(batchsize.main, root, tmp_path / "out", capsys,
+                               "batch_scaling.examples")
 
 
 def test_bad_input_exits_2_with_one_error_line(tmp_path):
-    assert_refuses_empty_folder("batchsize", tmp_path, "no batch-size runs")
+    store_edits.assert_refuses_empty_folder("batchsize", tmp_path, "no batch-size runs")

@@ -30,17 +30,9 @@ from bnrepro.experiments import depth as depth_experiment
 from bnrepro.models import build_model
 from bnrepro.models.residual_variance import ResidualMoments
 from bnrepro.run.store import RunStore
+from tests import store_edits
 from tests.conftest import REPO, copy_store, data_missing, load_script
-from tests.store_edits import (
-    assert_refuses,
-    assert_refuses_empty_folder,
-    config,
-    metrics,
-    select_runs,
-    set_config,
-    update_summary,
-    write_metrics,
-)
+from tests.store_edits import config, metrics
 
 DATASET = "cifar10-jpeg"
 # depth 8: 3 blocks, depth 14: 6 (= depth.MIN_BLOCKS: the slope claims use it)
@@ -116,21 +108,21 @@ def trained_store(tmp_path_factory) -> Path:
 
 
 def run_dirs(root: Path, variant: str | None = None, depth: int | None = None) -> list[Path]:
-    return select_runs(root, variant=variant, model__depth=depth)
+    return store_edits.select_runs(root, variant=variant, model__depth=depth)
 
 
 def edit_run(run_dir: Path, *, row=None, rows: int | None = None, status: str | None = None,
              **keys) -> None:
     """Edit a copied run in place: row(dict) changes each logged row, keep only the first
     `rows` rows, set the summary status, and set config keys given as a__b=value (a.b)."""
-    set_config(run_dir, **keys)
+    store_edits.set_config(run_dir, **keys)
     lines = metrics(run_dir)[:rows]
     for r in lines:
         if row is not None:
             row(r)
-    write_metrics(run_dir, lines)
+    store_edits.write_metrics(run_dir, lines)
     if status:
-        update_summary(run_dir, {"status": status})
+        store_edits.update_summary(run_dir, {"status": status})
 
 
 def set_init_ratios(values):
@@ -302,11 +294,11 @@ def test_the_training_verdicts_follow_divergence_and_accuracy(store, tmp_path, o
 def test_mixed_setups_are_refused_naming_the_key(store, tmp_path, capsys):
     root = copy_store(store, tmp_path / "store")
     edit_run(run_dirs(root, "BN", 8)[0], optim__lr=1.0)
-    assert_refuses(depth_experiment.main, root, tmp_path / "out", capsys, "optim.lr")
+    store_edits.assert_refuses(depth_experiment.main, root, tmp_path / "out", capsys, "optim.lr")
 
 
 def test_bad_input_exits_2_with_one_error_line(tmp_path):
-    assert_refuses_empty_folder("depth", tmp_path, "no depth_cifar runs")
+    store_edits.assert_refuses_empty_folder("depth", tmp_path, "no depth_cifar runs")
 
 
 def test_runs_from_before_the_residual_probe_key_mix_with_new_ones():

@@ -50,6 +50,12 @@ def save_figures(figures: Mapping[str, Figure], out: Path) -> list[Path]:
     return paths
 
 
+def print_claims(claims: list[dict[str, str]]) -> None:
+    """One line a claim: "  [verdict] claim"."""
+    for c in claims:
+        print(f"  [{c['verdict']}] {c['claim']}")
+
+
 def refuse(err: Exception) -> int:
     """Bad input: one `error:` line on stderr; the exit code 2."""
     print(f"error: {err}", file=sys.stderr)

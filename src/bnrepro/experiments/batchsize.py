@@ -574,7 +574,6 @@ def main(argv: list[str] | None = None) -> int:
         for norm, cells in numbers["cells"].items():
             text = ", ".join(f"{b}: {pct(c['err_mean'])}" for b, c in cells.items())
             print(f"  {norm:5s} final test error by batch size: {text}")
-        for c in numbers["claims"]:
-            print(f"  [{c['verdict']}] {c['claim']}")
+        command.print_claims(numbers["claims"])
     print(f"wrote {args.out}/batchsize_claims.md")
     return 0

@@ -520,6 +520,5 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {v:<9} depth {depth:>4}: n={c['seeds']} diverged={c['diverged']} "
                   f"accuracy {'-' if acc is None else f'{acc:.4f}'} slope at init "
                   f"{'-' if fit is None else f'{fit:.2f}'}")
-    for c in numbers["claims"]:
-        print(f"  [{c['verdict']}] {c['claim']}")
+    command.print_claims(numbers["claims"])
     return 0
