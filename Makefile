@@ -94,7 +94,7 @@ fig2-lr: setup  ## fig2's base rate: the Baseline at 4 candidate rates, picked o
 depth: setup  ## De & Smith: ResNets of depth 8-32, BN / no norm / SkipInit x 3 seeds (CPU)
 	@ds=$(CIFAR) && \
 	$(PY) -m bnrepro.train -m experiment=depth_cifar dataset=$$ds && \
-	$(PY) scripts/plot_depth.py runs/depth_$$ds --out results
+	$(PY) -m bnrepro.analyse depth runs/depth_$$ds --out results
 
 # CPU-sized slice of the CIFAR grid (not in `make reproduce` any more: fig2 replaces it): true CIFAR-10 when it can be loaded, else the JPEG mirror
 # (labelled cifar10-jpeg everywhere). The full grid: `python -m bnrepro.train -m
@@ -162,7 +162,7 @@ batchsize: setup  ## norms vs batch size on MNIST and CIFAR, 3 seeds, then the f
 	@ds=$(CIFAR) && \
 	$(PY) -m bnrepro.train -m experiment=batchsize_cifar dataset=$$ds && \
 	lr=$$(ls -d runs/batchsize_lr_mnist runs/batchsize_lr_$$ds 2>/dev/null || true) && \
-	$(PY) scripts/plot_batchsize.py runs/batchsize_mnist runs/batchsize_$$ds \
+	$(PY) -m bnrepro.analyse batchsize runs/batchsize_mnist runs/batchsize_$$ds \
 		$${lr:+--lr-runs $$lr} --out results
 
 batchsize-lr: setup  ## batchsize's base rates: 7 candidates x 5 norms at batch 32, seed 0

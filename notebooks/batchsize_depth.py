@@ -23,19 +23,17 @@
 #    biases deep residual blocks towards the identity, and a learnable scalar initialised to 0
 #    on each branch (SkipInit) trains deep nets without any normalisation. `make depth`.
 #
-# This notebook reads the local run store only; every verdict is computed by the plot
-# scripts' rules from the runs.
+# This notebook reads the local run store only; every verdict is computed from the runs by the
+# rules of `bnrepro.experiments.batchsize` and `.depth` (`python -m bnrepro.analyse batchsize`,
+# `... depth`).
 
 # %%
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from bnrepro.analysis.notebook import load_script, say, show, show_table
-
-plot_batchsize = load_script("plot_batchsize")
-plot_depth = load_script("plot_depth")
+from bnrepro.analysis.notebook import say, show, show_table
+from bnrepro.experiments import batchsize, depth
 
 # %% tags=["parameters"]
 BATCHSIZE_RUNS = "auto"  # comma-separated batchsize run stores; auto: `make batchsize`'s; "": skip
@@ -63,17 +61,15 @@ say(f"Batch-size runs: `{BATCHSIZE_RUNS or 'none'}`; depth runs: `{DEPTH_RUNS or
 # %%
 batch_claims = []
 if BATCHSIZE_RUNS:
-    roots = [Path(f) for f in BATCHSIZE_RUNS.split(",")]
-    results = plot_batchsize.analyse(roots, Path(tempfile.mkdtemp()))
-    runs = plot_batchsize.load(roots)
-    for dataset, numbers in results.items():
+    result = batchsize.analyse([Path(f) for f in BATCHSIZE_RUNS.split(",")])
+    for dataset, numbers in result.numbers.items():
         say(f"**`{dataset}`**{NOT_CIFAR.get(dataset, '')}: {numbers['setup']}.")
-        table = plot_batchsize.cells_of([r for r in runs if r["dataset"] == dataset])
-        show(plot_batchsize.figure(dataset, table), f"batchsize_{dataset}")
-        errors = plot_batchsize.csv_rows(table)
+        table = result.tables[dataset]
+        show(batchsize.figure(dataset, table), f"batchsize_{dataset}")
+        errors = batchsize.csv_rows(table)
         show_table(errors.pivot_table(index="norm", columns="batch_size", values="err_mean"),
                    f"error_{dataset}")
-        batch_claims += numbers["claims"]
+    batch_claims = result.claims
 else:
     say("No batch-size runs here: `make batchsize` trains them.")
 
@@ -87,11 +83,13 @@ else:
 # %%
 depth_claims = []
 if DEPTH_RUNS:
-    runs, dataset, depths, table, curves = plot_depth.summarise(Path(DEPTH_RUNS))
-    say(f"**`{dataset}`**{NOT_CIFAR.get(dataset, '')}: depths {', '.join(map(str, depths))}.")
-    show(plot_depth.figure(table, curves, depths, dataset), f"depth_{dataset}")
-    show_table(plot_depth.csv_table(table), f"depth_{dataset}")
-    depth_claims = plot_depth.claims(table, depths, dataset)
+    found = depth.analyse(Path(DEPTH_RUNS))
+    say(f"**`{found.dataset}`**{NOT_CIFAR.get(found.dataset, '')}: depths "
+        f"{', '.join(map(str, found.depths))}.")
+    for name, fig in depth.figures(found).items():
+        show(fig, name)
+    show_table(depth.csv_table(found.table), f"depth_{found.dataset}")
+    depth_claims = found.claims
 else:
     say("No depth runs here: `make depth` trains them.")
 
@@ -104,4 +102,4 @@ claims = pd.DataFrame(batch_claims + depth_claims,
 show_table(claims, "claims")
 counts = claims["verdict"].value_counts()
 say(f"{len(claims)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items())
-    + f". Batch size: {plot_batchsize.VERDICT_RULE} Depth: {plot_depth.VERDICT_RULE}")
+    + f". Batch size: {batchsize.VERDICT_RULE} Depth: {depth.VERDICT_RULE}")

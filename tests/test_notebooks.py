@@ -134,7 +134,7 @@ def santurkar_params(santurkar_store, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def batchsize_depth_params(batchsize_store, run_train, tmp_path_factory) -> dict:
-    """The batchsize_mnist runs of plot_batchsize's tests (conftest) and real depth_cifar runs
+    """The batchsize_mnist runs of test_experiment_batchsize (conftest) and real depth_cifar runs
     on cifar10-jpeg: the three variants at depth 8, seed 0, 4 steps, 200 test images."""
     try:
         load_dataset("cifar10-jpeg", REPO / "data")  # the cache the training subprocess reads

@@ -1,4 +1,4 @@
-"""scripts/plot_depth.py: accuracies and slopes recomputed from the metrics files, diverged
+"""bnrepro.experiments.depth: accuracies and slopes recomputed from the metrics files, diverged
 runs (even those that logged nothing) counted as failures, verdicts that flip when the numbers
 flip, and bad input refused with exit code 2.
 
@@ -6,7 +6,7 @@ The store the fast tests read is written with the harness's own RunStore from re
 depth_cifar configs; its step-0 ratios are measured on the real initialised nets (random
 inputs), its accuracies are made up (real training of 12 runs costs minutes: the test set alone
 is scored twice per run). One slow test trains tiny real runs through the CLI and checks the
-script end to end. Other cases are made by editing a COPY of the store."""
+command end to end. Other cases are made by editing a COPY of the store."""
 
 from __future__ import annotations
 
@@ -21,18 +21,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
+from bnrepro.analysis.seeds import matches
 from bnrepro.claims import read_claims
 from bnrepro.config import compose_config
 from bnrepro.data.datasets import DataUnavailableError, load_dataset
+from bnrepro.experiments import depth as depth_experiment
 from bnrepro.models import build_model
 from bnrepro.models.residual_variance import ResidualMoments
 from bnrepro.run.store import RunStore
-from tests.conftest import REPO, copy_store, data_missing, load_script
+from tests import store_edits
+from tests.conftest import REPO, copy_store, data_missing
+from tests.store_edits import config, metrics
 
 DATASET = "cifar10-jpeg"
-# depth 8: 3 blocks, depth 14: 6 (= plot_depth.MIN_BLOCKS: the slope claims use it)
+# depth 8: 3 blocks, depth 14: 6 (= depth.MIN_BLOCKS: the slope claims use it)
 TINY = ["model.width_multiplier=0.25", "trainer.max_steps=4", "trainer.eval_every=2",
         "trainer.test_every=4", "dataset.val_size=200", "probe.num_examples=32",
         "trainer.batch_size=16", "trainer.population_batches=2", "trainer.progress=false",
@@ -41,8 +44,6 @@ LABELS = {"bn": "BN", "none": "NoNorm", "skipinit": "SkipInit"}
 # Made-up test accuracies per variant (and depth for NoNorm: None = diverged at step 1).
 ACCURACY = {"BN": {8: 0.30, 14: 0.32}, "NoNorm": {8: 0.22, 14: None},
             "SkipInit": {8: 0.26, 14: 0.27}}
-
-plot_depth = load_script("plot_depth")
 
 
 @torch.no_grad()
@@ -106,41 +107,22 @@ def trained_store(tmp_path_factory) -> Path:
     return sweep
 
 
-def config(run_dir: Path) -> dict:
-    return yaml.safe_load((run_dir / "config.yaml").read_text())
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def run_dirs(root: Path, variant: str | None = None, depth: int | None = None) -> list[Path]:
-    dirs = sorted(p.parent for p in root.rglob("summary.json"))
-    return [d for d in dirs if (variant is None or config(d)["variant"] == variant)
-            and (depth is None or config(d)["model"]["depth"] == depth)]
+    return store_edits.select_runs(root, variant=variant, model__depth=depth)
 
 
 def edit_run(run_dir: Path, *, row=None, rows: int | None = None, status: str | None = None,
              **keys) -> None:
     """Edit a copied run in place: row(dict) changes each logged row, keep only the first
     `rows` rows, set the summary status, and set config keys given as a__b=value (a.b)."""
-    cfg = config(run_dir)
-    for dotted, value in keys.items():
-        *parents, leaf = dotted.split("__")
-        node = cfg
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    store_edits.set_config(run_dir, **keys)
     lines = metrics(run_dir)[:rows]
     for r in lines:
         if row is not None:
             row(r)
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    store_edits.write_metrics(run_dir, lines)
     if status:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        summary["status"] = status
-        (run_dir / "summary.json").write_text(json.dumps(summary))
+        store_edits.update_summary(run_dir, {"status": status})
 
 
 def set_init_ratios(values):
@@ -160,8 +142,8 @@ def set_accuracy(acc: float):
     return edit
 
 
-def run_script(root: Path, out: Path) -> tuple[pd.DataFrame, dict]:
-    assert plot_depth.main([str(root), "--out", str(out)]) == 0
+def run_command(root: Path, out: Path) -> tuple[pd.DataFrame, dict]:
+    assert depth_experiment.main([str(root), "--out", str(out)]) == 0
     table = pd.read_csv(out / f"depth_{DATASET}.csv").set_index(["variant", "depth"])
     return table, json.loads((out / f"depth_{DATASET}.json").read_text())
 
@@ -189,7 +171,7 @@ def independent_slope(run_dir: Path) -> float:
 
 
 def check_numbers_against_the_files(root: Path, out: Path) -> dict:
-    table, numbers = run_script(root, out)
+    table, numbers = run_command(root, out)
     assert numbers["dataset"] == DATASET and numbers["depths"] == [8, 14]
     assert set(table.index) == {(v, d) for v in ("BN", "NoNorm", "SkipInit") for d in (8, 14)}
     for d in run_dirs(root):
@@ -210,7 +192,7 @@ def check_numbers_against_the_files(root: Path, out: Path) -> dict:
     claims = (out / f"depth_{DATASET}_claims.md").read_text()
     assert f"checked on {DATASET}" in claims and "CIFAR-10" not in claims
     assert "Verdict rule" in claims and claims.count(f"| {DATASET}: ") == 5
-    data = read_claims(out / f"depth_{DATASET}_claims.json")  # what scripts/report.py reads
+    data = read_claims(out / f"depth_{DATASET}_claims.json")  # what the report reads
     assert data["make"] == "make depth" and data["figures"] == [f"depth_{DATASET}.png"]
     assert [c["verdict"] for c in data["claims"]] == [c["verdict"] for c in numbers["claims"]]
     assert {(c["dataset"], c["source"]) for c in data["claims"]} == {(DATASET,
@@ -238,7 +220,7 @@ def test_a_run_that_diverged_before_logging_anything_is_a_failure(store, tmp_pat
     root = copy_store(store, tmp_path / "store")
     dead = run_dirs(root, "NoNorm", 14)[0]
     edit_run(dead, rows=0, status="diverged")
-    table, numbers = run_script(root, tmp_path / "results")
+    table, numbers = run_command(root, tmp_path / "results")
     row = table.loc[("NoNorm", 14)]
     assert row["seeds"] == 2 and row["diverged"] >= 1
     assert row[f"accuracy_seed{config(dead)['seed']}"] == pytest.approx(0.1)
@@ -247,7 +229,7 @@ def test_a_run_that_diverged_before_logging_anything_is_a_failure(store, tmp_pat
     # Both seeds dead before step 0 was logged: no ratios at the only slope depth.
     for d in run_dirs(root, "NoNorm", 14):
         edit_run(d, rows=0, status="diverged")
-    table, numbers = run_script(root, tmp_path / "again")
+    table, numbers = run_command(root, tmp_path / "again")
     assert table.loc[("NoNorm", 14)]["diverged"] == 2
     claim = next(c for c in numbers["claims"] if c["key"] == "none_not_downscaled")
     assert claim["verdict"] == "not measured"
@@ -262,17 +244,17 @@ def test_the_bn_slope_verdict_follows_the_ratios(store, tmp_path, ratios, expect
     root = copy_store(store, tmp_path / "store")
     for d in run_dirs(root, "BN", 14):
         edit_run(d, row=set_init_ratios(ratios[config(d)["seed"]]))
-    assert verdicts(run_script(root, tmp_path / "results")[1])["bn_downscales"] == expected
+    assert verdicts(run_command(root, tmp_path / "results")[1])["bn_downscales"] == expected
 
 
 def test_the_no_norm_slope_verdict_follows_the_ratios(store, tmp_path):
     root = copy_store(store, tmp_path / "store")
     for d in run_dirs(root, "NoNorm", 14):
         edit_run(d, row=set_init_ratios(lambda b: 1.0))
-    assert verdicts(run_script(root, tmp_path / "a")[1])["none_not_downscaled"] == "holds"
+    assert verdicts(run_command(root, tmp_path / "a")[1])["none_not_downscaled"] == "holds"
     for d in run_dirs(root, "NoNorm", 14):
         edit_run(d, row=set_init_ratios(lambda b: 1.0 / b))
-    assert verdicts(run_script(root, tmp_path / "b")[1])["none_not_downscaled"] == (
+    assert verdicts(run_command(root, tmp_path / "b")[1])["none_not_downscaled"] == (
         "does not hold")
 
 
@@ -305,27 +287,18 @@ def test_the_training_verdicts_follow_divergence_and_accuracy(store, tmp_path, o
                 edit_run(d, rows=1, status="diverged")
             else:
                 edit_run(d, row=set_accuracy(acc), status="completed")
-    v = verdicts(run_script(root, tmp_path / "results")[1])
+    v = verdicts(run_command(root, tmp_path / "results")[1])
     assert (v["skipinit_trains"], v["none_fails"], v["bn_depth"]) == expected
 
 
 def test_mixed_setups_are_refused_naming_the_key(store, tmp_path, capsys):
     root = copy_store(store, tmp_path / "store")
     edit_run(run_dirs(root, "BN", 8)[0], optim__lr=1.0)
-    assert plot_depth.main([str(root), "--out", str(tmp_path / "out")]) == 2
-    assert "optim.lr" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    store_edits.assert_refuses(depth_experiment.main, root, tmp_path / "out", capsys, "optim.lr")
 
 
 def test_bad_input_exits_2_with_one_error_line(tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    result = subprocess.run([sys.executable, "scripts/plot_depth.py", str(empty), "--out",
-                             str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
-                            timeout=120)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1 and lines[0].startswith("error:") and "no depth_cifar runs" in lines[0]
+    store_edits.assert_refuses_empty_folder("depth", tmp_path, "no depth_cifar runs")
 
 
 def test_runs_from_before_the_residual_probe_key_mix_with_new_ones():
@@ -337,4 +310,4 @@ def test_runs_from_before_the_residual_probe_key_mix_with_new_ones():
     assert sweep.differing_keys([old, new]) == {}
     assert sweep.differing_keys([old, {"optim.lr": 0.2}]) != {}  # the check does bite
     assert fig2.matches("probe.residual_variance", fig2.NON_TRAJECTORY_KEYS)
-    assert plot_depth.matches("probe.residual_variance", plot_depth.IGNORED_KEYS)
+    assert matches("probe.residual_variance", depth_experiment.IGNORED_KEYS)

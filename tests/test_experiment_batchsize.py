@@ -1,4 +1,4 @@
-"""scripts/plot_batchsize.py on a tiny real batchsize_mnist run store (trained once per
+"""bnrepro.experiments.batchsize on a tiny real batchsize_mnist run store (trained once per
 session): cells are the seeds' final test errors read from metrics.jsonl, diverged seeds score
 chance, every verdict follows the numbers (edited COPIES of the real store flip them), the
 learning-rate check, and bad input refused with exit code 2."""
@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
-from tests.conftest import REPO, copy_store, load_script
-
-plot_batchsize = load_script("plot_batchsize")
+from bnrepro.experiments import batchsize
+from tests import store_edits
+from tests.conftest import copy_store
+from tests.store_edits import config, metrics
 
 
 @pytest.fixture(scope="session")
@@ -25,38 +23,19 @@ def store(batchsize_store) -> Path:
     return batchsize_store
 
 
-def config(run_dir: Path) -> dict:
-    return yaml.safe_load((run_dir / "config.yaml").read_text())
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 def run_dirs(root: Path, norm: str | None = None, batch: int | None = None) -> list[Path]:
-    dirs = sorted(p.parent for p in root.rglob("summary.json"))
-    return [d for d in dirs if (norm is None or config(d)["model"]["norm"] == norm)
-            and (batch is None or config(d)["trainer"]["batch_size"] == batch)]
+    return store_edits.select_runs(root, model__norm=norm, trainer__batch_size=batch)
 
 
 def edit(run_dir: Path, *, status: str | None = None, rows: int | None = None,
          summary: dict | None = None, final: dict | None = None, **keys) -> None:
     """Edit a copied run in place: the final metrics row's values (`final`), keep only the first
     `rows` rows, the summary's status and fields, config keys given as a__b=value (a.b)."""
-    cfg = config(run_dir)
-    for dotted, value in keys.items():
-        *parents, leaf = dotted.split("__")
-        node = cfg
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    store_edits.set_config(run_dir, **keys)
     lines = metrics(run_dir)[:rows]
     lines[-1] |= final or {}
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    s = json.loads((run_dir / "summary.json").read_text())
-    s |= (summary or {}) | ({"status": status} if status else {})
-    (run_dir / "summary.json").write_text(json.dumps(s))
+    store_edits.write_metrics(run_dir, lines)
+    store_edits.update_summary(run_dir, (summary or {}) | ({"status": status} if status else {}))
 
 
 def set_errors(root: Path, norm: str, batch: int, errors: list[float], key: str = "test/acc"
@@ -66,18 +45,16 @@ def set_errors(root: Path, norm: str, batch: int, errors: list[float], key: str 
         edit(d, final={key: 1 - err})
 
 
-def run_script(root: Path, out: Path, *extra: str) -> dict:
-    assert plot_batchsize.main([str(root), "--out", str(out), *extra]) == 0
+def run_command(root: Path, out: Path, *extra: str) -> dict:
+    assert batchsize.main([str(root), "--out", str(out), *extra]) == 0
     return json.loads((out / "batchsize_mnist.json").read_text())
 
 
 def verdict(numbers: dict | Path, starts: str) -> str:
-    """The verdict of the claim starting with `starts`: from the script's JSON, or computed
-    from a run store by the script's own functions (no figure: fast)."""
+    """The verdict of the claim starting with `starts`: from the command's JSON, or from
+    `analyse` on a run store (no figure, no files: fast)."""
     if isinstance(numbers, Path):
-        runs = plot_batchsize.load([numbers])
-        plot_batchsize.check_protocol(runs)
-        numbers = {"claims": plot_batchsize.claims("mnist", plot_batchsize.cells_of(runs))}
+        numbers = {"claims": batchsize.analyse([numbers]).claims}
     found = [c["verdict"] for c in numbers["claims"] if c["claim"].startswith(starts)]
     assert len(found) == 1, (starts, [c["claim"] for c in numbers["claims"]])
     return found[0]
@@ -85,7 +62,7 @@ def verdict(numbers: dict | Path, starts: str) -> str:
 
 def test_cells_are_the_seeds_final_test_errors(store, tmp_path):
     out = tmp_path / "results"
-    numbers = run_script(store, out)
+    numbers = run_command(store, out)
     table = pd.read_csv(out / "batchsize_mnist.csv").set_index(["norm", "batch_size"])
     assert sorted(table.index) == [("bn", 2), ("bn", 32), ("brn", 2), ("brn", 32), ("gn", 2),
                                    ("gn", 32)]
@@ -179,7 +156,7 @@ def test_a_diverged_seed_scores_chance(store, tmp_path):
     root = copy_store(store, tmp_path / "store")
     dead, alive = run_dirs(root, "bn", 2)
     edit(dead, status="diverged", rows=1)
-    cell = plot_batchsize.cells_of(plot_batchsize.load([root]))["bn"][2]
+    cell = batchsize.analyse([root]).tables["mnist"]["bn"][2]
     assert cell["diverged"] == 1
     seeds = {s["seed"]: s for s in cell["per_seed"]}
     dead_seed = config(dead)["seed"]
@@ -199,7 +176,7 @@ def test_the_base_rate_is_checked_against_the_best_candidate(store, tmp_path, fa
             shutil.copytree(d, clone, ignore=shutil.ignore_patterns("*.pt", ".hydra", ".lock"))
             edit(clone, optim__lr=lr, summary={"final_val_acc": 0.9 if lr == best else 0.5})
     out = tmp_path / "out"
-    numbers = run_script(store, out, "--lr-runs", str(lr_root))
+    numbers = run_command(store, out, "--lr-runs", str(lr_root))
     assert verdict(numbers, "base lr is the best candidate") == expected
     assert numbers["lr_selection"]["best_lr"] == pytest.approx(best)
     lr_csv = pd.read_csv(out / "batchsize_lr_mnist.csv")
@@ -207,23 +184,15 @@ def test_the_base_rate_is_checked_against_the_best_candidate(store, tmp_path, fa
     # lr candidates among the main runs are refused: they do not follow the scaling
     mixed = copy_store(store, tmp_path / "mixed")
     shutil.copytree(lr_root, mixed / "lr")
-    assert plot_batchsize.main([str(mixed), "--out", str(tmp_path / "o")]) == 2
+    assert batchsize.main([str(mixed), "--out", str(tmp_path / "o")]) == 2
 
 
 def test_mixed_setups_are_refused_naming_the_key(store, tmp_path, capsys):
     root = copy_store(store, tmp_path / "store")
     edit(run_dirs(root, "gn", 2)[0], batch_scaling__examples=128)
-    assert plot_batchsize.main([str(root), "--out", str(tmp_path / "out")]) == 2
-    assert "batch_scaling.examples" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    store_edits.assert_refuses(batchsize.main, root, tmp_path / "out", capsys,
+                               "batch_scaling.examples")
 
 
 def test_bad_input_exits_2_with_one_error_line(tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    result = subprocess.run([sys.executable, "scripts/plot_batchsize.py", str(empty), "--out",
-                             str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
-                            timeout=120)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2, result.stderr
-    assert len(lines) == 1 and lines[0].startswith("error:") and "no batch-size runs" in lines[0]
+    store_edits.assert_refuses_empty_folder("batchsize", tmp_path, "no batch-size runs")

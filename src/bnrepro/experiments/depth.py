@@ -1,6 +1,6 @@
 """De & Smith (2020) on our residual nets: accuracy and branch/skip variance vs depth.
 
-    python scripts/plot_depth.py runs/depth_<dataset> [--out results]
+    python -m bnrepro.analyse depth runs/depth_<dataset> [--out results]
 
 Reads the run store only (bnrepro.run.runs.find_runs): every run of experiment depth_cifar below
 the folder with status completed or diverged, including diverged runs that logged nothing
@@ -40,32 +40,32 @@ depth_<dataset>.csv (one row per variant and depth), depth_<dataset>.json (every
 depth_<dataset>_claims.md and _claims.json (bnrepro.claims, read by scripts/report.py). With
 --wandb (or BNREPRO_WANDB_FIGURES=1) the figure and claims also go to the runs' wandb group.
 Bad input prints one `error:` line and exits with 2.
+
+In Python: `analyse(root) -> Result` (every number, table and claim; writes nothing),
+`figures(result)` ({file stem: figure}), `write(result, out)` (the files above).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
-import sys
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
 import matplotlib.ticker
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from bnrepro.analysis import wandb_figures  # noqa: E402
-from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
-from bnrepro.claims import write_claims  # noqa: E402
-from bnrepro.config import flatten  # noqa: E402
-from bnrepro.run.runs import find_runs  # noqa: E402
+from bnrepro.analysis import command, wandb_figures
+from bnrepro.analysis.seeds import differing_keys, flat_config, spread, spread_text
+from bnrepro.atomic import atomic_write_json, atomic_write_text
+from bnrepro.claims import verdict, write_claims
+from bnrepro.run.runs import find_runs
 
 EXPERIMENT = "depth_cifar"
 SOURCE = "De & Smith (2020)"  # bnrepro.claims.SOURCES
@@ -103,18 +103,29 @@ VERDICT_RULE = (
     "runs it needs are missing.")
 
 
-class DepthError(Exception):
+class DepthError(command.AnalysisError):
     """Bad input: reported as one `error:` line, exit code 2."""
 
 
-def matches(key: str, patterns: tuple[str, ...]) -> bool:
-    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
+@dataclass
+class Result:
+    """What `analyse` found under one run folder."""
+    root: Path  # the run folder
+    runs: list[dict[str, Any]]  # every run analysed (`load_runs`)
+    dataset: str
+    depths: list[int]  # sorted
+    table: dict[str, dict[int, dict[str, Any]]]  # variant -> depth -> cell (`describe`)
+    curves: dict[str, dict[str, dict[int, float]]]  # variant -> deepest net's ratio curves
+    claims: list[dict[str, str]]
+    rule: str  # the claims' verdict rule in words, with this experiment's numbers
+    numbers: dict[str, Any]  # depth_<dataset>.json
 
 
 def load_runs(root: Path) -> list[dict[str, Any]]:
+    """The depth_cifar runs below `root` (completed or diverged, logged or not) as dicts."""
     runs = []
     for run in find_runs([root], STATUSES, keep_empty=True):
-        config = flatten(OmegaConf.to_container(run.config, resolve=True))
+        config = flat_config(run)
         if config.get("name") != EXPERIMENT:
             continue
         metrics = run.metrics.sort_values("step").reset_index(drop=True) \
@@ -127,15 +138,8 @@ def load_runs(root: Path) -> list[dict[str, Any]]:
 
 
 def check_same_setup(runs: list[dict[str, Any]]) -> None:
-    keys = sorted({k for r in runs for k in r["config"]})
-    differing = []
-    for key in keys:
-        if matches(key, IGNORED_KEYS):
-            continue
-        values = sorted({repr(r["config"].get(key, "(absent)")) for r in runs})
-        if len(values) > 1:
-            differing.append(f"{key} ({', '.join(values)})")
-    if differing:
+    """Refuse runs that are not one experiment: every key but IGNORED_KEYS must agree."""
+    if differing := differing_keys([r["config"] for r in runs], IGNORED_KEYS):
         raise DepthError(f"runs differ in {'; '.join(differing)}: not one depth experiment; "
                          "give one experiment's folder")
 
@@ -193,26 +197,22 @@ def describe(runs: list[dict[str, Any]]) -> dict[str, Any]:
     stack = np.stack(inits) if inits and len({len(x) for x in inits}) == 1 else None
     return {
         "seeds": len(per_seed), "diverged": sum(s["status"] == "diverged" for s in per_seed),
-        "trained": sum(s["trains"] for s in per_seed),
-        "accuracy_mean": float(np.nanmean(acc)) if not np.isnan(acc).all() else math.nan,
-        "accuracy_min": float(np.nanmin(acc)) if not np.isnan(acc).all() else math.nan,
-        "accuracy_max": float(np.nanmax(acc)) if not np.isnan(acc).all() else math.nan,
+        "trained": sum(s["trains"] for s in per_seed), **spread(acc, "accuracy"),
         "seeds_with_ratio_at_init": len(inits),
         "ratio_at_init_mean": None if stack is None else stack.mean(0).tolist(),
         "ratio_at_init_min": None if stack is None else stack.min(0).tolist(),
         "ratio_at_init_max": None if stack is None else stack.max(0).tolist(),
-        "slope_mean": float(np.nanmean(slopes)) if not np.isnan(slopes).all() else math.nan,
-        "slope_min": float(np.nanmin(slopes)) if not np.isnan(slopes).all() else math.nan,
-        "slope_max": float(np.nanmax(slopes)) if not np.isnan(slopes).all() else math.nan,
-        "per_seed": per_seed}
+        **spread(slopes, "slope"), "per_seed": per_seed}
 
 
-def verdict(means_hold: bool, every_seed: bool) -> str:
-    return "holds" if means_hold and every_seed else "mixed" if means_hold else "does not hold"
+def trains_on_mean(cell: dict[str, Any]) -> bool:
+    """The seed-mean accuracy of a (variant, depth) exceeds CHANCE + CHANCE_MARGIN."""
+    return cell["accuracy_mean"] > CHANCE + CHANCE_MARGIN
 
 
 def claims(table: dict[str, dict[int, dict[str, Any]]], depths: list[int],
            dataset: str) -> list[dict[str, str]]:
+    """The claims of the module docstring, each with its verdict (bnrepro.claims.verdict)."""
     rows: list[dict[str, str]] = []
     deepest = depths[-1]
     slope_depths = [d for d in depths if (d - 2) // 2 >= MIN_BLOCKS]
@@ -222,7 +222,7 @@ def claims(table: dict[str, dict[int, dict[str, Any]]], depths: list[int],
                      "ours": f"{dataset}: {ours}", "verdict": result, "dataset": dataset,
                      "source": SOURCE})
 
-    def slope_claim(key: str, claim: str, variant: str, ok) -> None:
+    def slope_claim(key: str, claim: str, variant: str, ok: Callable[[float], bool]) -> None:
         """Over the depths with >= MIN_BLOCKS blocks whose runs logged step 0 (a run that
         diverged at its first evaluation has no ratios: named, not counted)."""
         cells = {d: table.get(variant, {}).get(d) for d in slope_depths}
@@ -241,8 +241,8 @@ def claims(table: dict[str, dict[int, dict[str, Any]]], depths: list[int],
             init = c["ratio_at_init_mean"]
             ratio = "" if init is None else \
                 f", ratio block 1 -> {len(init)}: {init[0]:.3g} -> {init[-1]:.3g}"
-            parts.append(f"depth {d}: slope {c['slope_mean']:.2f} ({c['slope_min']:.2f}.."
-                         f"{c['slope_max']:.2f}){ratio}, n = {c['seeds_with_ratio_at_init']}")
+            parts.append(f"depth {d}: slope {spread_text(c, 'slope', '{:.2f}'.format)}{ratio}, "
+                         f"n = {c['seeds_with_ratio_at_init']}")
         if missing:
             parts.append(f"no step-0 ratios at depth {', '.join(missing)}")
         add(key, claim, "; ".join(parts), verdict(means, every))
@@ -253,27 +253,23 @@ def claims(table: dict[str, dict[int, dict[str, Any]]], depths: list[int],
     slope_claim("none_not_downscaled", "No norm: the ratio at initialisation does not fall "
                 f"with l (slope > {FLAT_SLOPE})", "NoNorm", lambda s: s > FLAT_SLOPE)
 
-    def accuracy_cell(c: dict[str, Any]) -> str:
-        return (f"accuracy {c['accuracy_mean']:.4f} ({c['accuracy_min']:.4f}.."
-                f"{c['accuracy_max']:.4f}), {c['diverged']} of {c['seeds']} diverged, "
-                f"{c['trained']} of {c['seeds']} train")
+    def deepest_claim(key: str, claim: str, variant: str,
+                      judge: Callable[[dict[str, Any]], str]) -> None:
+        """A claim about `variant`'s seeds at the deepest depth: judge(its cell)."""
+        c = table.get(variant, {}).get(deepest)
+        if c is None:
+            add(key, claim, f"no {variant} runs at depth {deepest}", "not measured")
+            return
+        add(key, claim, f"accuracy {spread_text(c, 'accuracy', '{:.4f}'.format)}, "
+                        f"{c['diverged']} of {c['seeds']} diverged, {c['trained']} of "
+                        f"{c['seeds']} train", judge(c))
 
-    claim = f"SkipInit (no norm) trains the deepest net (depth {deepest})"
-    cell = table.get("SkipInit", {}).get(deepest)
-    if cell is None:
-        add("skipinit_trains", claim, f"no SkipInit runs at depth {deepest}", "not measured")
-    else:
-        add("skipinit_trains", claim, accuracy_cell(cell),
-            verdict(cell["accuracy_mean"] > CHANCE + CHANCE_MARGIN,
-                    cell["trained"] == cell["seeds"]))
-
-    claim = f"No norm, no SkipInit: the deepest net (depth {deepest}) fails to train"
-    cell = table.get("NoNorm", {}).get(deepest)
-    if cell is None:
-        add("none_fails", claim, f"no NoNorm runs at depth {deepest}", "not measured")
-    else:
-        add("none_fails", claim, accuracy_cell(cell),
-            verdict(not cell["accuracy_mean"] > CHANCE + CHANCE_MARGIN, cell["trained"] == 0))
+    deepest_claim("skipinit_trains", f"SkipInit (no norm) trains the deepest net (depth "
+                  f"{deepest})", "SkipInit",
+                  lambda c: verdict(trains_on_mean(c), c["trained"] == c["seeds"]))
+    deepest_claim("none_fails", f"No norm, no SkipInit: the deepest net (depth {deepest}) "
+                  "fails to train", "NoNorm",
+                  lambda c: verdict(not trains_on_mean(c), c["trained"] == 0))
 
     claim = "BN's largest trainable depth exceeds that of the net without norm"
     if any(v not in table for v in ("BN", "NoNorm")):
@@ -281,8 +277,7 @@ def claims(table: dict[str, dict[int, dict[str, Any]]], depths: list[int],
     else:
         def largest(variant: str, every_seed: bool) -> int:
             ok = [d for d, c in table[variant].items()
-                  if (c["trained"] == c["seeds"] if every_seed
-                      else c["accuracy_mean"] > CHANCE + CHANCE_MARGIN)]
+                  if (c["trained"] == c["seeds"] if every_seed else trains_on_mean(c))]
             return max(ok, default=0)
 
         strict = [largest(v, True) for v in ("BN", "NoNorm")]
@@ -306,16 +301,14 @@ def training_curves(runs: list[dict[str, Any]]) -> dict[str, dict[int, list[floa
     return {c: {int(s): float(v) for s, v in mean[c].dropna().items()} for c in columns}
 
 
-def plot(table: dict[str, dict[int, dict[str, Any]]], curves: dict[str, dict],
-         depths: list[int], dataset: str, out: Path) -> None:
-    """figure(), saved as <out>/depth_<dataset>.png and .pdf."""
-    fig = figure(table, curves, depths, dataset)
-    atomic_save_figure(fig, out / f"depth_{dataset}")
-    plt.close(fig)
+def figures(result: Result) -> dict[str, Figure]:
+    """depth_<dataset> -> its figure (`figure`)."""
+    return {f"depth_{result.dataset}": figure(result.table, result.curves, result.depths,
+                                              result.dataset)}
 
 
 def figure(table: dict[str, dict[int, dict[str, Any]]], curves: dict[str, dict],
-           depths: list[int], dataset: str) -> plt.Figure:
+           depths: list[int], dataset: str) -> Figure:
     """(a) accuracy vs depth per variant (mean, band min..max, x = diverged seeds at chance);
     (b) per depth, the ratio at initialisation vs block for BN and NoNorm with the 1/l line
     (SkipInit's is 0); (c) per variant, the ratio over training of each block, deepest net."""
@@ -431,51 +424,32 @@ def summarise(root: Path) -> tuple[list[dict[str, Any]], str, list[int], dict, d
     return runs, dataset, depths, table, curves
 
 
-def analyse(root: Path, out: Path, wandb: bool = False) -> dict[str, Any]:
-    """Everything of the module docstring, written to `out`; returns depth_<dataset>.json's
-    numbers (with `wandb`, the figure and claims also go to wandb: bnrepro.analysis.wandb_figures)."""
-    runs, dataset, depths, table, curves = summarise(root)
-    claim_rows = claims(table, depths, dataset)
-
-    out.mkdir(parents=True, exist_ok=True)
-    plot(table, curves, depths, dataset, out)
-    stem = out / f"depth_{dataset}"
-    atomic_write_text(Path(f"{stem}.csv"), csv_table(table).to_csv(index=False))
-    lines = [f"# De & Smith (2020) claims checked on {dataset}", "",
-             "| claim | paper | ours | verdict |", "|---|---|---|---|"]
-    lines += [f"| {c['claim']} | {c['paper']} | {c['ours']} | {c['verdict']} |"
-              for c in claim_rows]
-    rule = (f"{VERDICT_RULE} A run trains when it did not diverge and its test accuracy (at "
+def verdict_rule(depths: list[int]) -> str:
+    """VERDICT_RULE with what "trains" and "slope" mean here, for the claims files."""
+    return (f"{VERDICT_RULE} A run trains when it did not diverge and its test accuracy (at "
             f"its best-validation evaluation among those that scored the test set) exceeds "
             f"{CHANCE:g} + {CHANCE_MARGIN:g}; a diverged run scores {CHANCE:g}. Slope: "
             f"least-squares slope of log(var_ratio_l) on log(l) over the blocks at step 0, at "
             f"the depths with >= {MIN_BLOCKS} blocks "
             f"({', '.join(str(d) for d in depths if (d - 2) // 2 >= MIN_BLOCKS) or 'none'}).")
-    lines += ["", f"Verdict rule: {rule}", ""]
-    atomic_write_text(out / f"depth_{dataset}_claims.md", "\n".join(lines))
-    seeds = sorted({c["seeds"] for by_depth in table.values() for c in by_depth.values()})
-    config = runs[0]["config"]
-    write_claims(
-        out / f"depth_{dataset}_claims.json", claim_rows, experiment=EXPERIMENT,
-        title=f"Residual depth: BN, no norm, SkipInit (De & Smith 2020), on {dataset}",
-        make="make depth",
-        setup=f"{dataset}, pre-activation ResNets of depth {', '.join(map(str, depths))}, width "
-              f"multiplier {config.get('model.width_multiplier')}, "
-              f"{config.get('trainer.max_steps')} steps of batch "
-              f"{config.get('trainer.batch_size')}, lr {config.get('optim.lr')}, "
-              f"{'/'.join(map(str, seeds))} seeds per variant and depth",
-        figures=[f"depth_{dataset}.png"], verdict_rule=rule,
-        summaries=[r["summary"] for r in runs])
 
-    def clean(x: Any) -> Any:  # JSON: NaN -> null, numbers rounded
-        if isinstance(x, dict):
-            return {str(k): clean(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [clean(v) for v in x]
-        if isinstance(x, float):
-            return None if math.isnan(x) else round(x, 6)
-        return x
 
+def clean(x: Any) -> Any:
+    """For JSON: NaN -> null, floats rounded to 6 digits, keys strings."""
+    if isinstance(x, dict):
+        return {str(k): clean(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [clean(v) for v in x]
+    if isinstance(x, float):
+        return None if math.isnan(x) else round(x, 6)
+    return x
+
+
+def analyse(root: Path) -> Result:
+    """Every number, table and claim of the module docstring from the runs under `root`;
+    writes nothing (`write` does)."""
+    runs, dataset, depths, table, curves = summarise(root)
+    claim_rows = claims(table, depths, dataset)
     numbers = clean({
         "dataset": dataset, "depths": depths,
         "max_steps": int(runs[0]["config"]["trainer.max_steps"]),
@@ -485,25 +459,59 @@ def analyse(root: Path, out: Path, wandb: bool = False) -> dict[str, Any]:
                         "min_blocks": MIN_BLOCKS, "slope_range_bn": [SLOPE_LOW, SLOPE_HIGH],
                         "flat_slope": FLAT_SLOPE, "verdict_rule": VERDICT_RULE},
         "variants": table, "ratio_over_training_deepest": curves, "claims": claim_rows})
-    atomic_write_json(Path(f"{stem}.json"), numbers)
-    wandb_figures.publish(wandb, config, [Path(f"{stem}.png")], claims=claim_rows,
-                          wandb_dir=root)
-    return numbers
+    return Result(root=root, runs=runs, dataset=dataset, depths=depths, table=table,
+                  curves=curves, claims=claim_rows, rule=verdict_rule(depths), numbers=numbers)
+
+
+def claims_markdown(result: Result) -> str:
+    """depth_<dataset>_claims.md: the claims table and the verdict rule."""
+    lines = [f"# De & Smith (2020) claims checked on {result.dataset}", "",
+             "| claim | paper | ours | verdict |", "|---|---|---|---|"]
+    lines += [f"| {c['claim']} | {c['paper']} | {c['ours']} | {c['verdict']} |"
+              for c in result.claims]
+    return "\n".join([*lines, "", f"Verdict rule: {result.rule}", ""])
+
+
+def write(result: Result, out: Path, wandb: bool = False) -> None:
+    """The files of the module docstring, into `out`; with `wandb` the figure and claims also
+    go to the runs' wandb group (bnrepro.analysis.wandb_figures)."""
+    out.mkdir(parents=True, exist_ok=True)
+    command.save_figures(figures(result), out)
+    dataset, depths, table = result.dataset, result.depths, result.table
+    stem = out / f"depth_{dataset}"
+    atomic_write_text(Path(f"{stem}.csv"), csv_table(table).to_csv(index=False))
+    atomic_write_text(out / f"depth_{dataset}_claims.md", claims_markdown(result))
+    seeds = sorted({c["seeds"] for by_depth in table.values() for c in by_depth.values()})
+    config = result.runs[0]["config"]
+    write_claims(
+        out / f"depth_{dataset}_claims.json", result.claims, experiment=EXPERIMENT,
+        title=f"Residual depth: BN, no norm, SkipInit (De & Smith 2020), on {dataset}",
+        make="make depth",
+        setup=f"{dataset}, pre-activation ResNets of depth {', '.join(map(str, depths))}, width "
+              f"multiplier {config.get('model.width_multiplier')}, "
+              f"{config.get('trainer.max_steps')} steps of batch "
+              f"{config.get('trainer.batch_size')}, lr {config.get('optim.lr')}, "
+              f"{'/'.join(map(str, seeds))} seeds per variant and depth",
+        figures=[f"depth_{dataset}.png"], verdict_rule=result.rule,
+        summaries=[r["summary"] for r in result.runs])
+    atomic_write_json(Path(f"{stem}.json"), result.numbers)
+    wandb_figures.publish(wandb, config, [Path(f"{stem}.png")], claims=result.claims,
+                          wandb_dir=result.root)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """`python -m bnrepro.analyse depth runs/depth_<dataset> [--out results]`."""
+    parser = command.parser("depth", __doc__)
     parser.add_argument("run_dir", type=Path, help="the depth run store, runs/depth_<dataset>")
-    parser.add_argument("--out", type=Path, default=Path("results"))
-    wandb_figures.add_flag(parser)
-    args = parser.parse_args(argv)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("default")
-            numbers = analyse(args.run_dir, args.out, wandb=args.wandb)
-    except DepthError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    args = command.parse(parser, argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        try:
+            result = analyse(args.run_dir)
+        except DepthError as err:
+            return command.refuse(err)
+        write(result, args.out, wandb=args.wandb)
+    numbers = result.numbers
     d = numbers["dataset"]
     print(f"wrote {args.out}/depth_{d}.png, .pdf, .csv, .json, depth_{d}_claims.md and .json")
     for v, by_depth in numbers["variants"].items():
@@ -512,10 +520,5 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {v:<9} depth {depth:>4}: n={c['seeds']} diverged={c['diverged']} "
                   f"accuracy {'-' if acc is None else f'{acc:.4f}'} slope at init "
                   f"{'-' if fit is None else f'{fit:.2f}'}")
-    for c in numbers["claims"]:
-        print(f"  [{c['verdict']}] {c['claim']}")
+    command.print_claims(numbers["claims"])
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

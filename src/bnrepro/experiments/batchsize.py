@@ -1,6 +1,6 @@
 """Batch-size dependence of the norms (issue 13), in the style of Wu & He (2018), Fig. 1.
 
-    python scripts/plot_batchsize.py RUNS [RUNS ...] [--lr-runs LR_RUNS ...] [--out results]
+    python -m bnrepro.analyse batchsize RUNS [RUNS ...] [--lr-runs LR_RUNS ...] [--out results]
 
 Reads the run store only (bnrepro.run.runs.find_runs): every run of experiment batchsize_mnist or
 batchsize_cifar below the RUNS folders, completed or diverged (others are named in a warning and
@@ -49,32 +49,31 @@ measured".
 Writes to --out: batchsize_<dataset>.png/.pdf (a: test error vs batch size per norm, b: BN's
 error three ways, c: Wu & He's ImageNet numbers, labelled as theirs), batchsize_<dataset>.csv
 (one row per norm and batch size), batchsize_<dataset>.json (every number), with --lr-runs
-batchsize_lr_<dataset>.csv, and batchsize_claims.md (all datasets). Bad input prints one
-`error:` line and exits with 2.
+batchsize_lr_<dataset>.csv, and batchsize_claims.md and .json (all datasets). Bad input prints
+one `error:` line and exits with 2.
+
+In Python: `analyse(roots, lr_roots) -> Result` (every number, table and claim; writes
+nothing), `figures(result)` ({file stem: figure}), `write(result, out)` (the files above).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from bnrepro.analysis import wandb_figures  # noqa: E402
-from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
-from bnrepro.claims import write_claims  # noqa: E402
-from bnrepro.config import flatten  # noqa: E402
-from bnrepro.run.runs import find_runs  # noqa: E402
+from bnrepro.analysis import command, wandb_figures
+from bnrepro.analysis.seeds import differing_keys, flat_config, matches, spread, spread_text
+from bnrepro.atomic import atomic_write_json, atomic_write_text
+from bnrepro.claims import verdict, write_claims
+from bnrepro.run.runs import find_runs
 
 EXPERIMENTS = ("batchsize_mnist", "batchsize_cifar")  # config `name` of the runs
 NORM_ORDER = ["bn", "brn", "gn", "ln", "none"]  # plotting order; other norms come after
@@ -119,21 +118,30 @@ VERDICT_RULE = (
     f"{CHANCE_ERROR:g} (chance).")
 
 
-class BatchsizeError(Exception):
+TITLE = "Batch size: BN and its alternatives (Wu & He 2018; Batch Renorm, Ioffe 2017)"
+IGNORED = (*AXES, *DERIVED, *NON_TRAJECTORY)  # the keys that may differ within a dataset
+
+
+class BatchsizeError(command.AnalysisError):
     """Bad input: reported as one `error:` line, exit code 2."""
 
 
-TITLE = "Batch size: BN and its alternatives (Wu & He 2018; Batch Renorm, Ioffe 2017)"
-
-def matches(key: str, patterns: Sequence[str]) -> bool:
-    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
+@dataclass
+class Result:
+    """What `analyse` found, per dataset (sorted by name)."""
+    runs: list[dict[str, Any]]  # every run analysed (`load`)
+    tables: dict[str, dict[str, dict[int, dict[str, Any]]]]  # norm -> batch size -> cell
+    numbers: dict[str, dict[str, Any]]  # batchsize_<dataset>.json
+    claims: list[dict[str, str]]  # every dataset's claims, in order (batchsize_claims.*)
+    lr_tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # batchsize_lr_*.csv
+    wandb_dir: Path = Path("runs")  # where a --wandb figures run writes its files
 
 
 def load(roots: Sequence[Path]) -> list[dict[str, Any]]:
     """The batch-size runs below `roots` (completed or diverged) as flat dicts."""
     runs = []
     for run in find_runs(roots, statuses=STATUSES):
-        config = flatten(OmegaConf.to_container(run.config, resolve=True))
+        config = flat_config(run)
         if config.get("name") in EXPERIMENTS:
             runs.append({"run": run, "config": config, "dataset": config["dataset.name"],
                          "norm": config["model.norm"],
@@ -147,14 +155,7 @@ def check_protocol(runs: list[dict[str, Any]]) -> None:
     derived ones and non-trajectory keys must agree, and the rate must be the scaled one."""
     for dataset in sorted({r["dataset"] for r in runs}):
         group = [r for r in runs if r["dataset"] == dataset]
-        differing = []
-        for key in sorted({k for r in group for k in r["config"]}):
-            if matches(key, (*AXES, *DERIVED, *NON_TRAJECTORY)):
-                continue
-            values = sorted({repr(r["config"].get(key, "(absent)")) for r in group})
-            if len(values) > 1:
-                differing.append(f"{key} ({', '.join(values)})")
-        if differing:
+        if differing := differing_keys([r["config"] for r in group], IGNORED):
             raise BatchsizeError(f"{dataset} runs differ in {'; '.join(differing)}: not one "
                                  "batch-size experiment; give one experiment's folders")
         for r in group:
@@ -195,8 +196,7 @@ def describe(cell: list[dict[str, Any]]) -> dict[str, Any]:
     for column in GAP_COLUMN.values():
         values = [s[column] for s in per_seed if column in s]
         if len(values) == len(per_seed):
-            out |= {f"{column}_mean": float(np.mean(values)), f"{column}_min": min(values),
-                    f"{column}_max": max(values)}
+            out |= spread(values, column)
     return out
 
 
@@ -216,17 +216,18 @@ def seeds_of(cell: dict[str, Any], column: str = "err") -> np.ndarray:
     return np.array([s[column] for s in cell["per_seed"]], dtype=float)
 
 
-def verdict(means_hold: bool, all_hold: bool) -> str:
-    return "holds" if means_hold and all_hold else "mixed" if means_hold else "does not hold"
-
-
 def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
 def cell_text(cell: dict[str, Any], column: str = "err") -> str:
-    return (f"{pct(cell[f'{column}_mean'])} ({pct(cell[f'{column}_min'])}.."
-            f"{pct(cell[f'{column}_max'])})")
+    """"mean (min..max)" of a cell's seeds, in percent."""
+    return spread_text(cell, column, pct)
+
+
+def gap_text(gaps: np.ndarray) -> str:
+    """"mean (min..max)" of per-seed differences, in percent."""
+    return spread_text(spread(gaps, "gap"), "gap", pct)
 
 
 def source_of(claim: str) -> str:
@@ -258,6 +259,16 @@ def claims(dataset: str, table: dict[str, dict[int, dict[str, Any]]]) -> list[di
     def unmeasured(claim: str, paper: str, what: str) -> None:
         add(claim, paper, f"not run: {what}", "not measured")
 
+    def versus(claim: str, paper: str, norm: str, other: str, batch: int | None,
+               judge: Callable[[dict[str, Any], dict[str, Any]], str]) -> None:
+        """A claim about `norm`'s error against `other`'s at `batch`: judge(cell, other's)."""
+        a, b = cell(norm, batch), cell(other, batch)
+        if a is None or b is None:
+            unmeasured(claim, paper, f"{LABELS[norm]} and {LABELS[other]} at batch {batch}")
+        else:
+            add(claim, paper, f"{LABELS[norm]} {cell_text(a)} vs {LABELS[other]} "
+                f"{cell_text(b)}", judge(a, b))
+
     claim = f"BN's error rises as the batch shrinks (batch {smallest} vs {REFERENCE_BATCH})"
     paper = ("\"BN's error increases rapidly when the batch size becomes smaller\" (abstract); "
              "Table 2: 23.6% at 32, 34.7% at 2 images per GPU")
@@ -268,14 +279,9 @@ def claims(dataset: str, table: dict[str, dict[int, dict[str, Any]]]) -> list[di
         add(claim, paper, f"BN {cell_text(small)} at batch {smallest} vs {cell_text(ref)} at "
             f"{REFERENCE_BATCH}", lower(ref, small))
 
-    claim = f"at the smallest batch ({smallest}) GN's error is below BN's"
-    paper = ("\"GN has 10.6% lower error than its BN counterpart when using a batch size of 2\""
-             " (abstract); Table 2: 24.1% vs 34.7%")
-    gn, bn = cell("gn", smallest), cell("bn", smallest)
-    if gn is None or bn is None:
-        unmeasured(claim, paper, f"GN and BN at batch {smallest}")
-    else:
-        add(claim, paper, f"GN {cell_text(gn)} vs BN {cell_text(bn)}", lower(gn, bn))
+    versus(f"at the smallest batch ({smallest}) GN's error is below BN's",
+           "\"GN has 10.6% lower error than its BN counterpart when using a batch size of 2\""
+           " (abstract); Table 2: 24.1% vs 34.7%", "gn", "bn", smallest, lower)
 
     claim = (f"GN's error varies less across batch sizes than BN's (batch sizes <= "
              f"{REFERENCE_BATCH})")
@@ -297,28 +303,14 @@ def claims(dataset: str, table: dict[str, dict[int, dict[str, Any]]]) -> list[di
             f"{', '.join(map(str, within))}: GN {pct(v_gn)}, BN {pct(v_bn)}; noise (mean seed "
             f"range) {pct(noise)}", verdict(v_gn < v_bn, v_bn - v_gn > noise))
 
-    claim = f"at batch {REFERENCE_BATCH} GN is comparable to BN (within {pct(COMPARABLE)})"
-    paper = ("\"when using typical batch sizes, GN is comparably good with BN\" (abstract); "
-             "Table 2: 24.1% vs 23.6% at 32")
-    gn, bn = cell("gn", REFERENCE_BATCH), cell("bn", REFERENCE_BATCH)
-    if gn is None or bn is None:
-        unmeasured(claim, paper, f"GN and BN at batch {REFERENCE_BATCH}")
-    else:
-        close = abs(gn["err_mean"] - bn["err_mean"]) <= COMPARABLE
-        disjoint = bool(seeds_of(gn).max() < seeds_of(bn).min()
-                        or seeds_of(bn).max() < seeds_of(gn).min())
-        add(claim, paper, f"GN {cell_text(gn)} vs BN {cell_text(bn)}",
-            "holds" if close else "does not hold" if disjoint else "mixed")
+    versus(f"at batch {REFERENCE_BATCH} GN is comparable to BN (within {pct(COMPARABLE)})",
+           "\"when using typical batch sizes, GN is comparably good with BN\" (abstract); "
+           "Table 2: 24.1% vs 23.6% at 32", "gn", "bn", REFERENCE_BATCH, comparable)
 
-    claim = f"Batch Renorm recovers part of BN's loss at the smallest batch ({smallest})"
-    paper = ("Ioffe (2017, abstract): Batch Renorm models \"perform substantially better than "
-             "batchnorm when training with small or non-i.i.d. minibatches\"")
-    brn, bn = cell("brn", smallest), cell("bn", smallest)
-    if brn is None or bn is None:
-        unmeasured(claim, paper, f"Batch Renorm and BN at batch {smallest}")
-    else:
-        add(claim, paper, f"Batch Renorm {cell_text(brn)} vs BN {cell_text(bn)}",
-            lower(brn, bn))
+    versus(f"Batch Renorm recovers part of BN's loss at the smallest batch ({smallest})",
+           "Ioffe (2017, abstract): Batch Renorm models \"perform substantially better than "
+           "batchnorm when training with small or non-i.i.d. minibatches\"", "brn", "bn",
+           smallest, lower)
 
     paper = ("Ioffe (2017, abstract): BN's small-batch loss is hypothesised to come from "
              "\"different activations being produced between training and inference\"; Wu & He:"
@@ -332,8 +324,7 @@ def claims(dataset: str, table: dict[str, dict[int, dict[str, Any]]]) -> list[di
             continue
         gaps = seeds_of(c, column) - seeds_of(c, "err_batch")
         add(claim, paper, f"{name} {cell_text(c, column)} vs batch statistics "
-            f"{cell_text(c, 'err_batch')}; per-seed difference {pct(gaps.mean())} "
-            f"({pct(gaps.min())}..{pct(gaps.max())})",
+            f"{cell_text(c, 'err_batch')}; per-seed difference {gap_text(gaps)}",
             verdict(gaps.mean() > 0, bool((gaps > 0).all())))
 
     claim = (f"BN's train/inference gap (Alg. 2 minus batch statistics) is larger at batch "
@@ -345,16 +336,25 @@ def claims(dataset: str, table: dict[str, dict[int, dict[str, Any]]]) -> list[di
     else:
         g_small = seeds_of(small) - seeds_of(small, "err_batch")
         g_ref = seeds_of(ref) - seeds_of(ref, "err_batch")
-        add(claim, paper, f"gap {pct(g_small.mean())} ({pct(g_small.min())}.."
-            f"{pct(g_small.max())}) at batch {smallest} vs {pct(g_ref.mean())} "
-            f"({pct(g_ref.min())}..{pct(g_ref.max())}) at {REFERENCE_BATCH}",
+        add(claim, paper, f"gap {gap_text(g_small)} at batch {smallest} vs {gap_text(g_ref)} "
+            f"at {REFERENCE_BATCH}",
             verdict(g_small.mean() > g_ref.mean(), bool(g_small.min() > g_ref.max())))
     return rows
 
 
-def lr_selection(roots: Sequence[Path], dataset: str, base_lr: float, reference_batch: int,
-                 out: Path) -> tuple[dict[str, Any] | None, dict[str, str]]:
-    """The learning-rate check (module docstring) and its claim row."""
+def comparable(gn: dict[str, Any], bn: dict[str, Any]) -> str:
+    """Claim 4's verdict: seed-mean errors within COMPARABLE holds; further apart, "mixed"
+    while the seed ranges overlap and "does not hold" once they are disjoint."""
+    close = abs(gn["err_mean"] - bn["err_mean"]) <= COMPARABLE
+    disjoint = bool(seeds_of(gn).max() < seeds_of(bn).min()
+                    or seeds_of(bn).max() < seeds_of(gn).min())
+    return "holds" if close else "does not hold" if disjoint else "mixed"
+
+
+def lr_selection(roots: Sequence[Path], dataset: str, base_lr: float, reference_batch: int
+                 ) -> tuple[dict[str, Any] | None, dict[str, str], pd.DataFrame | None]:
+    """The learning-rate check (module docstring), its claim row and its runs' table
+    (batchsize_lr_<dataset>.csv; None without learning-rate runs)."""
     claim = "base lr is the best candidate on validation at the reference batch (our check)"
     paper = "Goyal et al. / Wu & He: 0.1 x N / 32 (their rate, for ResNet-50 on ImageNet)"
     runs = [r for r in find_runs(roots, statuses=STATUSES)
@@ -363,14 +363,13 @@ def lr_selection(roots: Sequence[Path], dataset: str, base_lr: float, reference_
     if not runs:
         return None, {"dataset": dataset, "claim": claim, "paper": paper,
                       "ours": f"no learning-rate runs on {dataset} at batch {reference_batch}",
-                      "verdict": "not measured", "source": "ours"}
+                      "verdict": "not measured", "source": "ours"}, None
     rows = [{"lr": float(r.config.optim.lr), "norm": r.config.model.norm, "seed": r.config.seed,
              "status": r.summary["status"],
              "final_val_acc": (float(r.summary["final_val_acc"]) if r.summary["status"]
                                == "completed" else CHANCE_VAL_ACC), "run_dir": str(r.dir)}
             for r in runs]
     df = pd.DataFrame(rows).sort_values(["lr", "norm", "seed"])
-    atomic_write_text(out / f"batchsize_lr_{dataset}.csv", df.to_csv(index=False))
     # per candidate: mean over norms of the seed-mean final validation accuracy
     score = df.groupby(["lr", "norm"])["final_val_acc"].mean().groupby("lr").mean()
     best = float(score.idxmax())
@@ -382,16 +381,17 @@ def lr_selection(roots: Sequence[Path], dataset: str, base_lr: float, reference_
             + ", ".join(f"lr {lr:g}: {s:.4f}" for lr, s in score.items())
             + f" -> best {best:g}")
     return info, {"dataset": dataset, "claim": claim, "paper": paper, "ours": ours,
-                  "verdict": "holds" if ok else "does not hold", "source": "ours"}
+                  "verdict": "holds" if ok else "does not hold", "source": "ours"}, df
 
 
-def plot(dataset: str, table: dict[str, dict[int, dict[str, Any]]], out: Path) -> None:
-    fig = figure(dataset, table)
-    atomic_save_figure(fig, out / f"batchsize_{dataset}")
-    plt.close(fig)
+def figures(result: Result) -> dict[str, Figure]:
+    """batchsize_<dataset> -> its figure (`figure`), per dataset."""
+    return {f"batchsize_{d}": figure(d, table) for d, table in result.tables.items()}
 
 
-def figure(dataset: str, table: dict[str, dict[int, dict[str, Any]]]) -> plt.Figure:
+def figure(dataset: str, table: dict[str, dict[int, dict[str, Any]]]) -> Figure:
+    """(a) test error vs batch size per norm, (b) BN's error three ways, (c) Wu & He's
+    ImageNet numbers, labelled as theirs."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [5, 5, 3]})
     batches = sorted({b for cells in table.values() for b in cells})
 
@@ -466,15 +466,15 @@ def csv_rows(table: dict[str, dict[int, dict[str, Any]]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def analyse(roots: Sequence[Path], out: Path, lr_roots: Sequence[Path] = (),
-            wandb: bool = False) -> dict[str, dict[str, Any]]:
+def analyse(roots: Sequence[Path], lr_roots: Sequence[Path] = ()) -> Result:
+    """Every number, table and claim of the module docstring, from the runs below `roots`
+    (and the learning-rate runs below `lr_roots`); writes nothing."""
     runs = load(roots)
     if not runs:
         raise BatchsizeError(f"no batch-size runs (completed or diverged; experiment "
                              f"{' or '.join(EXPERIMENTS)}) under {', '.join(map(str, roots))}")
     check_protocol(runs)
-    out.mkdir(parents=True, exist_ok=True)
-    results, all_claims = {}, []
+    result = Result(runs=runs, tables={}, numbers={}, claims=[], wandb_dir=Path(roots[0]))
     for dataset in sorted({r["dataset"] for r in runs}):
         group = [r for r in runs if r["dataset"] == dataset]
         table = cells_of(group)
@@ -482,36 +482,48 @@ def analyse(roots: Sequence[Path], out: Path, lr_roots: Sequence[Path] = (),
         lr_info = None
         if lr_roots:
             c = group[0]["config"]
-            lr_info, row = lr_selection(lr_roots, dataset, float(c["batch_scaling.base_lr"]),
-                                        int(c["batch_scaling.reference_batch"]), out)
+            lr_info, row, lr_table = lr_selection(lr_roots, dataset,
+                                                  float(c["batch_scaling.base_lr"]),
+                                                  int(c["batch_scaling.reference_batch"]))
             rows.append(row)
-        all_claims += rows
-        plot(dataset, table, out)
-        atomic_write_text(out / f"batchsize_{dataset}.csv", csv_rows(table).to_csv(index=False))
-        shared = {k: v for k, v in group[0]["config"].items()
-                  if not matches(k, (*AXES, *DERIVED, *NON_TRAJECTORY))}
-        numbers = {
-            "dataset": dataset, "experiment": group[0]["config"]["name"],
-            "setup": setup_line(dataset, shared, table), "shared_config": shared,
-            "batch_scaling": {k.split(".", 1)[1]: v for k, v in group[0]["config"].items()
-                              if k.startswith("batch_scaling.")},
-            "definitions": {"reported": "final test error, 1 - test/acc at the last "
-                                        "evaluation; diverged seeds score chance",
-                            "chance_error": CHANCE_ERROR, "gap_keys": GAP_KEYS,
-                            "reference_batch": REFERENCE_BATCH, "comparable": COMPARABLE,
-                            "verdict_rule": VERDICT_RULE},
-            "cells": {norm: {str(b): c for b, c in cells.items()}
-                      for norm, cells in table.items()},
-            "claims": rows, "lr_selection": lr_info,
-            "wu_he_table2_imagenet_error_pct": WU_HE_TABLE2}
-        atomic_write_json(out / f"batchsize_{dataset}.json", numbers)
-        results[dataset] = numbers
+            if lr_table is not None:
+                result.lr_tables[dataset] = lr_table
+        result.claims += rows
+        result.tables[dataset] = table
+        result.numbers[dataset] = numbers_of(dataset, group, table, rows, lr_info)
+    return result
+
+
+def numbers_of(dataset: str, group: list[dict[str, Any]], table: dict[str, dict[int, Any]],
+               rows: list[dict[str, str]], lr_info: dict[str, Any] | None) -> dict[str, Any]:
+    """batchsize_<dataset>.json: every number of one dataset, with its setup and rules."""
+    config = group[0]["config"]
+    shared = {k: v for k, v in config.items() if not matches(k, IGNORED)}
+    return {
+        "dataset": dataset, "experiment": config["name"],
+        "setup": setup_line(dataset, shared, table), "shared_config": shared,
+        "batch_scaling": {k.split(".", 1)[1]: v for k, v in config.items()
+                          if k.startswith("batch_scaling.")},
+        "definitions": {"reported": "final test error, 1 - test/acc at the last "
+                                    "evaluation; diverged seeds score chance",
+                        "chance_error": CHANCE_ERROR, "gap_keys": GAP_KEYS,
+                        "reference_batch": REFERENCE_BATCH, "comparable": COMPARABLE,
+                        "verdict_rule": VERDICT_RULE},
+        "cells": {norm: {str(b): c for b, c in cells.items()} for norm, cells in table.items()},
+        "claims": rows, "lr_selection": lr_info,
+        "wu_he_table2_imagenet_error_pct": WU_HE_TABLE2}
+
+
+def claims_markdown(result: Result) -> str:
+    """batchsize_claims.md: every dataset's claims, the setups, the rule and Wu & He's words."""
     lines = ["# Batch-size claims (Wu & He 2018; Ioffe 2017) checked on our runs", "",
              "| dataset | claim | paper (ImageNet) | ours (final test error: mean (min..max) "
              "over seeds) | verdict |", "|---|---|---|---|---|"]
     lines += [f"| {c['dataset']} | {c['claim']} | {c['paper']} | {c['ours']} | {c['verdict']} |"
-              for c in all_claims]
-    lines += ["", *[f"- {numbers['setup']}" for numbers in results.values()], "",
+              for c in result.claims]
+    # The last line still names scripts/plot_batchsize.py, this module's former self: kept so
+    # that the file stays byte for byte the one the script wrote.
+    lines += ["", *[f"- {numbers['setup']}" for numbers in result.numbers.values()], "",
               f"Verdict rule: {VERDICT_RULE}", "",
               f"Wu & He's words: {WU_HE_ABSTRACT}. Their Table 2 (ImageNet, ResNet-50, error %"
               " by images per GPU): BN " + ", ".join(f"{b}: {e}" for b, e in
@@ -519,43 +531,49 @@ def analyse(roots: Sequence[Path], out: Path, lr_roots: Sequence[Path] = (),
               + "; GN " + ", ".join(f"{b}: {e}" for b, e in WU_HE_TABLE2["GN"].items()) + ".",
               "", "Datasets are named as the runs name them: cifar10-jpeg is the JPEG mirror, "
               "not CIFAR-10. Written by scripts/plot_batchsize.py from the run store.", ""]
-    atomic_write_text(out / "batchsize_claims.md", "\n".join(lines))
-    write_claims(out / "batchsize_claims.json", all_claims, experiment=", ".join(EXPERIMENTS),
-                 title=TITLE, make="make batchsize",
-                 setup="; ".join(n["setup"] for n in results.values()),
-                 figures=[f"batchsize_{d}.png" for d in results], verdict_rule=VERDICT_RULE,
-                 summaries=[r["run"].summary for r in runs])
-    if wandb:
-        wandb_figures.publish(True, runs[0]["run"].config,
-                              [out / f"batchsize_{d}.png" for d in results],
-                              claims=all_claims, wandb_dir=Path(roots[0]))
-    return results
+    return "\n".join(lines)
+
+
+def write(result: Result, out: Path, wandb: bool = False) -> None:
+    """The files of the module docstring, into `out`; with `wandb` the figures and claims also
+    go to the runs' wandb group (bnrepro.analysis.wandb_figures)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for dataset, lr_table in result.lr_tables.items():
+        atomic_write_text(out / f"batchsize_lr_{dataset}.csv", lr_table.to_csv(index=False))
+    command.save_figures(figures(result), out)
+    for dataset, numbers in result.numbers.items():
+        table = csv_rows(result.tables[dataset])
+        atomic_write_text(out / f"batchsize_{dataset}.csv", table.to_csv(index=False))
+        atomic_write_json(out / f"batchsize_{dataset}.json", numbers)
+    atomic_write_text(out / "batchsize_claims.md", claims_markdown(result))
+    write_claims(out / "batchsize_claims.json", result.claims,
+                 experiment=", ".join(EXPERIMENTS), title=TITLE, make="make batchsize",
+                 setup="; ".join(n["setup"] for n in result.numbers.values()),
+                 figures=[f"batchsize_{d}.png" for d in result.numbers],
+                 verdict_rule=VERDICT_RULE, summaries=[r["run"].summary for r in result.runs])
+    wandb_figures.publish(wandb, result.runs[0]["run"].config,
+                          [out / f"batchsize_{d}.png" for d in result.numbers],
+                          claims=result.claims, wandb_dir=result.wandb_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """`python -m bnrepro.analyse batchsize RUN_DIRS [--lr-runs ...] [--out results]`."""
+    parser = command.parser("batchsize", __doc__)
     parser.add_argument("run_dirs", type=Path, nargs="+",
                         help="run stores, e.g. runs/batchsize_mnist runs/batchsize_cifar10-jpeg")
     parser.add_argument("--lr-runs", type=Path, nargs="*", default=[],
                         help="the base-rate selection runs, runs/batchsize_lr_<dataset>")
-    parser.add_argument("--out", type=Path, default=Path("results"))
-    wandb_figures.add_flag(parser)
-    args = parser.parse_args(argv)
+    args = command.parse(parser, argv)
     try:
-        results = analyse(args.run_dirs, args.out, args.lr_runs, wandb=args.wandb)
+        result = analyse(args.run_dirs, args.lr_runs)
     except BatchsizeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for dataset, numbers in results.items():
+        return command.refuse(err)
+    write(result, args.out, wandb=args.wandb)
+    for dataset, numbers in result.numbers.items():
         print(f"{dataset}: wrote {args.out}/batchsize_{dataset}.png, .pdf, .csv, .json")
         for norm, cells in numbers["cells"].items():
             text = ", ".join(f"{b}: {pct(c['err_mean'])}" for b, c in cells.items())
             print(f"  {norm:5s} final test error by batch size: {text}")
-        for c in numbers["claims"]:
-            print(f"  [{c['verdict']}] {c['claim']}")
+        command.print_claims(numbers["claims"])
     print(f"wrote {args.out}/batchsize_claims.md")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
