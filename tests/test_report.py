@@ -111,7 +111,8 @@ def test_links_are_relative_to_the_report_and_stray_files_are_not_dropped(tmp_pa
     assert ("Trained on: CPU A (AVX2), 1 thread of 2 cores, torch 2.15.0: 1 run; "
             "not recorded: 1 run.") in text
     assert "![extra_plot.png](../results/extra_plot.png)" in text
-    assert "| custom_claims.json | c | Wu & He (2018) | p | o \\| x | mnist | **inconclusive** |" in text
+    assert ("| custom_claims.json | c | Wu & He (2018) | p | o \\| x | mnist | **inconclusive** |"
+            in text)
     assert "| Wu & He (2018) | 1 | 0 | 1 | 0 | 0 |" in text
 
 
