@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,12 @@ VERDICT_RULE = (
     "on the other side, mixed otherwise; ICS: per measured layer, holds in every layer = holds")
 
 
-def per_seed(runs: list[Run], norm: str, lr: float, value) -> list[float]:
+def per_seed(runs: list[Run], norm: str, lr: float, value: Callable[[Run], float]
+             ) -> list[float]:
     return [value(r) for r in runs if r.config.norm == norm and r.config.lr == lr]
 
 
-def median_measure(key: str):
+def median_measure(key: str) -> Callable[[Run], float]:
     def value(run: Run) -> float:
         return float(run.measures[key].median()) if key in run.measures else float("nan")
     return value
@@ -75,7 +77,7 @@ def separated(bn: list[float], standard: list[float]) -> str:
     return "mixed"
 
 
-def claims(runs: list[Run], lr: float, layers: list[int]) -> list[dict]:
+def claims(runs: list[Run], lr: float, layers: list[int]) -> list[dict[str, str]]:
     rows = []
 
     def row(claim: str, paper: str, ours: str, verdict: str) -> None:
