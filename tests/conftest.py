@@ -5,13 +5,11 @@ fails instead, so a CI without data cannot pass by skipping everything."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import NoReturn
 
 import pytest
@@ -109,14 +107,6 @@ def run_train():
         return result
 
     return run
-
-
-def load_script(name: str) -> ModuleType:
-    """scripts/<name>.py as a module (scripts are not a package), for tests of its functions."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def stop_before_step(monkeypatch: pytest.MonkeyPatch, step: int,

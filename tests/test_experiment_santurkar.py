@@ -102,7 +102,7 @@ def test_numbers_are_read_from_the_logged_metrics(store, tmp_path):
             assert (out / f"{name}.{ext}").stat().st_size > 0
     claims = (out / "santurkar_claims.md").read_text()
     assert "| mnist |" in claims and "Verdict rule" in claims
-    data = read_claims(out / "santurkar_claims.json")  # the format scripts/report.py reads
+    data = read_claims(out / "santurkar_claims.json")  # the format the report reads
     # every run counted under the machine that trained it (this one: the store is trained
     # by the session's fixture)
     trained = [json.loads(f.read_text()) for f in store.rglob("summary.json")]

@@ -33,7 +33,7 @@ from bnrepro.analysis.notebook import RECORD_KEY
 from bnrepro.data.datasets import DataUnavailableError, load_dataset
 from bnrepro.experiments import fig1
 from bnrepro.run.store import evaluation_rows, read_metrics, read_summary
-from tests.conftest import REPO, data_missing, load_script
+from tests.conftest import REPO, data_missing
 
 NOTEBOOK_DIR = REPO / "notebooks"
 # notebook -> the fixture giving its papermill parameters (a folder of real runs it reads)

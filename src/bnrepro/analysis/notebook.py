@@ -1,5 +1,5 @@
-"""What the notebooks in notebooks/ share: the plot scripts' functions, and figures, tables and
-prose shown with a machine-readable record of what they hold.
+"""What the notebooks in notebooks/ share: figures, tables and prose shown with a
+machine-readable record of what they hold (the analyses themselves come from bnrepro.experiments).
 
 Every figure, table and sentence a notebook shows goes through `show`, `show_table` or `say`.
 Each output carries its record in the output's metadata under RECORD_KEY, invisible in
@@ -11,11 +11,8 @@ that the numbers shown are the run store's.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import io
 import json
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import matplotlib
@@ -29,20 +26,6 @@ from matplotlib.lines import Line2D
 from matplotlib.transforms import Transform
 
 RECORD_KEY = "bnrepro"  # output metadata key: {"figure": ...} | {"table": ...} | {"text": ...}
-SCRIPTS = Path(__file__).resolve().parents[3] / "scripts"  # a source checkout's scripts/
-
-
-def load_script(name: str) -> ModuleType:
-    """scripts/<name>.py of this checkout as a module (scripts are not a package). The plot
-    scripts select matplotlib's Agg backend on import; the backend in use before (Jupyter's
-    inline one in a notebook) is put back, so later plt figures still show inline."""
-    backend = matplotlib.get_backend()
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if matplotlib.get_backend() != backend:
-        matplotlib.use(backend)
-    return module
 
 
 def _in_view(ax: Axes, transform: Transform, xy: np.ndarray) -> int:

@@ -37,7 +37,7 @@ seed-mean accuracy exceeds CHANCE + CHANCE_MARGIN).
 Writes to --out: depth_<dataset>.png/.pdf (a: accuracy vs depth; b: ratio at initialisation
 vs block, one panel per depth, with the 1/l line; c: ratio over training, deepest net),
 depth_<dataset>.csv (one row per variant and depth), depth_<dataset>.json (every number),
-depth_<dataset>_claims.md and _claims.json (bnrepro.claims, read by scripts/report.py). With
+depth_<dataset>_claims.md and _claims.json (bnrepro.claims, read by bnrepro.analysis.report). With
 --wandb (or BNREPRO_WANDB_FIGURES=1) the figure and claims also go to the runs' wandb group.
 Bad input prints one `error:` line and exits with 2.
 

@@ -24,8 +24,8 @@ Definitions (also written into the table caption and the JSON):
 - Plateau check: the Baseline mean curve's gain over the last 25% of steps = its value at
   max_steps minus its (interpolated) value at 0.75 * max_steps.
 
-Claims (results/fig2_<dataset>_claims.md, and .json for scripts/report.py in the format of
-bnrepro.claims): verdicts are computed, see VERDICT_RULE.
+Claims (results/fig2_<dataset>_claims.md, and .json for the report, bnrepro.analysis.report,
+in the format of bnrepro.claims): verdicts are computed, see VERDICT_RULE.
 
 Writes to --out: fig2_<dataset>.png/.pdf (Fig. 2), fig2_<dataset>.csv and .md (Fig. 3 table
 and caption), fig2_<dataset>_claims.md and _claims.json, fig2_<dataset>.json (every number the
