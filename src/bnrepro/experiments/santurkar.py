@@ -31,8 +31,9 @@ Definitions (also in the JSON):
   tracked unit ("a random input", Sec. 2) of the lowest seed, over training: shaded fans.
 
 Claims (results/santurkar_claims.md, and .json for the report, bnrepro.analysis.report, in
-the format of bnrepro.claims: each claim with its dataset and source): one block per dataset and learning
-rate (the rate is named in the claim), verdicts by VERDICT_RULE with the thresholds below.
+the format of bnrepro.claims: each claim with its dataset and source): one block per dataset
+and learning rate (the rate is named in the claim), verdicts by VERDICT_RULE with the
+thresholds below.
 
 Writes to --out, per dataset: santurkar_<dataset>.png/.pdf (Figs. 1-2: accuracy and shift),
 santurkar_<dataset>_distributions.png/.pdf (Fig. 2), santurkar_<dataset>_lp.png/.pdf and
