@@ -18,7 +18,7 @@ def results(folder, verdicts: dict[str, str], machine: dict):
 
 
 def test_only_the_claims_whose_verdicts_differ_are_listed(tmp_path, capsys):
-    a = results(tmp_path / "a", {"same": "holds", "moves": "mixed", "gone": "holds"}, CPU)
+    a = results(tmp_path / "a", {"same": "holds", "moves": "inconclusive", "gone": "holds"}, CPU)
     b = results(tmp_path / "b", {"same": "holds", "moves": "does not hold", "new": "holds"},
                 dict(CPU, cpu_capability="AVX512"))
     assert compare.main([str(a), str(b)]) == 0
@@ -26,7 +26,7 @@ def test_only_the_claims_whose_verdicts_differ_are_listed(tmp_path, capsys):
     assert f"{a} trained on: CPU A (AVX2), 2 threads of 2 cores, torch 2.15.0" in out
     assert f"{b} trained on: CPU A (AVX512)" in out
     assert "3 of 4 claims differ in verdict" in out
-    assert (f"x_claims.json: moves [mnist]\n  {a}: mixed (ours of moves (mixed))\n"
+    assert (f"x_claims.json: moves [mnist]\n  {a}: inconclusive (ours of moves (inconclusive))\n"
             f"  {b}: does not hold (ours of moves (does not hold))") in out
     assert f"x_claims.json: gone [mnist]\n  only in {a}" in out
     assert f"x_claims.json: new [mnist]\n  only in {b}" in out
