@@ -150,3 +150,23 @@ def test_the_report_shows_each_verdicts_test_and_how_many_chance_would_decide(tm
     assert "unmet: the baseline plateaued | **not measured** |" in text
     assert ("Of the 2 claims decided by the permutation test, 1 came out decisive (holds or "
             "does not hold); with no effect at all, chance alone would give 0.2") in text
+
+
+def test_claims_files_of_the_old_rule_are_read_and_flagged_never_written(tmp_path):
+    """A claims file from before issue 26 (no evidence, "mixed" verdicts) stays readable, and
+    the report marks its section and counts it apart; no analysis may write "mixed" now."""
+    results = tmp_path / "results"
+    results.mkdir()
+    rows = [{"claim": "c", "paper": "p", "ours": "o", "verdict": v, "dataset": "mnist",
+             "source": "Ioffe & Szegedy (2015)"} for v in ("mixed", "holds")]
+    (results / "fig1_mnist_claims.json").write_text(json.dumps({"claims": rows}))
+    assert [c["verdict"] for c in read_claims(results / "fig1_mnist_claims.json")["claims"]] \
+        == ["mixed", "holds"]
+    with pytest.raises(ClaimsError, match="verdict 'mixed'"):
+        write_claims(tmp_path / "x_claims.json", rows, experiment="x", title="t", make="m",
+                     setup="s", figures=[], verdict_rule="r", summaries=[])
+    report.main(["--results", str(results)])
+    text = (results / "REPORT.md").read_text()
+    assert "**2 of the 2 claims were decided by the old rule**" in text
+    assert "**Decided by the old rule**" in text and "rerun `make fig1`" in text
+    assert "| Ioffe & Szegedy (2015) | 2 | 1 | 0 | 0 | 0 | 1 |" in text

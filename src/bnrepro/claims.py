@@ -47,6 +47,11 @@ from bnrepro.atomic import atomic_write_json
 from bnrepro.run.machine import trained_on
 
 VERDICTS = ("holds", "inconclusive", "does not hold", "not measured")
+# The rule before issue 26 called a claim "mixed" when the seed means agreed with it and the
+# seed ranges overlapped (and "does not hold" whenever the means disagreed, a null effect too).
+# Claims files written then are still read, and shown as decided by that old rule, until their
+# experiment is rerun; nothing writes it any more.
+OLD_RULE_VERDICT = "mixed"
 # Worst last: the verdict of a claim checked in several places (layers, rates) is its worst.
 RANK = {verdict: rank for rank, verdict in enumerate(VERDICTS)}
 # Where a claim comes from. "ours": a check of our own setup (e.g. the baseline plateaued),
@@ -151,12 +156,13 @@ class ClaimsError(ValueError):
     """A claims file or row that does not follow the format above."""
 
 
-def check_claim(row: dict[str, Any]) -> dict[str, Any]:
+def check_claim(row: dict[str, Any], old_rule: bool = False) -> dict[str, Any]:
     """`row` with every field a string but "evidence" (a dict: what the verdict was computed
-    from, `compare`'s or the claim's own numbers); raises ClaimsError naming what is wrong."""
+    from, `compare`'s or the claim's own numbers); raises ClaimsError naming what is wrong.
+    `old_rule`: also accept OLD_RULE_VERDICT (reading a file written before issue 26)."""
     if missing := [f for f in FIELDS if f not in row]:
         raise ClaimsError(f"claim {row.get('claim')!r} lacks {', '.join(missing)}")
-    if row["verdict"] not in VERDICTS:
+    if row["verdict"] not in VERDICTS and not (old_rule and row["verdict"] == OLD_RULE_VERDICT):
         raise ClaimsError(f"claim {row['claim']!r}: verdict {row['verdict']!r} is not one of "
                           f"{', '.join(VERDICTS)}")
     if row["source"] not in SOURCES:
@@ -195,8 +201,14 @@ def read_claims(path: Path) -> dict[str, Any]:
         raise ClaimsError(f"{path}: no list of claims")
     data = {"experiment": "", "title": Path(path).stem, "make": "", "setup": "",
             "figures": [], "verdict_rule": "", "trained_on": [], **data}
-    data["claims"] = [check_claim(c) for c in data["claims"]]
+    data["claims"] = [check_claim(c, old_rule=True) for c in data["claims"]]
     return data
+
+
+def by_old_rule(data: dict[str, Any]) -> bool:
+    """A claims file (read_claims) written before claims carried their evidence: its verdicts
+    come from the rule before issue 26 (OLD_RULE_VERDICT), until its experiment is rerun."""
+    return bool(data["claims"]) and not any("evidence" in c for c in data["claims"])
 
 
 def evidence_text(claim: dict[str, Any]) -> str:

@@ -30,9 +30,11 @@ import torch
 
 from bnrepro.atomic import atomic_write_text
 from bnrepro.claims import (
+    OLD_RULE_VERDICT,
     SOURCES,
     VERDICTS,
     ClaimsError,
+    by_old_rule,
     chance_decisions,
     evidence_text,
     read_claims,
@@ -82,17 +84,30 @@ def claims_table(claims: list[dict[str, Any]], with_experiment: bool = False) ->
 
 
 def headline(claims: list[dict[str, str]]) -> list[str]:
-    """Per source, in SOURCES order: the count of each verdict."""
-    lines = ["| source | claims | " + " | ".join(VERDICTS) + " |",
-             "|---|---|" + "---|" * len(VERDICTS)]
+    """Per source, in SOURCES order: the count of each verdict (and of the old rule's "mixed",
+    while a claims file from before issue 26 is still in the folder)."""
+    verdicts = [*VERDICTS, *([OLD_RULE_VERDICT] * any(
+        c["verdict"] == OLD_RULE_VERDICT for c in claims))]
+    lines = ["| source | claims | " + " | ".join(verdicts) + " |",
+             "|---|---|" + "---|" * len(verdicts)]
     for source in SOURCES:
         mine = [c for c in claims if c["source"] == source]
         if not mine:
             continue
-        counts = [sum(c["verdict"] == v for c in mine) for v in VERDICTS]
+        counts = [sum(c["verdict"] == v for c in mine) for v in verdicts]
         name = "our own checks (not paper claims)" if source == "ours" else source
         lines.append(f"| {name} | {len(mine)} | " + " | ".join(map(str, counts)) + " |")
     return lines
+
+
+def old_rule_line(data: dict[str, Any], make: str) -> list[str]:
+    """A warning above a claims table whose verdicts the old rule decided (bnrepro.claims)."""
+    if not by_old_rule(data):
+        return []
+    return ["**Decided by the old rule** (before issue 26: the sign of the seed means decided, "
+            "so a null effect could read \"does not hold\"; \"mixed\" = the means agree, the "
+            f"seeds overlap), with no evidence recorded: rerun `{make}` for the one rule's "
+            "verdicts.", ""]
 
 
 def chance_line(claims: list[dict[str, Any]]) -> list[str]:
@@ -151,6 +166,7 @@ def render(results: Path, out: Path) -> tuple[str, dict[str, Any]]:
                 all_claims.append({**c, "experiment": exp.name})
             sections += [f"### {data['title']}", "", f"Setup: {data['setup'] or '(not stated)'}."
                          f" Claims file: `{name}`.", "", *trained_on_line(data), "",
+                         *old_rule_line(data, exp.make),
                          *claims_table(data["claims"]), "",
                          f"Verdict rule: {data['verdict_rule'] or '(not stated)'}", ""]
         if not names:
@@ -183,6 +199,11 @@ def render(results: Path, out: Path) -> tuple[str, dict[str, Any]]:
                  + " (no results in this folder; their claims are not counted below).", ""]
     if problems:
         head += ["Unreadable claims files (left out): " + "; ".join(problems), ""]
+    old = sum(len(d["claims"]) for d in files.values() if by_old_rule(d))
+    if old:
+        head += [f"**{old} of the {len(all_claims)} claims were decided by the old rule** (their "
+                 "claims files predate issue 26's one rule and carry no evidence; their "
+                 "sections say which command reruns them).", ""]
     head += ["## Headline", "", *headline(all_claims), "", *chance_line(all_claims),
              "## Every claim", "",
              *claims_table(all_claims, with_experiment=True), ""]
