@@ -86,7 +86,7 @@ CIFAR := $$($(PY) -m bnrepro.data cifar10 cifar10-jpeg)
 fig2: setup fig2-lr  ## Figs. 2-3: Baseline vs BN variants on CIFAR, 7 variants x 3 seeds (CPU)
 	@ds=$(CIFAR) && \
 	$(PY) -m bnrepro.train -m experiment=fig2_cifar dataset=$$ds && \
-	$(PY) scripts/plot_fig2.py runs/fig2_$$ds --lr-runs runs/fig2_lr_$$ds --out results
+	$(PY) -m bnrepro.analyse fig2 runs/fig2_$$ds --lr-runs runs/fig2_lr_$$ds --out results
 
 fig2-lr: setup  ## fig2's base rate: the Baseline at 4 candidate rates, picked on validation
 	@ds=$(CIFAR) && $(PY) -m bnrepro.train -m experiment=fig2_cifar_lr dataset=$$ds

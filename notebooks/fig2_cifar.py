@@ -15,17 +15,16 @@
 # learning rates, and with sigmoid instead of ReLU: BN reaches the baseline's best accuracy
 # in far fewer steps, higher rates speed it up further, and sigmoid trains only with BN. We
 # repeat the comparison with a small VGG-style CNN on CIFAR-10 or its JPEG mirror (`make
-# fig2`). Everything below comes from `scripts/plot_fig2.py`'s functions (the same as
-# `results/fig2_*`), reading the local run store.
+# fig2`). Everything below comes from `bnrepro.experiments.fig2` (the same as `results/fig2_*`),
+# reading the local run store.
 
 # %%
 from pathlib import Path
 
 import pandas as pd
 
-from bnrepro.analysis.notebook import load_script, say, show, show_table
-
-plot_fig2 = load_script("plot_fig2")
+from bnrepro.analysis.notebook import say, show, show_table
+from bnrepro.experiments import fig2
 
 # %% tags=["parameters"]
 RUNS = ""  # a folder of fig2_cifar runs; "": ../runs/fig2_cifar10 if it exists, else the mirror's
@@ -38,7 +37,7 @@ if not RUNS:  # `make fig2` uses true CIFAR-10 when it loads, else the JPEG mirr
 name = Path(RUNS).name  # runs/fig2_<dataset> -> runs/fig2_lr_<dataset>
 sibling = Path(RUNS).with_name(f"fig2_lr_{name[5:]}") if name.startswith("fig2_") else None
 lr_runs = Path(LR_RUNS) if LR_RUNS else sibling if sibling and sibling.is_dir() else None
-a = plot_fig2.analysis(Path(RUNS), lr_runs)
+a = fig2.analyse(Path(RUNS), lr_runs)
 dataset = a["dataset"]
 ABOUT = {"cifar10": "the true CIFAR-10",
          "cifar10-jpeg": "CIFAR-10's images after JPEG recompression (the offline mirror): "
@@ -59,7 +58,7 @@ say(f"Dataset: **`{dataset}`**, {ABOUT.get(dataset, 'see conf/dataset/')}. "
 # mean first reaches it.
 
 # %%
-show(plot_fig2.figure(a["curves"], a["table"], a["target"], dataset), "fig2")
+show(fig2.figure(a["curves"], a["table"], a["target"], dataset), "fig2")
 say(f"Target: validation accuracy {a['target']:.4f}, reached by the Baseline's seed-mean curve "
     f"at step {a['target_step']} of {a['max_steps']}.")
 
@@ -67,9 +66,9 @@ say(f"Target: validation accuracy {a['target']:.4f}, reached by the Baseline's s
 # ## Fig. 3: steps to the target and best accuracy, beside the paper's ImageNet numbers
 
 # %%
-fig3 = plot_fig2.csv_table(a["table"])
+fig3 = fig2.csv_table(a["table"])
 show_table(fig3.set_index("variant"), "fig3")
-say(plot_fig2.caption(a["target"], a["target_step"], dataset, a["max_steps"]))
+say(fig2.caption(a["target"], a["target_step"], dataset, a["max_steps"]))
 speedups = {v: t["speedup_vs_baseline"] for v, t in a["table"].items() if v != "Baseline"}
 say("Speed-up over the Baseline in median steps to the target: " + "; ".join(
     f"{v} {'-' if x is None else f'{x:.2f}x'}"
@@ -85,7 +84,7 @@ claims = pd.DataFrame(a["claims"])
 show_table(claims, "claims")
 counts = claims["verdict"].value_counts()
 say(f"{len(claims)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items())
-    + f". Verdict rule: {plot_fig2.VERDICT_RULE}")
+    + f". Verdict rule: {fig2.VERDICT_RULE}")
 if a["lr_candidates"] is not None:
     show_table(a["lr_candidates"].drop(columns="run_dir"), "lr_candidates")
     say(f"The Baseline's learning rate, {a['lr_info']['fig2_baseline_lr']:g}, is "

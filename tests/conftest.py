@@ -142,7 +142,7 @@ FIG2_TINY = ["model.width_multiplier=0.25", "trainer.max_steps=20", "trainer.eva
 
 @pytest.fixture(scope="session")
 def fig2_store(tmp_path_factory, run_train) -> Path:
-    """Real fig2_cifar runs on cifar10-jpeg, trained once per session for scripts/plot_fig2.py
+    """Real fig2_cifar runs on cifar10-jpeg, trained once per session for bnrepro.experiments.fig2
     and the fig2 notebook: Baseline and BN-x5, seeds 0 and 1, 20 steps, evaluated every 10."""
     try:
         load_dataset(FIG2_DATASET, REPO / "data")  # the cache the training subprocess reads

@@ -482,17 +482,16 @@ def test_aggregate_gives_the_same_tables_for_runs_with_measures(tmp_path, capsys
     assert outputs[0] == outputs[1] and outputs[0][1]
 
 
-def test_plot_fig2_gives_the_same_numbers_for_runs_with_measures(tmp_path):
-    from tests.conftest import load_script
+def test_fig2_gives_the_same_numbers_for_runs_with_measures(tmp_path):
+    from bnrepro.experiments import fig2
     from tests.test_aggregate import curve
 
-    plot_fig2 = load_script("plot_fig2")
     base = ["experiment=fig2_cifar", "dataset=cifar10-jpeg", "trainer.max_steps=40",
             "trainer.eval_every=20"]
     runs = [([*base, f"fig2_variant={v}", f"seed={s}"], curve([0.1, 0.3 + s / 10 + b, 0.4 + b]))
             for v, b in (("baseline", 0.0), ("bn_x5", 0.1)) for s in (0, 1)]
     plain, measured = store_pair(tmp_path, *zip(*runs, strict=True))
-    numbers = [plot_fig2.analyse(store, tmp_path / f"out_{store.name}")
+    numbers = [fig2.write(fig2.analyse(store), tmp_path / f"out_{store.name}")
                for store in (plain, measured)]
     texts = [json.dumps(n, sort_keys=True, default=str).replace(str(store), "STORE")
              for n, store in zip(numbers, (plain, measured), strict=True)]

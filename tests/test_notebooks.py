@@ -112,7 +112,7 @@ def sweep_params(run_train, mirror, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def fig2_params(fig2_store) -> dict:
-    """The fig2 runs scripts/plot_fig2.py's tests use (conftest.fig2_store), no lr runs."""
+    """The fig2 runs bnrepro.experiments.fig2's tests use (conftest.fig2_store), no lr runs."""
     return {"RUNS": str(fig2_store), "LR_RUNS": ""}
 
 

@@ -331,9 +331,11 @@ def test_bad_input_exits_2_with_one_error_line(tmp_path):
 def test_runs_from_before_the_residual_probe_key_mix_with_new_ones():
     """probe.residual_variance changes no trajectory: the table scripts must not call a run
     made before the key existed (its config lacks it) another setup."""
-    aggregate, plot_fig2 = load_script("aggregate"), load_script("plot_fig2")
+    from bnrepro.experiments import fig2
+
+    aggregate = load_script("aggregate")
     old, new = {"optim.lr": 0.1}, {"optim.lr": 0.1, "probe.residual_variance": True}
     assert aggregate.differing_keys([old, new]) == {}
     assert aggregate.differing_keys([old, {"optim.lr": 0.2}]) != {}  # the check does bite
-    assert plot_fig2.matches("probe.residual_variance", plot_fig2.NON_TRAJECTORY_KEYS)
+    assert fig2.matches("probe.residual_variance", fig2.NON_TRAJECTORY_KEYS)
     assert plot_depth.matches("probe.residual_variance", plot_depth.IGNORED_KEYS)

@@ -15,9 +15,8 @@ import yaml
 
 from bnrepro.analysis import report
 from bnrepro.claims import ClaimsError, read_claims, write_claims
-from tests.conftest import load_script
+from bnrepro.experiments import fig2
 
-plot_fig2 = load_script("plot_fig2")
 
 DATASET = "cifar10-jpeg"
 STEPS = [0, 10, 20, 30]
@@ -59,7 +58,7 @@ def verdict_in_report(text: str, claim: str) -> str:
 def test_the_reports_verdict_follows_the_runs(tmp_path, bn_curve, expected, bn_steps):
     store = fig2_store(tmp_path / "runs", bn_curve)
     results = tmp_path / "results"
-    assert plot_fig2.main([str(store), "--out", str(results)]) == 0
+    assert fig2.main([str(store), "--out", str(results)]) == 0
     assert report.main(["--results", str(results)]) == 0
     text = (results / "REPORT.md").read_text()
 
@@ -75,7 +74,7 @@ def test_the_reports_verdict_follows_the_runs(tmp_path, bn_curve, expected, bn_s
 
 def test_headline_counts_every_claim_and_missing_experiments_are_named(tmp_path):
     results = tmp_path / "results"
-    plot_fig2.main([str(fig2_store(tmp_path / "runs", [0.1, 0.42, 0.45, 0.5])), "--out",
+    fig2.main([str(fig2_store(tmp_path / "runs", [0.1, 0.42, 0.45, 0.5])), "--out",
                     str(results)])
     claims = read_claims(results / f"fig2_{DATASET}_claims.json")["claims"]
     report.main(["--results", str(results)])

@@ -1,7 +1,7 @@
 """Figures 2 and 3 of Ioffe & Szegedy (2015), Sec. 4.2, from our run store.
 
-    python scripts/plot_fig2.py runs/fig2_<dataset> [--lr-runs runs/fig2_lr_<dataset>]
-                                [--out results]
+    python -m bnrepro.analyse fig2 runs/fig2_<dataset> [--lr-runs runs/fig2_lr_<dataset>]
+                                   [--out results] [--wandb]
 
 Reads every run of experiment fig2_cifar below the folder (completed AND diverged; runs with
 another status, e.g. failed or still running, are named in a warning and left out). Each run's
@@ -33,6 +33,10 @@ README quotes), and with --lr-runs fig2_lr_<dataset>.csv (the base-rate candidat
 --wandb (or BNREPRO_WANDB_FIGURES=1) the figure and claims also go to the runs' wandb group.
 Bad input (no fig2 runs, no Baseline, runs of different setups mixed) prints one `error:` line
 and exits with 2.
+
+The experiment unit (bnrepro.experiments): `analyse(root, lr_root)` computes everything and
+writes nothing, `figures(result)` draws Fig. 2, `write(result, out)` writes the files above and
+returns the numbers of fig2_<dataset>.json, and `main(argv)` is the command line.
 """
 
 from __future__ import annotations
@@ -45,18 +49,16 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from bnrepro.analysis import wandb_figures  # noqa: E402
-from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
-from bnrepro.claims import write_claims  # noqa: E402
-from bnrepro.config import flatten  # noqa: E402
-from bnrepro.run.store import evaluation_rows, read_config, read_metrics, read_summary  # noqa: E402
+from bnrepro.analysis import wandb_figures
+from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text
+from bnrepro.claims import to_markdown, verdict, worst, write_claims
+from bnrepro.config import flatten
+from bnrepro.run.store import evaluation_rows, read_config, read_metrics, read_summary
 
 EXPERIMENT, LR_EXPERIMENT = "fig2_cifar", "fig2_cifar_lr"  # config `name` of the runs
 VARIANTS = ["Baseline", "BN-Baseline", "BN-x5", "BN-x30", "BN-x5-Sigmoid", "Baseline-x5",
@@ -92,7 +94,6 @@ VERDICT_RULE = (
     "the means but the ranges overlap (not every seed); does not hold: it fails for the "
     "means. A seed that never reaches the target counts as infinitely many steps. A claim "
     "about two variants takes the worse of the two verdicts.")
-RANK = {"holds": 0, "mixed": 1, "does not hold": 2, "not measured": 3}
 PAPER_SOURCE, OUR_CHECK = "Ioffe & Szegedy (2015)", "ours"  # bnrepro.claims.SOURCES
 
 
@@ -227,14 +228,6 @@ def steps_cell(v: dict[str, Any]) -> str:
 def mean_curve_cell(v: dict[str, Any]) -> str:
     at, speedup = v["mean_curve_first_reaches_target_at"], v["speedup_vs_baseline_mean_curves"]
     return "never" if at is None else f"{at} ({'-' if speedup is None else f'{speedup:.2f}x'})"
-
-
-def verdict(means_hold: bool, every_seed: bool) -> str:
-    return "holds" if means_hold and every_seed else "mixed" if means_hold else "does not hold"
-
-
-def worst(*verdicts: str) -> str:
-    return max(verdicts, key=RANK.__getitem__)
 
 
 def per_seed(v: dict[str, Any], key: str) -> np.ndarray:
@@ -382,12 +375,21 @@ def lr_selection(lr_root: Path, dataset: str, base_lr: float
     return info, row, df
 
 
-def plot(curves: dict[str, pd.DataFrame], table: dict[str, dict[str, Any]], target: float,
-         dataset: str, out: Path) -> None:
-    """figure(), saved as <out>/fig2_<dataset>.png and .pdf."""
-    fig = figure(curves, table, target, dataset)
-    atomic_save_figure(fig, out / f"fig2_{dataset}")
-    plt.close(fig)
+def add_speedups(table: dict[str, dict[str, Any]], curves: dict[str, pd.DataFrame],
+                 target: float, target_step: int) -> None:
+    """Add to each variant's row of `table` its speed-up over the Baseline in median steps to
+    target, the step where its mean curve first reaches the target, and that speed-up."""
+    base_median = table["Baseline"]["steps_to_target_median"]
+    for variant, v in table.items():
+        m = v["steps_to_target_median"]
+        v["speedup_vs_baseline"] = (base_median / m if math.isfinite(base_median)
+                                    and math.isfinite(m) and m > 0 else None)
+        v["mean_curve_first_reaches_target_at"] = None
+        mean = curves[variant].mean(axis=1)
+        if (hit := mean[mean >= target]).size:
+            v["mean_curve_first_reaches_target_at"] = int(hit.index[0])
+        at = v["mean_curve_first_reaches_target_at"]
+        v["speedup_vs_baseline_mean_curves"] = target_step / at if at else None
 
 
 def figure(curves: dict[str, pd.DataFrame], table: dict[str, dict[str, Any]], target: float,
@@ -486,13 +488,14 @@ def caption(target: float, target_step: int, dataset: str, max_steps: int) -> st
         "(Inception = our Baseline).")
 
 
-def analysis(root: Path, lr_root: Path | None = None) -> dict[str, Any]:
+def analyse(root: Path, lr_root: Path | None = None) -> dict[str, Any]:
     """Everything Figs. 2-3 and the claims are made of, computed from the runs below root
     (and the base-rate runs below lr_root), writing nothing: runs, dataset, max_steps, eval
     steps, variants (in VARIANTS order), per-variant curves (val/acc per step x seed) and
     table (describe_variant + speed-ups), target and the step where the Baseline mean reaches
-    it, plateau check, claim rows (with dataset), the verdict rule with its thresholds, and
-    with lr_root the lr selection (info, candidates table). Fig2Error on bad input."""
+    it, plateau check, claim rows (with dataset), the verdict rule with its thresholds, with
+    lr_root the lr selection (info, candidates table), and root itself (the wandb folder).
+    Fig2Error on bad input."""
     runs = load_runs(root, EXPERIMENT)
     if not runs:
         raise Fig2Error(f"no {EXPERIMENT} runs (completed or diverged) under {root}; train "
@@ -512,17 +515,7 @@ def analysis(root: Path, lr_root: Path | None = None) -> dict[str, Any]:
     base_mean = curves["Baseline"].mean(axis=1)
     target, target_step = float(base_mean.max()), int(base_mean.idxmax())
     table = {v: describe_variant(rs, target) for v, rs in by_variant.items()}
-    base_median = table["Baseline"]["steps_to_target_median"]
-    for variant, v in table.items():
-        m = v["steps_to_target_median"]
-        v["speedup_vs_baseline"] = (base_median / m if math.isfinite(base_median)
-                                    and math.isfinite(m) and m > 0 else None)
-        v["mean_curve_first_reaches_target_at"] = None
-        mean = curves[variant].mean(axis=1)
-        if (hit := mean[mean >= target]).size:
-            v["mean_curve_first_reaches_target_at"] = int(hit.index[0])
-        at = v["mean_curve_first_reaches_target_at"]
-        v["speedup_vs_baseline_mean_curves"] = target_step / at if at else None
+    add_speedups(table, curves, target, target_step)
     plateau = plateau_check(curves["Baseline"], max_steps)
     claim_rows = claims(table, plateau)
     lr_info = lr_candidates = None
@@ -536,48 +529,21 @@ def analysis(root: Path, lr_root: Path | None = None) -> dict[str, Any]:
             f"fewer steps = median speed-up >= {FAR_FEWER_FACTOR:g}x; plateaued = Baseline mean "
             f"gain over the last {1 - PLATEAU_FROM:.0%} of steps < {PLATEAU_MAX_GAIN:g}. Target "
             f"= {target:.4f} (max over steps of the Baseline's seed-mean validation curve).")
-    return {"runs": runs, "dataset": dataset, "max_steps": max_steps, "steps": steps,
+    return {"root": root, "runs": runs, "dataset": dataset, "max_steps": max_steps, "steps": steps,
             "variants": order, "by_variant": by_variant, "curves": curves, "table": table,
             "target": target, "target_step": target_step, "plateau": plateau,
             "claims": claim_rows, "verdict_rule": rule, "lr_info": lr_info,
             "lr_candidates": lr_candidates}
 
 
-def analyse(root: Path, out: Path, lr_root: Path | None = None, wandb: bool = False
-            ) -> dict[str, Any]:
-    """analysis(), written to `out` (see the module docstring; with `wandb`, also log the
-    figure and claims to the runs' wandb group, see bnrepro.analysis.wandb_figures); return the
-    numbers of fig2_<dataset>.json."""
-    a = analysis(root, lr_root)
-    runs, dataset, max_steps, steps, order, by_variant, curves, table = (
-        a[k] for k in ("runs", "dataset", "max_steps", "steps", "variants", "by_variant",
-                       "curves", "table"))
-    target, target_step, plateau, claim_rows, rule, lr_info = (
-        a[k] for k in ("target", "target_step", "plateau", "claims", "verdict_rule", "lr_info"))
-    out.mkdir(parents=True, exist_ok=True)
-    if a["lr_candidates"] is not None:
-        atomic_write_text(out / f"fig2_lr_{dataset}.csv", a["lr_candidates"].to_csv(index=False))
-    plot(curves, table, target, dataset, out)
-    stem = out / f"fig2_{dataset}"
-    atomic_write_text(Path(f"{stem}.csv"), csv_table(table).to_csv(index=False))
-    atomic_write_text(Path(f"{stem}.md"), markdown(table, target, target_step, dataset,
-                                                   max_steps))
-    claims_md = [f"# Claims of Sec. 4.2 (Figs. 2-3) checked on {dataset}", "",
-                 "| claim | paper (ImageNet) | ours | verdict |", "|---|---|---|---|"]
-    claims_md += [f"| {c['claim']} | {c['paper']} | {c['ours']} | {c['verdict']} |"
-                  for c in claim_rows]
-    claims_md += ["", f"Verdict rule: {rule}", ""]
-    atomic_write_text(out / f"fig2_{dataset}_claims.md", "\n".join(claims_md))
-    seeds = sorted({len(rs) for rs in by_variant.values()})
-    write_claims(
-        out / f"fig2_{dataset}_claims.json", claim_rows, experiment=EXPERIMENT,
-        title=f"Figs. 2-3: accelerating BN networks (Sec. 4.2), on {dataset}", make="make fig2",
-        setup=f"{dataset}, {max_steps} steps per run, width multiplier "
-              f"{runs[0]['config'].get('model.width_multiplier')}, "
-              f"{'/'.join(map(str, seeds))} seeds per variant, variants {', '.join(order)}",
-        figures=[f"fig2_{dataset}.png"], verdict_rule=rule,
-        summaries=[r["summary"] for r in runs])
+def figures(result: dict[str, Any]) -> dict[str, plt.Figure]:
+    """Fig. 2 of `result` (analyse()), under its file stem fig2_<dataset>."""
+    return {f"fig2_{result['dataset']}": figure(result["curves"], result["table"],
+                                                 result["target"], result["dataset"])}
 
+
+def numbers(result: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of fig2_<dataset>.json (every number the README quotes) of `result`."""
     def clean(x: Any) -> Any:  # JSON: inf -> "never", NaN -> null
         if isinstance(x, dict):
             return {k: clean(v) for k, v in x.items()}
@@ -587,55 +553,100 @@ def analyse(root: Path, out: Path, lr_root: Path | None = None, wandb: bool = Fa
             return "never" if math.isinf(x) else None if math.isnan(x) else round(x, 6)
         return x
 
-    numbers = clean({
-        "dataset": dataset, "max_steps": max_steps, "eval_steps": [int(s) for s in steps],
-        "target": target, "target_step_of_baseline_mean": target_step,
+    r = result
+    return clean({
+        "dataset": r["dataset"], "max_steps": r["max_steps"],
+        "eval_steps": [int(s) for s in r["steps"]],
+        "target": r["target"], "target_step_of_baseline_mean": r["target_step"],
         "definitions": {"target": "max over evaluated steps of the Baseline's seed-mean "
                                   "validation accuracy curve",
-                        "caption": caption(target, target_step, dataset, max_steps),
+                        "caption": caption(r["target"], r["target_step"], r["dataset"],
+                                           r["max_steps"]),
                         "verdict_rule": VERDICT_RULE,
                         "chance": CHANCE, "chance_margin": CHANCE_MARGIN,
                         "far_fewer_factor": FAR_FEWER_FACTOR,
                         "plateau_max_gain": PLATEAU_MAX_GAIN},
-        "plateau": plateau, "variants": table,
+        "plateau": r["plateau"], "variants": r["table"],
         "mean_curves": {v: {str(k): float(x) for k, x in c.mean(axis=1).items()}
-                        for v, c in curves.items()}, "claims": claim_rows, "lr_selection": lr_info,
+                        for v, c in r["curves"].items()}, "claims": r["claims"],
+        "lr_selection": r["lr_info"],
         "paper_imagenet": {k: {"steps_to_72.2": a, "max_acc": b} for k, (a, b) in PAPER.items()}})
-    atomic_write_json(Path(f"{stem}.json"), numbers)
-    wandb_figures.publish(wandb, runs[0]["config"], [Path(f"{stem}.png")], claims=claim_rows,
-                          wandb_dir=root)
-    return numbers
+
+
+def setup_words(result: dict[str, Any]) -> str:
+    """The claims file's `setup`: the runs' profile in words."""
+    seeds = sorted({len(rs) for rs in result["by_variant"].values()})
+    return (f"{result['dataset']}, {result['max_steps']} steps per run, width multiplier "
+            f"{result['runs'][0]['config'].get('model.width_multiplier')}, "
+            f"{'/'.join(map(str, seeds))} seeds per variant, variants "
+            f"{', '.join(result['variants'])}")
+
+
+def write(result: dict[str, Any], out: Path, wandb: bool = False) -> dict[str, Any]:
+    """Write `result` (analyse()) to `out`: the files of the module docstring; with `wandb`,
+    also log the figure and claims to the runs' wandb group (bnrepro.analysis.wandb_figures).
+    Returns numbers(result), the content of fig2_<dataset>.json."""
+    dataset, table, claim_rows = result["dataset"], result["table"], result["claims"]
+    out.mkdir(parents=True, exist_ok=True)
+    if result["lr_candidates"] is not None:
+        atomic_write_text(out / f"fig2_lr_{dataset}.csv",
+                          result["lr_candidates"].to_csv(index=False))
+    for name, fig in figures(result).items():
+        atomic_save_figure(fig, out / name)
+        plt.close(fig)
+    stem = out / f"fig2_{dataset}"
+    atomic_write_text(Path(f"{stem}.csv"), csv_table(table).to_csv(index=False))
+    atomic_write_text(Path(f"{stem}.md"), markdown(table, result["target"], result["target_step"],
+                                                   dataset, result["max_steps"]))
+    atomic_write_text(out / f"fig2_{dataset}_claims.md", to_markdown(
+        f"Claims of Sec. 4.2 (Figs. 2-3) checked on {dataset}", claim_rows,
+        result["verdict_rule"], paper_header="paper (ImageNet)"))
+    write_claims(
+        out / f"fig2_{dataset}_claims.json", claim_rows, experiment=EXPERIMENT,
+        title=f"Figs. 2-3: accelerating BN networks (Sec. 4.2), on {dataset}", make="make fig2",
+        setup=setup_words(result), figures=[f"fig2_{dataset}.png"],
+        verdict_rule=result["verdict_rule"], summaries=[r["summary"] for r in result["runs"]])
+    written = numbers(result)
+    atomic_write_json(Path(f"{stem}.json"), written)
+    wandb_figures.publish(wandb, result["runs"][0]["config"], [Path(f"{stem}.png")],
+                          claims=claim_rows, wandb_dir=result["root"])
+    return written
+
+
+def print_summary(written: dict[str, Any], out: Path) -> None:
+    """What main prints of `written` (numbers()): the files written, the target and the
+    plateau, then one line per variant and per claim."""
+    d = written["dataset"]
+    print(f"wrote {out}/fig2_{d}.png, .pdf, .csv, .md, .json, fig2_{d}_claims.md and .json"
+          + (f", fig2_lr_{d}.csv" if written["lr_selection"] else ""))
+    print(f"target {written['target']:.4f} (max of the Baseline's seed-mean val acc, step "
+          f"{written['target_step_of_baseline_mean']}); Baseline gain over the last "
+          f"{1 - PLATEAU_FROM:.0%} of steps {written['plateau']['mean_curve_gain']:+.4f}")
+    for variant, v in written["variants"].items():
+        median = v["steps_to_target_median"]
+        median = median if median == "never" else f"{median:g}"
+        print(f"  {variant:<16} n={v['seeds']} diverged={v['diverged']} steps to target "
+              f"{median} ({v['never']} never) max val acc "
+              f"{v['max_val_acc_mean']:.4f} test@best val {v['test_acc_at_best_val_mean']:.4f}")
+    for c in written["claims"]:
+        print(f"  [{c['verdict']}] {c['claim']}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    """The command line (module docstring): 0, or 2 with one `error:` line on bad input."""
+    parser = argparse.ArgumentParser(prog="python -m bnrepro.analyse fig2",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path, help="the fig2 run store, runs/fig2_<dataset>")
     parser.add_argument("--lr-runs", type=Path, default=None,
                         help="the base-rate selection runs, runs/fig2_lr_<dataset>")
     parser.add_argument("--out", type=Path, default=Path("results"))
     wandb_figures.add_flag(parser)
     args = parser.parse_args(argv)
+    matplotlib.use("Agg")  # files only; not at import, where it would take a notebook's backend
     try:
-        numbers = analyse(args.run_dir, args.out, args.lr_runs, wandb=args.wandb)
+        written = write(analyse(args.run_dir, args.lr_runs), args.out, wandb=args.wandb)
     except Fig2Error as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    d = numbers["dataset"]
-    print(f"wrote {args.out}/fig2_{d}.png, .pdf, .csv, .md, .json, fig2_{d}_claims.md and .json"
-          + (f", fig2_lr_{d}.csv" if numbers["lr_selection"] else ""))
-    print(f"target {numbers['target']:.4f} (max of the Baseline's seed-mean val acc, step "
-          f"{numbers['target_step_of_baseline_mean']}); Baseline gain over the last "
-          f"{1 - PLATEAU_FROM:.0%} of steps {numbers['plateau']['mean_curve_gain']:+.4f}")
-    for variant, v in numbers["variants"].items():
-        median = v["steps_to_target_median"]
-        median = median if median == "never" else f"{median:g}"
-        print(f"  {variant:<16} n={v['seeds']} diverged={v['diverged']} steps to target "
-              f"{median} ({v['never']} never) max val acc "
-              f"{v['max_val_acc_mean']:.4f} test@best val {v['test_acc_at_best_val_mean']:.4f}")
-    for c in numbers["claims"]:
-        print(f"  [{c['verdict']}] {c['claim']}")
+    print_summary(written, args.out)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""scripts/plot_fig2.py on tiny real fig2_cifar runs (trained once per session): steps to the
+"""bnrepro.experiments.fig2 on tiny real fig2_cifar runs (trained once per session): steps to the
 target read from the logged validation curves, "never" for a variant that does not get there,
 diverged seeds counted (not dropped), verdicts that follow the numbers, lr-selection check, and
 bad input refused with exit code 2. Cases other than the trained one are made by editing a
@@ -11,6 +11,8 @@ import shutil
 import subprocess
 import sys
 from collections import defaultdict
+from functools import reduce
+from operator import getitem
 from pathlib import Path
 
 import pandas as pd
@@ -18,10 +20,10 @@ import pytest
 import yaml
 
 from bnrepro.claims import read_claims
-from tests.conftest import FIG2_DATASET, REPO, copy_store, load_script
+from bnrepro.experiments import EXPERIMENTS, fig2
+from tests.conftest import FIG2_DATASET, REPO, copy_store
 
 DATASET = FIG2_DATASET
-plot_fig2 = load_script("plot_fig2")
 
 
 @pytest.fixture(scope="session")
@@ -51,10 +53,7 @@ def edit_run(run_dir: Path, *, val=None, rows: int | None = None, status: str | 
     cfg = config(run_dir)
     for dotted, value in keys.items():
         *parents, leaf = dotted.split("__")
-        node = cfg
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        reduce(getitem, parents, cfg)[leaf] = value  # the dict that holds a.b.c's c
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
     lines = metrics(run_dir)[:rows]
     for row in lines:
@@ -94,7 +93,7 @@ def first_step(run_dir: Path, target: float) -> str:
 
 
 def run_script(store: Path, out: Path, *extra: str) -> tuple[pd.DataFrame, dict]:
-    assert plot_fig2.main([str(store), "--out", str(out), *extra]) == 0
+    assert fig2.main([str(store), "--out", str(out), *extra]) == 0
     table = pd.read_csv(out / f"fig2_{DATASET}.csv", dtype=str).set_index("variant")
     return table, json.loads((out / f"fig2_{DATASET}.json").read_text())
 
@@ -196,7 +195,7 @@ def test_the_base_lr_is_checked_against_the_best_candidate(store, tmp_path, caps
 def test_mixed_setups_are_refused_naming_the_key(store, tmp_path, capsys):
     root = copy_store(store, tmp_path / "store")
     edit_run(run_dirs(root, "BN-x5")[0], trainer__max_steps=40)
-    assert plot_fig2.main([str(root), "--out", str(tmp_path / "out")]) == 2
+    assert fig2.main([str(root), "--out", str(tmp_path / "out")]) == 2
     assert "trainer.max_steps" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -208,8 +207,8 @@ def test_bad_input_exits_2_with_one_error_line(store, tmp_path):
     for d in run_dirs(no_baseline, "Baseline"):
         shutil.rmtree(d)
     for folder, words in ((empty, "no fig2_cifar runs"), (no_baseline, "no Baseline runs")):
-        result = subprocess.run([sys.executable, "scripts/plot_fig2.py", str(folder), "--out",
-                                 str(tmp_path / "out")], cwd=REPO, capture_output=True,
+        result = subprocess.run([sys.executable, "-m", "bnrepro.analyse", "fig2", str(folder),
+                                 "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True,
                                 text=True, timeout=120)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, result.stderr
@@ -219,7 +218,7 @@ def test_bad_input_exits_2_with_one_error_line(store, tmp_path):
 def test_claims_json_matches_the_table_and_wandb_gets_figure_and_claims(store, tmp_path,
                                                                         monkeypatch):
     calls = []
-    monkeypatch.setattr(plot_fig2.wandb_figures, "publish",
+    monkeypatch.setattr(fig2.wandb_figures, "publish",
                         lambda *args, **kwargs: calls.append((args, kwargs)))
     out = tmp_path / "results"
     numbers = run_script(store, out, "--wandb")[1]
@@ -232,6 +231,22 @@ def test_claims_json_matches_the_table_and_wandb_gets_figure_and_claims(store, t
     assert all(f"| {c['claim']} | {c['paper']} | {c['ours']} | {c['verdict']} |" in md
                for c in claims["claims"])
     (enabled, config, images), kwargs = calls.pop()
-    assert enabled and plot_fig2.wandb_figures.target(config)["group"] == "fig2_cifar"
+    assert enabled and fig2.wandb_figures.target(config)["group"] == "fig2_cifar"
     assert images == [out / f"fig2_{DATASET}.png"] and kwargs["wandb_dir"] == store
     assert kwargs["claims"] == numbers["claims"]
+
+
+def test_the_registry_unit_analyses_without_writing_and_names_figures_by_file_stem(store,
+                                                                                  tmp_path):
+    before = sorted(p.relative_to(store) for p in store.rglob("*"))
+    result = fig2.analyse(store)
+    assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
+    figures = fig2.figures(result)
+    assert list(figures) == [f"fig2_{DATASET}"]
+    labels = [line.get_label() for line in figures[f"fig2_{DATASET}"].axes[0].lines]
+    assert all(any(label.startswith(v) for label in labels) for v in ("Baseline", "BN-x5"))
+    out = tmp_path / "results"
+    assert EXPERIMENTS["fig2"].load().main([str(store), "--out", str(out)]) == 0
+    assert json.loads((out / f"fig2_{DATASET}.json").read_text()) == json.loads(
+        json.dumps(fig2.numbers(result)))
+    assert {p.name for p in out.iterdir()} >= {f"{stem}.png" for stem in figures}
