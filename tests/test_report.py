@@ -17,7 +17,6 @@ from bnrepro.analysis import report
 from bnrepro.claims import ClaimsError, read_claims, write_claims
 from bnrepro.experiments import fig2
 
-
 DATASET = "cifar10-jpeg"
 STEPS = [0, 10, 20, 30]
 BASELINE = [0.10, 0.20, 0.30, 0.40]  # per step; seed s adds s / 100
