@@ -542,7 +542,7 @@ def figure(curves: dict[str, pd.DataFrame], table: dict[str, dict[str, Any]], ta
         mean = curve.mean(axis=1)
         ax.plot(curve.index, mean, color=color, lw=1.5,
                 label=f"{variant} ({v['seeds']} seed{'s' * (v['seeds'] != 1)}, "
-                      f"{v['diverged']} diverged)")
+                      f"{v['diverged']} diverged, {v['failed_to_train']} failed to train)")
         ax.fill_between(curve.index, curve.min(axis=1), curve.max(axis=1), color=color,
                         alpha=0.15)
         if (hit := mean[mean >= target]).size:
@@ -554,7 +554,8 @@ def figure(curves: dict[str, pd.DataFrame], table: dict[str, dict[str, Any]], ta
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False,
               title="mean over seeds, band min..max;\no = mean first reaches the target;\n"
-                    f"diverged seeds score {CHANCE:g} after divergence", title_fontsize=7)
+                    f"diverged seeds score {CHANCE:g} after divergence;\nfailed = diverged "
+                    f"or final val acc <= {CHANCE + CHANCE_MARGIN:g}", title_fontsize=7)
     fig.tight_layout()
     return fig
 
