@@ -30,6 +30,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from bnrepro.analysis.notebook import RECORD_KEY
+from bnrepro.claims import VERDICTS
 from bnrepro.data.datasets import DataUnavailableError, load_dataset
 from bnrepro.experiments import fig1
 from bnrepro.run.store import evaluation_rows, read_metrics, read_summary
@@ -326,9 +327,9 @@ def test_fig2_notebook_names_the_dataset_and_shows_the_store_target(executed):
         assert fig3.loc[variant, "max_val_acc_mean"] == pytest.approx(
             round(float(np.mean([s.max() for s in seeds])), 4), abs=1e-12)
     claims = run.table("claims").set_index("claim")
-    assert set(claims["verdict"]) <= {"holds", "mixed", "does not hold", "not measured"}
+    assert set(claims["verdict"]) <= set(VERDICTS)
     measured = claims.loc["BN-x5 needs far fewer steps than the baseline"]  # both variants ran
-    assert measured["verdict"] != "not measured"
+    assert "no runs of" not in measured["ours"]  # (20 steps: the Baseline may not plateau)
     assert claims.loc["BN-x30 ends higher than BN-x5", "verdict"] == "not measured"
     axes = run.figures["fig2"]["axes"]
     steps = len(curves["Baseline"][0])

@@ -19,7 +19,7 @@ from bnrepro.experiments import fig2
 
 DATASET = "cifar10-jpeg"
 STEPS = [0, 10, 20, 30]
-BASELINE = [0.10, 0.20, 0.30, 0.40]  # per step; seed s adds s / 100
+BASELINE = [0.10, 0.30, 0.40, 0.40]  # per step; seed s adds s / 100 (plateaued: a precondition)
 FEWER_STEPS = "BN alone reaches the baseline's accuracy in fewer steps"
 
 
@@ -38,7 +38,7 @@ def write_run(root: Path, variant: str, seed: int, val: list[float]) -> None:
 
 
 def fig2_store(root: Path, bn_curve: list[float]) -> Path:
-    for seed in (0, 1):
+    for seed in (0, 1, 2):  # 3 seeds: the fewest at which bnrepro.claims.compare can decide
         write_run(root, "Baseline", seed, BASELINE)
         write_run(root, "BN-Baseline", seed, bn_curve)
     return root
@@ -52,7 +52,8 @@ def verdict_in_report(text: str, claim: str) -> str:
 
 @pytest.mark.parametrize(("bn_curve", "expected", "bn_steps"), [
     ([0.10, 0.42, 0.45, 0.50], "holds", "10 (10..10)"),     # BN there at step 10
-    ([0.10, 0.15, 0.20, 0.25], "does not hold", "never"),  # BN never reaches the target
+    # BN never reaches the target, nor does one Baseline seed: the test cannot decide.
+    ([0.10, 0.15, 0.20, 0.25], "inconclusive", "never"),
 ])
 def test_the_reports_verdict_follows_the_runs(tmp_path, bn_curve, expected, bn_steps):
     store = fig2_store(tmp_path / "runs", bn_curve)
@@ -62,13 +63,14 @@ def test_the_reports_verdict_follows_the_runs(tmp_path, bn_curve, expected, bn_s
     text = (results / "REPORT.md").read_text()
 
     assert verdict_in_report(text, FEWER_STEPS) == expected
-    # Target = max of the Baseline's seed-mean val curve = 0.405 at step 30, hit at 30 by
-    # seed 1 alone (0.41), never by seed 0 (0.40): its median over 2 seeds is "never".
+    # Target = max of the Baseline's seed-mean val curve = 0.41 at step 20, hit at 20 by
+    # seeds 1 and 2 (0.41, 0.42), never by seed 0 (0.40).
     ours = "steps to target, median (min..max over seeds): BN-Baseline " + bn_steps
     assert ours in text
-    assert "Baseline never (30..30); 1 of 2 never" in text
+    assert "Baseline 20 (20..20); 1 of 3 never" in text
     assert f"| fig2 | {FEWER_STEPS} | Ioffe & Szegedy (2015) | 13.3M vs 31.0M steps |" in text
-    assert f"| {DATASET} | **{expected}** |" in text  # dataset named exactly
+    row = next(line for line in text.splitlines() if line.startswith(f"| fig2 | {FEWER_STEPS}"))
+    assert f"| {DATASET} | p = " in row  # dataset named exactly, then the test (evidence)
 
 
 def test_headline_counts_every_claim_and_missing_experiments_are_named(tmp_path):
