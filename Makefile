@@ -121,7 +121,7 @@ wandb-workspace: setup  ## save the wandb workspace defined in code, print its U
 DLN_PROFILE ?= steps=2000
 dln: setup  ## Santurkar's deep linear net: ICS and landscape, standard vs BN, 2 rates x 3 seeds
 	$(PY) -m bnrepro.train_dln $(DLN_PROFILE)
-	$(PY) scripts/plot_dln.py runs/dln --out results
+	$(PY) -m bnrepro.analyse dln runs/dln --out results
 
 # Santurkar et al. (2018) Sec. 2.1 and 3.3: standard vs BN vs noisy BN (and l_p norms on MNIST),
 # distributions of layer inputs and their shift; CPU-sized (about 2 + 4 minutes).
@@ -129,7 +129,7 @@ santurkar: setup  ## Santurkar et al. Figs. 1-6 analogs: MNIST MLP + CIFAR CNN, 
 	$(PY) -m bnrepro.train -m experiment=santurkar_mnist
 	@ds=$(CIFAR) && \
 	$(PY) -m bnrepro.train -m experiment=santurkar_cifar dataset=$$ds && \
-	$(PY) scripts/plot_santurkar.py runs/santurkar_mnist runs/santurkar_$$ds --out results
+	$(PY) -m bnrepro.analyse santurkar runs/santurkar_mnist runs/santurkar_$$ds --out results
 
 bench: setup  ## ms per model-step, ours vs the loops a PyTorch user writes, and the roofline
 	$(PY) -m bnrepro.bench

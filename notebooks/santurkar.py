@@ -29,16 +29,14 @@
 # Every verdict below is computed from the runs by the plot scripts' rules, never typed.
 
 # %%
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from bnrepro.analysis.notebook import load_script, say, show, show_table
+from bnrepro.analysis.notebook import say, show, show_table
+from bnrepro.experiments import dln as dln_experiment
+from bnrepro.experiments import santurkar
 from bnrepro.run.runs import find_runs
-
-plot_santurkar = load_script("plot_santurkar")
-plot_dln = load_script("plot_dln")
 
 # %% tags=["parameters"]
 MNIST_RUNS = "../runs/santurkar_mnist"  # experiment=santurkar_mnist runs ("" to skip)
@@ -53,7 +51,7 @@ roots = [Path(f) for f in (MNIST_RUNS, CIFAR_RUNS) if f and Path(f).is_dir()]
 if not roots:
     raise FileNotFoundError("no Santurkar run store found: train one with `make santurkar`, or "
                             "set MNIST_RUNS / CIFAR_RUNS")
-result = plot_santurkar.analyse(roots, Path(tempfile.mkdtemp()), figures=False)
+result = santurkar.analyse(roots)
 ABOUT = {"cifar10-jpeg": " (CIFAR-10's images after JPEG recompression, the offline mirror: "
                          "**not CIFAR-10 numbers**)"}
 for dataset, numbers in result["datasets"].items():
@@ -69,7 +67,7 @@ for dataset, numbers in result["datasets"].items():
 
 # %%
 for groups in result["groups"].values():
-    for name, fig in plot_santurkar.shift_figures(groups).items():
+    for name, fig in santurkar.shift_figures(groups).items():
         show(fig, name)
 
 # %% [markdown]
@@ -81,7 +79,7 @@ for groups in result["groups"].values():
 
 # %%
 for groups in result["groups"].values():
-    for name, fig in plot_santurkar.measures_figures(groups).items():
+    for name, fig in santurkar.measures_figures(groups).items():
         show(fig, name)
 
 # %% [markdown]
@@ -95,9 +93,10 @@ for groups in result["groups"].values():
 dln = find_runs([DLN_RUNS]) if DLN_RUNS and Path(DLN_RUNS).is_dir() else []
 dln_claims = []
 if dln:
-    show(plot_dln.figure(dln), "dln")
-    lr = max(float(r.config.lr) for r in dln)
-    dln_claims = plot_dln.claims(dln, lr, plot_dln.ics_layers(dln))
+    dln_result = dln_experiment.analyse(dln)
+    for name, fig in dln_experiment.figures(dln_result).items():
+        show(fig, name)
+    dln_claims = dln_result["claims"]
 else:
     say("No deep-linear-net runs here: `make dln` trains them.")
 
@@ -109,4 +108,4 @@ claims = pd.DataFrame(result["claims"] + dln_claims)[["claim", "dataset", "ours"
 show_table(claims, "claims")
 counts = claims["verdict"].value_counts()
 say(f"{len(claims)} claims: " + ", ".join(f"{n} {v}" for v, n in counts.items())
-    + f". Rules: {plot_santurkar.claims_rule()}")
+    + f". Rules: {santurkar.claims_rule()}")

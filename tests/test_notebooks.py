@@ -118,7 +118,7 @@ def fig2_params(fig2_store) -> dict:
 
 @pytest.fixture(scope="module")
 def santurkar_params(santurkar_store, tmp_path_factory) -> dict:
-    """The santurkar_mnist runs scripts/plot_santurkar.py's tests use (conftest), and a tiny
+    """The santurkar_mnist runs bnrepro.experiments.santurkar's tests use (conftest), and a tiny
     deep linear net: 4 layers, 2 seeds, 4 steps, ICS and landscape every 2 steps."""
     from bnrepro.train_dln import train_population
     from tests.test_dln import dln_config
@@ -379,13 +379,13 @@ def test_santurkar_notebook_shows_every_figure_and_the_computed_claims(executed,
             "santurkar_mnist_lp_distributions", "santurkar_mnist_measures", "dln"} <= set(
         run.figures)
     # the claims table is the scripts' own claims, verdicts included
-    plot_santurkar, plot_dln = load_script("plot_santurkar"), load_script("plot_dln")
+    from bnrepro.experiments import dln as dln_experiment
+    from bnrepro.experiments import santurkar
     from bnrepro.run.runs import find_runs
 
-    expected = plot_santurkar.analyse([Path(parameters["MNIST_RUNS"])], tmp_path,
-                                      figures=False)["claims"]
+    expected = santurkar.analyse([Path(parameters["MNIST_RUNS"])])["claims"]
     dln = find_runs([parameters["DLN_RUNS"]])
-    expected += plot_dln.claims(dln, 1e-4, plot_dln.ics_layers(dln))
+    expected += dln_experiment.claims(dln, 1e-4, dln_experiment.ics_layers(dln))
     table = run.table("claims")
     assert list(table["claim"]) == [c["claim"] for c in expected]
     assert list(table["verdict"]) == [c["verdict"] for c in expected]

@@ -1,8 +1,8 @@
 """The figure of Santurkar et al.'s measures over training (their Figs. 3, 4 and 10): gradient
 ICS of two layers (l2 difference and cosine, Def. 2.1) and the loss landscape along the
 gradient (variation of the loss, gradient predictiveness, "effective" beta-smoothness), one
-row per learning rate, BN against the standard net. Shared by scripts/plot_dln.py (the deep
-linear net) and scripts/plot_santurkar.py (the MNIST MLP and the CIFAR CNN).
+row per learning rate, BN against the standard net. Shared by bnrepro.experiments.dln (the deep
+linear net) and bnrepro.experiments.santurkar (the MNIST MLP and the CIFAR CNN).
 
 Lines are the mean over seeds, thin bands min..max over seeds; the loss and the gradient change
 are drawn as the paper's shaded regions: per step, the mean over seeds of the smallest and the

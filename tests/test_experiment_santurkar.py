@@ -1,4 +1,4 @@
-"""scripts/plot_santurkar.py on tiny real santurkar_mnist runs (trained once per session):
+"""bnrepro.experiments.santurkar on tiny real santurkar_mnist runs (trained once per session):
 numbers read from the logged metrics, verdicts that follow them (and flip when a copy of the
 run store is edited to say the opposite), diverged seeds scored, nets that were not run
 reported as not measured, bad input refused with exit code 2."""
@@ -16,12 +16,11 @@ import pytest
 import yaml
 
 from bnrepro.claims import read_claims
+from bnrepro.experiments import santurkar
 from bnrepro.run import machine
-from tests.conftest import REPO, copy_store, load_script
+from tests.conftest import REPO, copy_store
 
 NORMS = ("none", "bn", "noisy_bn", "noise_only", "lp1", "lp2", "lpinf")
-
-plot_santurkar = load_script("plot_santurkar")
 
 
 @pytest.fixture(scope="session")
@@ -65,10 +64,10 @@ def set_keys(suffix: str, values) -> callable:
     return change
 
 
-def run_script(root: Path, out: Path, *extra: str) -> tuple[pd.DataFrame, dict[str, str], dict]:
-    """The script's CSV, verdicts by claim and JSON; without figures unless asked (drawing
+def run_analysis(root: Path, out: Path, *extra: str) -> tuple[pd.DataFrame, dict[str, str], dict]:
+    """The analysis' CSV, verdicts by claim and JSON; without figures unless asked (drawing
     takes most of its time; test_numbers_are_read_from_the_logged_metrics draws them)."""
-    assert plot_santurkar.main([str(root), "--out", str(out), *(extra or ["--no-figures"])]) == 0
+    assert santurkar.main([str(root), "--out", str(out), *(extra or ["--no-figures"])]) == 0
     table = pd.read_csv(out / "santurkar_mnist.csv").set_index("norm")
     numbers = json.loads((out / "santurkar_mnist.json").read_text())
     claims = numbers["distributional_shift"]["groups"][0]["claims"]
@@ -86,7 +85,7 @@ def independent_run_mean(root: Path, norm: str, key: str) -> list[float]:
 
 def test_numbers_are_read_from_the_logged_metrics(store, tmp_path):
     out = tmp_path / "results"
-    table, verdicts, numbers = run_script(store, out, "--out", str(out))  # with figures
+    table, verdicts, numbers = run_analysis(store, out, "--out", str(out))  # with figures
     assert list(table.index) == list(NORMS)  # the paper's order
     for norm in NORMS:
         train = independent_run_mean(store, norm, "train/acc")
@@ -140,7 +139,7 @@ def test_accuracy_verdicts_follow_the_numbers(store, tmp_path, noisy, bn, about,
     edit(root, "noisy_bn", set_keys("train/acc", noisy))
     edit(root, "bn", set_keys("train/acc", bn))
     edit(root, "none", set_keys("train/acc", (0.3, 0.3)))
-    verdicts = run_script(root, tmp_path / "out")[1]
+    verdicts = run_analysis(root, tmp_path / "out")[1]
     assert verdicts["noisy BN trains about as well as BN"] == about
     assert verdicts["noisy BN trains better than standard"] == better
     assert verdicts["BN trains faster than standard"] == "holds"
@@ -154,7 +153,7 @@ def test_shift_verdicts_follow_the_numbers(store, tmp_path, noisy, standard, exp
     edit(root, "noisy_bn", set_keys("w1_prev_rel", noisy))
     edit(root, "none", set_keys("w1_prev_rel", standard))
     edit(root, "bn", set_keys("w1_prev_rel", standard))  # BN exactly as standard
-    verdicts = run_script(root, tmp_path / "out")[1]
+    verdicts = run_analysis(root, tmp_path / "out")[1]
     assert verdicts["noisy BN has less stable distributions (more shift) than standard"] == (
         expected)
     assert verdicts["BN's distributional stability differs only marginally from standard's"] == (
@@ -169,7 +168,7 @@ def test_one_layer_against_the_claim_makes_it_not_hold(store, tmp_path):
     edit(root, "noisy_bn", set_keys("w1_prev_rel", (1.0, 1.0)))
     edit(root, "none", set_keys("w1_prev_rel", (0.01, 0.01)))
     edit(root, "none", set_keys("h2/w1_prev_rel", (5.0, 5.0)))
-    verdicts = run_script(root, tmp_path / "out")[1]
+    verdicts = run_analysis(root, tmp_path / "out")[1]
     assert verdicts["noisy BN has less stable distributions (more shift) than standard"] == (
         "does not hold")
 
@@ -183,7 +182,7 @@ def test_lp_verdicts_follow_the_numbers(store, tmp_path, lp, expected):
         edit(root, norm, set_keys("train/acc", (0.6, 0.6)))
     edit(root, "lpinf", set_keys("train/acc", lp))  # the worst l_p norm decides
     edit(root, "none", set_keys("train/acc", (0.2, 0.2)))
-    verdicts = run_script(root, tmp_path / "out")[1]
+    verdicts = run_analysis(root, tmp_path / "out")[1]
     assert verdicts["l_p normalisations perform comparably to BN"] == expected
     assert verdicts["l_p normalisations train better than standard"] == "holds"
 
@@ -192,7 +191,7 @@ def test_lp_verdicts_follow_the_numbers(store, tmp_path, lp, expected):
 def test_noise_only_verdict_follows_the_numbers(store, tmp_path, val, expected):
     root = copy_store(store, tmp_path / "store")
     edit(root, "noise_only", lambda row, i: row.update({"val/acc": val}))
-    verdicts = run_script(root, tmp_path / "out")[1]
+    verdicts = run_analysis(root, tmp_path / "out")[1]
     assert verdicts["the same noise without BN prevents training entirely"] == expected
 
 
@@ -204,7 +203,7 @@ def test_a_diverged_seed_scores_chance_after_it_diverged(store, tmp_path):
     (first / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     summary = json.loads((first / "summary.json").read_text())
     (first / "summary.json").write_text(json.dumps(summary | {"status": "diverged"}))
-    table = run_script(root, tmp_path / "out")[0]
+    table = run_analysis(root, tmp_path / "out")[0]
     # seed 0: 0.8 at step 10, chance at step 20; seed 1: 0.8 at both
     assert table.loc["bn", "train_acc_min"] == pytest.approx((0.8 + 0.1) / 2)
     assert table.loc["bn", "train_acc_max"] == pytest.approx(0.8)
@@ -215,7 +214,7 @@ def test_a_net_without_runs_is_not_measured(store, tmp_path):
     root = copy_store(store, tmp_path / "store")
     for d in run_dirs(root, "noise_only") + run_dirs(root, "lp2"):
         shutil.rmtree(d)
-    verdicts = run_script(root, tmp_path / "out")[1]
+    verdicts = run_analysis(root, tmp_path / "out")[1]
     for claim in ("l_p normalisations perform comparably to BN",
                   "l_p normalisations have more distributional shift than standard"):
         assert verdicts[claim] == "not measured"  # lp2 missing, lp1 and lpinf run
@@ -230,13 +229,13 @@ def test_mixed_setups_and_bad_input_exit_2_with_one_error_line(store, tmp_path, 
     cfg = config(d)
     cfg["trainer"]["max_steps"] = 40
     (d / "config.yaml").write_text(yaml.safe_dump(cfg))
-    assert plot_santurkar.main([str(root), "--out", str(tmp_path / "out")]) == 2
+    assert santurkar.main([str(root), "--out", str(tmp_path / "out")]) == 2
     assert "trainer.max_steps" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = subprocess.run([sys.executable, "scripts/plot_santurkar.py", str(empty), "--out",
-                             str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run([sys.executable, "-m", "bnrepro.analyse", "santurkar", str(empty),
+                             "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and lines[0].startswith("error:") and "no santurkar_mnist" in lines[0]
@@ -253,7 +252,7 @@ def test_ics_and_landscape_verdicts_follow_the_numbers(store, tmp_path, bn, stan
     for norm, values in (("bn", bn), ("none", standard)):
         edit(root, norm, set_keys("/cos", values))
         edit(root, norm, set_keys("landscape/beta", values))
-    numbers = run_script(root, tmp_path / "out")[2]
+    numbers = run_analysis(root, tmp_path / "out")[2]
     verdicts = {c["claim"].removesuffix(" (lr 0.1)"): c["verdict"]
                 for c in numbers["ics_and_landscape"]["groups"][0]["claims"]}
     assert verdicts["BN does not reduce gradient ICS: cos(G, G') with BN is not above "
@@ -267,6 +266,6 @@ def test_runs_without_measures_leave_those_claims_not_measured(store, tmp_path):
     for norm in NORMS:
         edit(root, norm, lambda row, i: [row.pop(k) for k in list(row)
                                          if k.startswith(("ics/", "landscape/"))])
-    numbers = run_script(root, tmp_path / "out")[2]
+    numbers = run_analysis(root, tmp_path / "out")[2]
     assert {c["verdict"] for c in numbers["ics_and_landscape"]["groups"][0]["claims"]} == {
         "not measured"}

@@ -1,12 +1,10 @@
-"""scripts/plot_dln.py: verdicts follow the runs' numbers."""
+"""bnrepro.experiments.dln: verdicts follow the runs' numbers."""
 
 import json
 
+from bnrepro.experiments import dln
 from bnrepro.run.store import read_metrics
-from tests.conftest import load_script
 from tests.test_dln import dln_config
-
-plot_dln = load_script("plot_dln")
 
 
 def test_the_verdicts_follow_the_numbers(tmp_path):
@@ -26,7 +24,7 @@ def test_the_verdicts_follow_the_numbers(tmp_path):
             rows[-1]["train/loss"] = final_loss
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         out = tmp_path / f"out{final_loss:g}"
-        assert plot_dln.main([str(runs), "--out", str(out)]) == 0
+        assert dln.main([str(runs), "--out", str(out)]) == 0
         claims = json.loads((out / "dln_claims.json").read_text())["claims"]
         verdicts[final_loss] = claims[0]["verdict"]
         assert f"{final_loss:.3g}" in claims[0]["ours"]

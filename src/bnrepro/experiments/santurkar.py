@@ -3,8 +3,8 @@ store: Sec. 2.1 (Figs. 1-2: standard vs BN vs "noisy" BN, accuracy and the distr
 layer inputs, with the distributional shift behind them) and Sec. 3.3 (Figs. 5-6: l_p
 normalisations).
 
-    python scripts/plot_santurkar.py runs/santurkar_mnist [runs/santurkar_cifar10-jpeg ...]
-                                     [--out results]
+    python -m bnrepro.analyse santurkar runs/santurkar_mnist [runs/santurkar_cifar10-jpeg ...]
+                                        [--out results] [--no-figures] [--wandb]
 
 Reads every run of experiments santurkar_mnist / santurkar_cifar below the folders with
 bnrepro.run.runs.find_runs (completed AND diverged; runs of other statuses are named in a warning
@@ -41,14 +41,15 @@ per lr and norm) and santurkar_<dataset>.json; and santurkar_claims.md and .json
 datasets. Bad input prints one `error:` line and exits with 2.
 
 Sec. 2.2 and 3.1 (Figs. 3-4: gradient ICS and the loss landscape, BN vs standard; the deep
-linear net's are scripts/plot_dln.py), from the runs' measures (conf/measures/, on in both
-experiments): santurkar_<dataset>_measures.png/.pdf (bnrepro.analysis.measures_figure), and claims per
-rate: a seed's number is the median of the measure over its measured steps; ICS holds when
-BN's cosine is not above standard's, landscape claims when BN's value is below standard's.
+linear net's are bnrepro.experiments.dln), from the runs' measures (conf/measures/, on in both
+experiments): santurkar_<dataset>_measures.png/.pdf (bnrepro.analysis.measures_figure), and
+claims per rate: a seed's number is the median of the measure over its measured steps; ICS
+holds when BN's cosine is not above standard's, landscape claims when BN's value is below
+standard's.
 
-Extending: add a function to SECTIONS. Each takes one dataset's Groups (one per
-learning rate), the output folder and whether to draw; it returns its numbers, with its claim
-rows under "groups"[i]["claims"] (rows: bnrepro.claims fields).
+Extending: add a Section to SECTIONS: its `numbers` takes one dataset's Groups (one per
+learning rate) and returns its numbers, with its claim rows under "groups"[i]["claims"] (rows:
+bnrepro.claims fields); its `figures` takes the same Groups and returns figures by file stem.
 """
 
 from __future__ import annotations
@@ -59,23 +60,22 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from bnrepro.analysis import wandb_figures  # noqa: E402
-from bnrepro.analysis.measures_figure import ics_layers, measures_figure, median_per_seed  # noqa: E402
-from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text  # noqa: E402
-from bnrepro.claims import write_claims  # noqa: E402
-from bnrepro.config import flatten  # noqa: E402
-from bnrepro.run.runs import Run, find_runs  # noqa: E402
+from bnrepro.analysis import wandb_figures
+from bnrepro.analysis.measures_figure import ics_layers, measures_figure, median_per_seed
+from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text
+from bnrepro.claims import verdict, worst, write_claims
+from bnrepro.config import flatten
+from bnrepro.run.runs import Run, find_runs
 
 EXPERIMENTS = ("santurkar_mnist", "santurkar_cifar")  # config `name` of the runs read
 STATUSES = ("completed", "diverged")
@@ -103,7 +103,6 @@ VERDICT_RULE = (
     "or l_p norms takes the worst of their verdicts; not measured: a net it needs has no runs "
     "(a claim whose variant nets - noisy BN, noise only, l_p - have no runs at all on a "
     "dataset is not listed for it).")
-RANK = {"holds": 0, "mixed": 1, "does not hold": 2, "not measured": 3}
 # Keys that must agree between all runs of one dataset (else: not one experiment).
 SAME_SETUP = ("name", "trainer.max_steps", "trainer.eval_every", "trainer.batch_size",
               "model.kind", "model.activation", "model.hidden", "model.width_multiplier",
@@ -119,15 +118,16 @@ class SanturkarError(Exception):
     """Bad input: reported as one `error:` line, exit code 2."""
 
 
+@dataclass
 class Group:
     """The runs of one dataset at one learning rate: norm -> seeds, every evaluated step, and
-    the hidden layers with shift keys. (Not a dataclass: tests load scripts without
-    registering them as modules, which dataclasses need.)"""
+    the hidden layers with shift keys."""
 
-    def __init__(self, dataset: str, lr: float, nets: dict[str, list[Run]], steps: np.ndarray,
-                 layers: list[int]):
-        self.dataset, self.lr, self.nets, self.steps, self.layers = (dataset, lr, nets, steps,
-                                                                     layers)
+    dataset: str
+    lr: float
+    nets: dict[str, list[Run]]
+    steps: np.ndarray
+    layers: list[int]
 
     @property
     def label(self) -> str:
@@ -236,15 +236,7 @@ def describe_net(runs: list[Run], group: Group) -> dict[str, Any]:
             **{k: spread([s[k] for s in seeds]) for k in keys}, "per_seed": seeds}
 
 
-# ---- verdicts (the rule of plot_fig2: means, then every seed) ----
-
-def verdict(means_hold: bool, every_seed: bool) -> str:
-    return "holds" if means_hold and every_seed else "mixed" if means_hold else "does not hold"
-
-
-def worst(*verdicts: str) -> str:
-    return max(verdicts, key=RANK.__getitem__)
-
+# ---- verdicts (bnrepro.claims.verdict: means, then every seed; worst over layers) ----
 
 def cell(stat: dict[str, float], digits: int = 4) -> str:
     return f"{stat['mean']:.{digits}f} ({stat['min']:.{digits}f}..{stat['max']:.{digits}f})"
@@ -284,17 +276,27 @@ def claims(group: Group, table: dict[str, dict]) -> list[dict[str, str]]:
             return False
         return True
 
+    def add_shift(claim: str, paper: str, above: str, below: str, names: tuple[str, str],
+                  what: str = f"{SHIFT} per layer") -> None:
+        """The claim that `above`'s shift is above `below`'s in every layer."""
+        result, ours = shift_claim(table[above], table[below], group.layers, names)
+        add(claim, paper, f"{what}: {ours}", result)
+
     acc = "train_acc"  # mean training accuracy over the run
 
     def acc_cell(norm: str) -> str:
         return f"{NETS.get(norm, (norm,))[0]} {cell(table[norm][acc])}"
 
+    def add_trains_better(claim: str, paper: str, better: str, worse: str) -> None:
+        """The claim that `better`'s training accuracy is above `worse`'s."""
+        if needs(claim, paper, better, worse):
+            add(claim, paper, f"training accuracy, run mean: {acc_cell(better)} vs "
+                              f"{acc_cell(worse)}", higher(table[better], table[worse], acc))
+
     claim = "BN trains faster than standard"
     paper = ('"a drastic improvement, both in terms of optimization and generalization '
              'performance, for networks trained with BatchNorm layers" (Sec. 2, Fig. 1)')
-    if needs(claim, paper, "bn", "none"):
-        add(claim, paper, f"training accuracy, run mean: {acc_cell('bn')} vs "
-                          f"{acc_cell('none')}", higher(table["bn"], table["none"], acc))
+    add_trains_better(claim, paper, "bn", "none")
 
     claim = "noisy BN trains about as well as BN"
     paper = ('"the performance difference between models with BatchNorm layers, and '
@@ -309,25 +311,20 @@ def claims(group: Group, table: dict[str, dict]) -> list[dict[str, str]]:
 
     claim = "noisy BN trains better than standard"
     paper = '"both these networks perform much better than standard networks" (Sec. 2.1)'
-    if needs(claim, paper, "noisy_bn", "none"):
-        add(claim, paper, f"training accuracy, run mean: {acc_cell('noisy_bn')} vs "
-                          f"{acc_cell('none')}", higher(table["noisy_bn"], table["none"], acc))
+    add_trains_better(claim, paper, "noisy_bn", "none")
 
     claim = "noisy BN has less stable distributions (more shift) than standard"
     paper = ('"the \'noisy\' BatchNorm network has qualitatively less stable distributions '
              'than even the standard, non-BatchNorm network" (Sec. 2.1, Figs. 2, 8)')
     if needs(claim, paper, "noisy_bn", "none"):
-        result, ours = shift_claim(table["noisy_bn"], table["none"], group.layers,
-                                   ("noisy BN", "standard"))
-        add(claim, paper, f"{SHIFT} per layer: {ours}", result)
+        add_shift(claim, paper, "noisy_bn", "none", ("noisy BN", "standard"))
 
     claim = "BN reduces internal covariate shift (distributional shift) vs standard"
     paper = ("Ioffe & Szegedy's premise (\"fixing the distribution of the layer inputs\"); "
              "Santurkar et al. question it")
     if needs(claim, paper, "bn", "none"):
-        result, ours = shift_claim(table["none"], table["bn"], group.layers,
-                                   ("standard", "BN"))
-        add(claim, paper, f"{SHIFT} per layer (standard above BN?): {ours}", result)
+        add_shift(claim, paper, "none", "bn", ("standard", "BN"),
+                  f"{SHIFT} per layer (standard above BN?)")
 
     claim = "BN's distributional stability differs only marginally from standard's"
     paper = ('"the difference in distributional stability (change in the mean and variance) '
@@ -485,13 +482,7 @@ def distributions_figure(group: Group, nets: Sequence[str], title: str) -> plt.F
     return fig
 
 
-# ---- sections: one per part of the paper; each draws and returns numbers and claims ----
-
-def save(figures: dict[str, plt.Figure], out: Path) -> None:
-    for name, fig in figures.items():
-        atomic_save_figure(fig, out / name)
-        plt.close(fig)
-
+# ---- sections: one per part of the paper; each returns numbers and claims, and draws ----
 
 def shift_figures(groups: list[Group]) -> dict[str, plt.Figure]:
     """Figs. 1-2 and 5-6 analogs of one dataset's groups, by file stem."""
@@ -512,12 +503,9 @@ def shift_figures(groups: list[Group]) -> dict[str, plt.Figure]:
     return figures
 
 
-def section_distributional_shift(groups: list[Group], out: Path, figures: bool = True
-                                 ) -> dict[str, Any]:
+def distributional_shift(groups: list[Group]) -> dict[str, Any]:
     """Sec. 2.1 and 3.3: accuracy (Figs. 1, 2, 5), distributions (Figs. 2, 6), shift."""
     numbers: dict[str, Any] = {"groups": []}
-    if figures:
-        save(shift_figures(groups), out)
     for group in groups:
         table = {norm: describe_net(runs, group) for norm, runs in group.nets.items()}
         numbers["groups"].append({"lr": group.lr, "layers": group.layers, "nets": table,
@@ -593,16 +581,23 @@ def measures_figures(groups: list[Group]) -> dict[str, plt.Figure]:
         lead=("val/acc", "validation accuracy", False))}
 
 
-def section_ics_and_landscape(groups: list[Group], out: Path, figures: bool = True
-                              ) -> dict[str, Any]:
+def ics_and_landscape(groups: list[Group]) -> dict[str, Any]:
     """Sec. 2.2 (Fig. 3: gradient ICS) and 3.1 (Fig. 4: the landscape), BN vs standard."""
-    if figures:
-        save(measures_figures(groups), out)
     return {"groups": [{"lr": g.lr, "claims": measures_claims(g)} for g in groups]}
 
 
-SECTIONS: list[Callable[[list[Group], Path, bool], dict[str, Any]]] = [
-    section_distributional_shift, section_ics_and_landscape]
+@dataclass(frozen=True)
+class Section:
+    """One part of the paper: its numbers (claims under "groups"[i]["claims"]) and figures
+    from one dataset's Groups."""
+
+    name: str  # its key in santurkar_<dataset>.json
+    numbers: Callable[[list[Group]], dict[str, Any]]
+    figures: Callable[[list[Group]], dict[str, plt.Figure]]
+
+
+SECTIONS = (Section("distributional_shift", distributional_shift, shift_figures),
+            Section("ics_and_landscape", ics_and_landscape, measures_figures))
 
 
 # ---- outputs ----
@@ -669,42 +664,66 @@ def setup_words(groups: list[Group]) -> str:
             f"{len({seed_of(r) for r in runs})} seeds")
 
 
-def analyse(roots: Sequence[Path], out: Path, figures: bool = True) -> dict[str, Any]:
+def dataset_numbers(dataset: str, groups: list[Group]) -> dict[str, Any]:
+    """One dataset's numbers (santurkar_<dataset>.json): its setup, definitions and sections."""
+    numbers = {"dataset": dataset, "setup": setup_words(groups),
+               "learning_rates": [g.lr for g in groups],
+               "eval_steps": [int(s) for s in groups[0].steps],
+               "definitions": {"doc": __doc__, "verdict_rule": VERDICT_RULE,
+                               "shift": SHIFT, "chance": CHANCE,
+                               "about_as_well": ABOUT_AS_WELL, "marginal": MARGINAL}}
+    for section in SECTIONS:
+        numbers[section.name] = section.numbers(groups)
+    return numbers
+
+
+def analyse(roots: Sequence[Path]) -> dict[str, Any]:
+    """The runs under `roots`, by dataset: "datasets" (dataset -> its numbers), "claims" (all
+    datasets' claim rows, in order) and "groups" (dataset -> its Groups). Raises
+    SanturkarError when there are no runs or a dataset's runs are not one experiment."""
     groups = load_groups(roots)
-    out.mkdir(parents=True, exist_ok=True)
-    everything: dict[str, Any] = {}
-    all_claims = []
-    for dataset, dataset_groups in groups.items():
-        numbers = {"dataset": dataset, "setup": setup_words(dataset_groups),
-                   "learning_rates": [g.lr for g in dataset_groups],
-                   "eval_steps": [int(s) for s in dataset_groups[0].steps],
-                   "definitions": {"doc": __doc__, "verdict_rule": VERDICT_RULE,
-                                   "shift": SHIFT, "chance": CHANCE,
-                                   "about_as_well": ABOUT_AS_WELL, "marginal": MARGINAL}}
-        for section in SECTIONS:
-            part = section(dataset_groups, out, figures)
-            numbers[section.__name__.removeprefix("section_")] = part
-            all_claims += [c for g in part.get("groups", []) for c in g.get("claims", [])]
-        part = numbers["distributional_shift"]
-        atomic_write_text(out / f"santurkar_{dataset}.csv",
-                          csv_rows(dataset, part).to_csv(index=False))
-        atomic_write_json(out / f"santurkar_{dataset}.json", clean(numbers))
-        everything[dataset] = numbers
-    atomic_write_text(out / "santurkar_claims.md", claims_markdown(all_claims))
-    figures = sorted(p.name for p in out.glob("santurkar_*.png")
-                     if any(p.name.startswith((f"santurkar_{d}.", f"santurkar_{d}_"))
-                            for d in groups))
-    write_claims(out / "santurkar_claims.json", all_claims, experiment=", ".join(EXPERIMENTS),
-                 title=TITLE, make="make santurkar",
-                 setup="; ".join(setup_words(g) for g in groups.values()), figures=figures,
-                 verdict_rule=claims_rule(),
-                 summaries=[r.summary for gs in groups.values() for g in gs
-                            for rs in g.nets.values() for r in rs])
+    everything = {dataset: dataset_numbers(dataset, gs) for dataset, gs in groups.items()}
+    all_claims = [c for numbers in everything.values() for section in SECTIONS
+                  for g in numbers[section.name].get("groups", []) for c in g.get("claims", [])]
     return {"datasets": everything, "claims": all_claims, "groups": groups}
 
 
+def figures(result: dict[str, Any]) -> dict[str, plt.Figure]:
+    """Every dataset's figures by file stem (SECTIONS' figures)."""
+    return {name: fig for groups in result["groups"].values() for section in SECTIONS
+            for name, fig in section.figures(groups).items()}
+
+
+def write(result: dict[str, Any], out: Path) -> None:
+    """The tables and claims files into `out` (after the figures: the claims file lists the
+    dataset's figures found there)."""
+    groups = result["groups"]
+    for dataset, numbers in result["datasets"].items():
+        atomic_write_text(out / f"santurkar_{dataset}.csv",
+                          csv_rows(dataset, numbers["distributional_shift"]).to_csv(index=False))
+        atomic_write_json(out / f"santurkar_{dataset}.json", clean(numbers))
+    atomic_write_text(out / "santurkar_claims.md", claims_markdown(result["claims"]))
+    drawn = sorted(p.name for p in out.glob("santurkar_*.png")
+                   if any(p.name.startswith((f"santurkar_{d}.", f"santurkar_{d}_"))
+                          for d in groups))
+    write_claims(out / "santurkar_claims.json", result["claims"],
+                 experiment=", ".join(EXPERIMENTS), title=TITLE, make="make santurkar",
+                 setup="; ".join(setup_words(g) for g in groups.values()), figures=drawn,
+                 verdict_rule=claims_rule(),
+                 summaries=[r.summary for gs in groups.values() for g in gs
+                            for rs in g.nets.values() for r in rs])
+
+
+def save_figures(drawn: dict[str, plt.Figure], out: Path) -> None:
+    """Each figure as <out>/<stem>.png and .pdf, then closed."""
+    for name, fig in drawn.items():
+        atomic_save_figure(fig, out / name)
+        plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bnrepro.analyse santurkar",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("run_dirs", type=Path, nargs="+",
                         help="run stores, e.g. runs/santurkar_mnist runs/santurkar_cifar10-jpeg")
     parser.add_argument("--out", type=Path, default=Path("results"))
@@ -712,10 +731,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="numbers, tables and claims only (drawing is most of the time)")
     wandb_figures.add_flag(parser)
     args = parser.parse_args(argv)
+    matplotlib.use("Agg")  # files only, no display
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            result = analyse(args.run_dirs, args.out, figures=not args.no_figures)
+            result = analyse(args.run_dirs)
+            args.out.mkdir(parents=True, exist_ok=True)
+            if not args.no_figures:
+                save_figures(figures(result), args.out)
+            write(result, args.out)
     except SanturkarError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
