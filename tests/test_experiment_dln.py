@@ -12,7 +12,6 @@ import pytest
 
 from bnrepro.claims import read_claims
 from bnrepro.experiments import dln
-from bnrepro.run.runs import find_runs
 from bnrepro.run.store import read_metrics
 from bnrepro.train_dln import train_population
 from tests.test_dln import dln_config
@@ -35,7 +34,7 @@ def store(tmp_path_factory):
 
 
 def runs_of(root):
-    return find_runs([root], statuses=("completed", "diverged"), keep_empty=True)
+    return dln.load_runs(root)
 
 
 def null_steps(run_dir, key: str, count: int) -> None:

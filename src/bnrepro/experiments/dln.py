@@ -208,6 +208,12 @@ def figure(runs: list[Run]) -> plt.Figure:
                            "seeds", lead=("train/loss", "training loss", True))
 
 
+def load_runs(root: Path | str) -> list[Run]:
+    """The finished runs under `root`, diverged ones too: each is its side's worst value, never
+    a missing seed."""
+    return find_runs([root], statuses=("completed", "diverged"), keep_empty=True)
+
+
 def learning_rates(runs: list[Run]) -> list[float]:
     """The runs' rates, largest first: the first is the paper's 1e-6 in conf/dln.yaml."""
     return sorted({float(r.config.lr) for r in runs}, reverse=True)
@@ -272,8 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     wandb_figures.add_flag(parser)
     args = parser.parse_args(argv)
     matplotlib.use("Agg")  # files only, no display
-    # diverged runs too: each is its side's worst value, never a missing seed
-    runs = find_runs([args.runs], statuses=("completed", "diverged"), keep_empty=True)
+    runs = load_runs(args.runs)
     if not runs:
         print(f"error: no finished deep-linear-net runs under {args.runs}; run `make dln` "
               "(python -m bnrepro.train_dln) first", file=sys.stderr)
