@@ -134,6 +134,12 @@ def test_at_the_edge_of_stability_ics_and_landscape_are_not_measured(store, monk
         else:
             assert c["verdict"] == "not measured"
             assert unmet and "edge of stability" in unmet[0]
+    # the standard net below the edge, BN at it: the standard's own ICS and the comparisons
+    # are measured
+    monkeypatch.setattr(dln, "edge", lambda rs, lr: 0.0 if rs[0].config.norm == "none" else 2.0)
+    monkeypatch.setattr(dln, "EDGE", 1.0)
+    for c in dln.analyse(runs)["claims"]:
+        assert all(p["met"] for p in c["evidence"]["preconditions"]), c["claim"]
 
 
 @pytest.mark.parametrize(("seeds", "expected"), [
