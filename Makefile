@@ -119,7 +119,7 @@ wandb-workspace: setup  ## save the wandb workspace defined in code, print its U
 # CPU profile of Santurkar et al.'s deep linear net: 2,000 of the paper's 10,000 full-batch steps
 # (the rest as the paper: conf/dln.yaml). Full size: DLN_PROFILE= make dln
 DLN_PROFILE ?= steps=2000
-dln: setup  ## Santurkar's deep linear net: ICS and landscape, standard vs BN, 2 rates x 3 seeds
+dln: setup  ## Santurkar's deep linear net: ICS and landscape, standard vs BN, 2 rates x 5 seeds
 	$(PY) -m bnrepro.train_dln $(DLN_PROFILE)
 	$(PY) -m bnrepro.analyse dln runs/dln --out results
 

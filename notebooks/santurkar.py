@@ -36,7 +36,6 @@ import pandas as pd
 from bnrepro.analysis.notebook import say, show, show_table
 from bnrepro.experiments import dln as dln_experiment
 from bnrepro.experiments import santurkar
-from bnrepro.run.runs import find_runs
 
 # %% tags=["parameters"]
 MNIST_RUNS = "../runs/santurkar_mnist"  # experiment=santurkar_mnist runs ("" to skip)
@@ -90,7 +89,7 @@ for groups in result["groups"].values():
 # almost uncorrelated G and G' with BN.
 
 # %%
-dln = find_runs([DLN_RUNS]) if DLN_RUNS and Path(DLN_RUNS).is_dir() else []
+dln = dln_experiment.load_runs(DLN_RUNS) if DLN_RUNS and Path(DLN_RUNS).is_dir() else []
 dln_claims = []
 if dln:
     dln_result = dln_experiment.analyse(dln)

@@ -103,3 +103,15 @@ def test_the_runs_reader_finds_dln_runs_with_their_loss_rows_and_measures(tmp_pa
     (run,) = find_runs([tmp_path])
     assert list(run.metrics["step"]) == [0, 2, 4]
     assert list(run.measures["step"]) == [1]
+
+
+def test_how_a_run_trains_does_not_make_a_finished_run_train_again(tmp_path):
+    """progress and threads (like device) say how a run trains, not what it is: `make dln`
+    after a run with progress=false retrained everything."""
+    common = dict(steps=2, log_every=2, depth=3, samples=16, seeds=[0], lrs=[1e-4])
+    train_population(dln_config(tmp_path, progress=False, threads=1, **common), "none")
+    metrics = tmp_path / "norm=none,lr=0.0001,seed=0" / "metrics.jsonl"
+    before = metrics.stat().st_mtime_ns
+    train_population(dln_config(tmp_path, progress=True, threads=None, device="cpu",
+                                **common), "none")
+    assert metrics.stat().st_mtime_ns == before

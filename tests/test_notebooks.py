@@ -382,11 +382,10 @@ def test_santurkar_notebook_shows_every_figure_and_the_computed_claims(executed,
     # the claims table is the scripts' own claims, verdicts included
     from bnrepro.experiments import dln as dln_experiment
     from bnrepro.experiments import santurkar
-    from bnrepro.run.runs import find_runs
 
     expected = santurkar.analyse([Path(parameters["MNIST_RUNS"])])["claims"]
-    dln = find_runs([parameters["DLN_RUNS"]])
-    expected += dln_experiment.claims(dln, 1e-4, dln_experiment.ics_layers(dln))
+    dln = dln_experiment.load_runs(parameters["DLN_RUNS"])
+    expected += dln_experiment.claims(dln, [1e-4], dln_experiment.ics_layers(dln))
     table = run.table("claims")
     assert list(table["claim"]) == [c["claim"] for c in expected]
     assert list(table["verdict"]) == [c["verdict"] for c in expected]

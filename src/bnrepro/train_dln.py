@@ -43,14 +43,18 @@ def make_problem(seed: int, samples: int, dim: int) -> tuple[torch.Tensor, torch
     return x, x @ a.T
 
 
+# Where and how a run trains, not what it is (summary.json's machine says where): not recorded
+# in its config, so that a finished run stays finished when they change, as train.py's resume
+# allows.
+HOW = ("device", "progress", "threads")
+
+
 def member_config(cfg: DictConfig, norm: str, lr: float, seed: int) -> DictConfig:
     """The resolved config one run directory records: the experiment's, with its norm, rate
-    and seed."""
+    and seed, without HOW."""
     member = OmegaConf.to_container(cfg, resolve=True)
-    # device: where a run trains, not what it is (summary.json's machine says where), so
-    # finished runs stay finished when it changes, as train.py's resume allows
-    for key in ("norms", "lrs", "seeds", "device"):
-        member.pop(key)
+    for key in ("norms", "lrs", "seeds", *HOW):
+        member.pop(key, None)
     member |= {"norm": norm, "lr": lr, "seed": seed}
     return OmegaConf.create(member)
 
@@ -60,9 +64,14 @@ def run_dir(cfg: DictConfig, norm: str, lr: float, seed: int) -> Path:
 
 
 def finished(directory: Path, config: DictConfig) -> bool:
+    """A completed run of `config` (HOW set aside: runs that recorded it count too)."""
     summary = read_summary(directory) if (directory / "config.yaml").is_file() else None
-    return summary is not None and summary.get("status") == "completed" and \
-        read_config(directory) == config
+    if summary is None or summary.get("status") != "completed":
+        return False
+    recorded = read_config(directory)
+    for key in HOW:
+        recorded.pop(key, None)
+    return recorded == config
 
 
 def train_population(cfg: DictConfig, norm: str) -> list[dict]:
