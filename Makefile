@@ -108,13 +108,13 @@ sweep-cifar: setup  ## CPU-sized CIFAR grid (cnn quick profile), aggregated into
 		--where model.width_multiplier=0.5 --where trainer.max_steps=400
 
 report: setup  ## results/REPORT.md: every figure and claim in results/, with its verdict
-	$(PY) scripts/report.py --results results
+	$(PY) -m bnrepro.analysis.report --results results
 
-# The wandb workspace (sections per experiment) defined in scripts/wandb_workspace.py. Needs a
+# The wandb workspace (sections per experiment) defined in src/bnrepro/analysis/wandb_workspace.py. Needs a
 # wandb login; WANDB_ENTITY / WANDB_PROJECT or ARGS="--entity E --project P". Without a server:
 # make wandb-workspace ARGS=--dry-run (writes the spec as JSON).
 wandb-workspace: setup  ## save the wandb workspace defined in code, print its URL
-	$(PY) scripts/wandb_workspace.py $(ARGS)
+	$(PY) -m bnrepro.analysis.wandb_workspace $(ARGS)
 
 # CPU profile of Santurkar et al.'s deep linear net: 2,000 of the paper's 10,000 full-batch steps
 # (the rest as the paper: conf/dln.yaml). Full size: DLN_PROFILE= make dln

@@ -19,7 +19,7 @@ import pytest
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs one pytest-xdist worker per core: one torch thread each, in the worker
     # and in the training subprocesses it starts (set before torch is imported), since
-    # processes of two threads each side by side spin-wait on each other (README, Cost).
+    # processes of two threads each side by side spin-wait on each other (docs/costs.md).
     os.environ["OMP_NUM_THREADS"] = "1"
 
 import torch  # noqa: E402

@@ -1,9 +1,8 @@
-"""scripts/compare_verdicts.py: which verdicts two results folders disagree on."""
+"""bnrepro.analysis.compare_verdicts: which verdicts two results folders disagree on."""
 
+from bnrepro.analysis import compare_verdicts as compare
 from bnrepro.claims import write_claims
-from tests.conftest import load_script
 
-compare = load_script("compare_verdicts")
 CPU = {"cpu": "CPU A", "cpu_capability": "AVX2", "threads": 2, "cores": 2, "gpu": "none",
        "torch": "2.15.0"}
 

@@ -92,13 +92,14 @@ def test_per_example_norms_equal_torch_per_member(name, spatial):
 # ---- the batch-statistics norms against torch's BN ----
 
 # Each set so that it computes BN's function: noisy BN with zero noise (s = 1, m = 0), Batch
-# Renorm inside its warmup (r_max = 1, d_max = 0), lp2 with eps 0 (its norm is sigma_B).
+# Renorm inside its warmup (r_max = 1, d_max = 0), lp2 of the centred values with eps 0 (its
+# norm is then sigma_B; the paper's lp2, the norm of the raw values, is not BN).
 BN_LIKE = [
     ("bn", {"bn_inference": "running"}),
     ("noisy_bn", {"bn_inference": "running",
                   "noise": {"n_mu": 0.0, "n_sigma": 1.0, "r_mu": 0.0, "r_sigma": 0.0}}),
     ("brn", {"brn": {"warmup_steps": 10**6}}),
-    ("lp2", {"bn_eps": 0.0}),
+    ("lp2", {"bn_eps": 0.0, "lp": {"norm_of": "centered"}}),
 ]
 
 
@@ -556,3 +557,25 @@ def test_interrupted_training_resumes_as_if_never_stopped(name, tmp_path, mnist,
         assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
         assert without_timing(a) == without_timing(b)
     assert len(read_metrics(clean[0])) == 7  # steps 0, 10, ..., 60
+
+
+def test_lp2_as_the_paper_defines_it_does_not_train_as_bn(tmp_path, mnist):
+    """Santurkar et al.'s l_p norms divide by the norm of the activations "before shifting the
+    mean", which controls no moment. Read as the norm of the centred values (the old default),
+    lp2 is BN: santurkar_mnist's lp2 runs matched BN's to 5-6 digits. Trained side by side on
+    MNIST, the paper's lp2 must move away from BN's training loss by far more than eps does;
+    its centred control must stay with BN."""
+    def final_train_loss(norm: str, *overrides: str) -> float:
+        cfg = compose_config(["experiment=santurkar_mnist", f"model.norm={norm}", "seed=0",
+                              "trainer.max_steps=60", "trainer.eval_every=30",
+                              "trainer.test_every=null", "probe.num_examples=60",
+                              "trainer.progress=false",
+                              "probe.shift.enabled=false", "measures.ics.every=0",
+                              "measures.landscape.every=0", *overrides])
+        run_dir = tmp_path / "-".join([norm, *overrides])
+        train_population([cfg], [run_dir])
+        return float(read_metrics(run_dir)[-1]["train/loss"])
+
+    bn = final_train_loss("bn")
+    assert abs(final_train_loss("lp2", "model.lp.norm_of=centered") - bn) < 1e-3 * abs(bn)
+    assert abs(final_train_loss("lp2") - bn) > 1e-2 * abs(bn)

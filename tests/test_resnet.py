@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from bnrepro.config import compose_config
 from bnrepro.data.datasets import DataUnavailableError, InputTransform, load_dataset
 from bnrepro.data.sampling import fixed_subset, validation_split
-from bnrepro.measures.evaluation import Evaluator
 from bnrepro.measures.context import model_layers
+from bnrepro.measures.evaluation import Evaluator
 from bnrepro.models import MODELS, ResNet, build_model
 from bnrepro.models.residual_variance import ResidualMoments
 from bnrepro.models.resnet import ResidualBlock

@@ -1,4 +1,4 @@
-"""scripts/wandb_workspace.py without a server: the workspace builds, serialises to the JSON
+"""bnrepro.analysis.wandb_workspace without a server: the workspace builds, serialises to the JSON
 spec that Workspace.save() would upload, and that spec loads back (through the library's own
 parser, as Workspace.from_url does) into the same sections and panels. The keys it charts are
 the keys our code logs: probe keys from bnrepro.measures.probes, config keys from composed configs,
@@ -16,7 +16,6 @@ from bnrepro.config import compose_config, flatten
 from bnrepro.measures.probes import sigmoid_input_quantiles
 from bnrepro.run.loggers import MAX_SUMMARY_METRICS, wandb_config
 from bnrepro.train import axes, new_summary
-from tests.conftest import load_script
 
 try:
     import wandb
@@ -29,7 +28,8 @@ except ImportError:  # an environment older than uv.lock; CI installs from uv.lo
     pytest.skip("wandb-workspaces is not installed: `make setup` installs it from uv.lock",
                 allow_module_level=True)
 
-workspace_script = load_script("wandb_workspace")
+from bnrepro.analysis import wandb_workspace as workspace_script  # noqa: E402
+
 # Keys of experiments still being built (issue 13's residual nets): charted already, checked
 # against a composed config once the model exists.
 PENDING_CONFIG_KEYS = {"model.depth", "model.residual_scale"}

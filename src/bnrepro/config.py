@@ -1,7 +1,17 @@
-"""Compose the project's Hydra config from Python (scripts, tests, notebooks)."""
+"""Compose the project's Hydra config from Python (scripts, tests, notebooks), and the
+${bnrepro.*} resolvers its files use.
+
+Where a run writes is one of them: a directory derived from its command-line overrides. The
+same command therefore finds the same directory again, and resumes an interrupted run or skips
+a finished one, for single runs and ad-hoc multiruns alike, not only for the experiment
+configs. `fresh=true` asks for a new, timestamped directory instead.
+"""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -9,9 +19,30 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from bnrepro.run.rundir import fresh_suffix, run_subdir
-
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+MAX_NAME = 150  # file systems cap a name at 255 bytes; long override lists are shortened
+
+
+def run_subdir(override_dirname: str) -> str:
+    """`model.norm=bn,seed=0` -> itself; no overrides -> `defaults`; too long -> cut + hash."""
+    name = override_dirname or "defaults"
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+        name = f"{name[:MAX_NAME - 13]}-{digest}"
+    return name
+
+
+def fresh_suffix(fresh: bool) -> str:
+    """'' for the deterministic directory, '_<timestamp>' when `fresh` (a sibling of the
+    deterministic one, never inside it)."""
+    return _process_timestamp() if fresh else ""
+
+
+@functools.cache
+def _process_timestamp() -> str:
+    """One per process, however often (and with whatever config) the run dir is resolved."""
+    return time.strftime("_%Y-%m-%d_%H-%M-%S")
 
 
 def times(value: float, factor: float) -> float:

@@ -11,9 +11,11 @@ largest value over the step lengths.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from bnrepro.run.runs import Run
@@ -35,10 +37,17 @@ def ics_layers(runs: Sequence[Run]) -> list[int]:
                    if k.startswith("ics/") and k.endswith("/cos")} - {1})
 
 
-def median_per_seed(runs: Sequence[Run], key: str) -> list[float]:
-    """Per run (seed): the median of `key` over its measured steps (runs without it left out)."""
-    return [float(r.measures[key].median()) for r in runs
-            if key in r.measures and r.measures[key].notna().any()]
+def median_per_seed(runs: Sequence[Run], key: str, worst: float = math.inf) -> list[float]:
+    """Per run (seed): the median of `key` over the steps that measured it (runs that never
+    did are left out). A step whose value was not finite counts as `worst` (+inf for the
+    magnitudes: a loss range, a gradient change, beta, an l2 ICS; give -1 for a cosine), not as
+    a missing step: dropping it would make the roughest runs look smooth."""
+    medians = []
+    for run in runs:
+        values = [worst if v is None else float(v) for v in run.measured(key)]
+        if values:
+            medians.append(float(np.median(values)))
+    return medians
 
 
 def band(ax, runs: Sequence[Run], key: str, color: str | None, label: str,

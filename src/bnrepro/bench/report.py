@@ -144,7 +144,7 @@ NET_TITLES = {"mlp": "Fig. 1 MLP (784-100-100-100-10, sigmoid, BN, batch 60, MNI
 
 
 def markdown(result: dict) -> str:
-    """results/bench.md: the tables the README includes."""
+    """results/bench.md: the tables docs/speed.md includes."""
     m, p = result["machine"], result["protocol"]
     cpu = f", vector ISA {m['cpu_capability']}" if "cpu_capability" in m else ""
     out = [f"Measured by `make bench` on {m['device']} ({m['device_name']}{cpu}), "

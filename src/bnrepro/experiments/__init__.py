@@ -27,6 +27,7 @@ from types import ModuleType
 class Experiment:
     name: str  # the registry key, the `make` target and `python -m bnrepro.analyse`'s argument
     title: str  # the report's section heading
+    configs: tuple[str, ...]  # the configs it trains, paths under conf/
     module: str  # bnrepro.experiments.<module>: its analysis
     notebook: str  # notebooks/<notebook>.py
     claims: tuple[str, ...]  # file name patterns of its claims files in results/
@@ -45,22 +46,34 @@ class Experiment:
 # The report's order.
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("fig1", "Fig. 1: MNIST with and without BN (Ioffe & Szegedy Sec. 4.1)",
-               "fig1", "fig1_shift", ("fig1_*_claims.json",), ("fig1_*.png",)),
-    Experiment("sweep-mnist", "The MNIST sweep: where BN helps", "sweep", "sweep",
-               ("sweep_mnist*_claims.json",), ("sweep_mnist*.png",)),
+               configs=("experiment/fig1_mnist.yaml",), module="fig1", notebook="fig1_shift",
+               claims=("fig1_*_claims.json",), figures=("fig1_*.png",)),
+    Experiment("sweep-mnist", "The MNIST sweep: where BN helps",
+               configs=("experiment/sweep_mnist.yaml",), module="sweep", notebook="sweep",
+               claims=("sweep_mnist*_claims.json",), figures=("sweep_mnist*.png",)),
     Experiment("fig2", "Figs. 2-3: accelerating BN networks (Ioffe & Szegedy Sec. 4.2)",
-               "fig2", "fig2_cifar", ("fig2_*_claims.json",), ("fig2_*.png",)),
+               configs=("experiment/fig2_cifar.yaml", "experiment/fig2_cifar_lr.yaml"),
+               module="fig2", notebook="fig2_cifar",
+               claims=("fig2_*_claims.json",), figures=("fig2_*.png",)),
     Experiment("santurkar", "Internal covariate shift on trial (Santurkar et al. 2018)",
-               "santurkar", "santurkar", ("santurkar*_claims.json",), ("santurkar*.png",)),
+               configs=("experiment/santurkar_mnist.yaml", "experiment/santurkar_cifar.yaml"),
+               module="santurkar", notebook="santurkar",
+               claims=("santurkar*_claims.json",), figures=("santurkar*.png",)),
     Experiment("dln", "Deep linear network: ICS and landscape (Santurkar et al. 2018)",
-               "dln", "santurkar", ("dln_claims.json",), ("dln.png",)),
+               configs=("dln.yaml",), module="dln", notebook="santurkar",
+               claims=("dln_claims.json",), figures=("dln.png",)),
     Experiment("batchsize", "Batch size: BN and its alternatives (Wu & He 2018)",
-               "batchsize", "batchsize_depth", ("batchsize*_claims.json",),
-               ("batchsize*.png",)),
+               configs=("experiment/batchsize_mnist.yaml", "experiment/batchsize_cifar.yaml"),
+               module="batchsize", notebook="batchsize_depth",
+               claims=("batchsize*_claims.json",), figures=("batchsize*.png",)),
     Experiment("depth", "Residual depth: BN, no norm, SkipInit (De & Smith 2020)",
-               "depth", "batchsize_depth", ("depth*_claims.json",), ("depth*.png",)),
-    Experiment("sweep-cifar", "CPU-sized CIFAR sweep", "sweep", "sweep",
-               ("sweep_cifar*_claims.json",), ("sweep_cifar*.png",), in_reproduce=False),
+               configs=("experiment/depth_cifar.yaml",), module="depth",
+               notebook="batchsize_depth", claims=("depth*_claims.json",),
+               figures=("depth*.png",)),
+    Experiment("sweep-cifar", "CPU-sized CIFAR sweep",
+               configs=("experiment/sweep_cifar.yaml",), module="sweep", notebook="sweep",
+               claims=("sweep_cifar*_claims.json",), figures=("sweep_cifar*.png",),
+               in_reproduce=False),
 )}
 
 

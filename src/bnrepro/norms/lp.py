@@ -4,16 +4,20 @@ Per feature, over the mini-batch (and positions for maps), like BN but dividing 
 norm instead of the standard deviation:
     y = gamma * (x - mu_B) / (n_p + eps) + beta,
     n_p = (mean |v|^p)^(1/p) for p = 1, 2;  n_inf = max |v|,
-with v = x - mu_B. "Mean" makes n_p the power mean, whose scale does not grow with the batch:
-n_1 is the mean absolute deviation, n_2 the biased standard deviation (so lp2 is BN up to where
-eps enters), n_inf the largest deviation. The paper's whole definition (Sec. 3.3): "schemes that
-fix the first order moment of the activations, as BatchNorm does, and then normalizes them by
-the average of their l_p-norm (before shifting the mean), for p = 1, 2, inf". Two things it
-leaves open. "Average of their l_p-norm": we take the power mean above (for p = 1 literally
-the average of |v|; a plain ||v||_p / m would shrink with the batch for p > 1). "Before
-shifting the mean": we read it as the norm of the centred values, taken before beta shifts
-the mean back (the l_p analogue of BN's variance); the literal other reading, the norm of the
-raw x, is `model.lp.norm_of=raw`.
+with v = x, the activations "before shifting the mean" (the default, `model.lp.norm_of=raw`).
+"Mean" makes n_p the power mean, whose scale does not grow with the batch: n_2 is the root mean
+square of x, n_1 its mean absolute value, n_inf its largest magnitude. The paper's whole
+definition (Sec. 3.3): "schemes that fix the first order moment of the activations, as
+BatchNorm does, and then normalizes them by the average of their l_p-norm (before shifting the
+mean), for p = 1, 2, inf. Note that for these normalization schemes, the distributions of layer
+inputs are no longer Gaussian-like (see Figure 6). Hence, normalization with such l_p-norm does
+not guarantee anymore any control over the distribution moments". Two things it leaves open.
+"Average of their l_p-norm": we take the power mean above (for p = 1 literally the average of
+|x|; a plain ||x||_p / m would shrink with the batch for p > 1). "Before shifting the mean": we
+read it literally, the norm of x before mu_B is subtracted. The other reading, the norm of the
+centred values v = x - mu_B (`model.lp.norm_of=centered`), makes n_2 the biased standard
+deviation: lp2 is then BN up to where eps enters, so it controls the second moment, which the
+paper says these schemes do not; it stays as a control.
 
 Inference has no batch: like BN with bn_inference=running, it uses moving averages of mu_B and
 n_p (rate bn_momentum), updated in training; no m/(m-1) correction, which is specific to the
@@ -32,7 +36,7 @@ from bnrepro.norms.batch import ModalNorm
 from bnrepro.norms.minibatch import minibatches, per_feature
 from bnrepro.norms.site import Site
 
-NORM_OF = ("centered", "raw")
+NORM_OF = ("raw", "centered")
 
 
 def mean_lp_norm(v: torch.Tensor, p: float, dim: tuple[int, ...]) -> torch.Tensor:
@@ -46,7 +50,7 @@ def mean_lp_norm(v: torch.Tensor, p: float, dim: tuple[int, ...]) -> torch.Tenso
 
 class LpNorm(ModalNorm):
     def __init__(self, population_size: int, num_features: int, p: float, eps: float = 1e-5,
-                 momentum: float = 0.1, norm_of: str = "centered"):
+                 momentum: float = 0.1, norm_of: str = "raw"):
         super().__init__()
         if norm_of not in NORM_OF:
             raise ValueError(f"model.lp.norm_of must be one of {NORM_OF}, got {norm_of!r}")

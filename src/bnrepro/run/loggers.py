@@ -59,8 +59,8 @@ def wandb_config(cfg: DictConfig, axes: dict[str, Any] | None = None) -> dict[st
     Nested, not flattened: the wandb app shows and filters nested keys as `model.norm`, and
     wandb-workspaces addresses `Config("model.norm")` as the nested key (`model.value.norm`);
     a flat key "model.norm" would be stored as `model.norm.value`, which no `Config(...)` of
-    the workspace (scripts/wandb_workspace.py) would find. `axes.norm_activation` exists because
-    a wandb chart groups its runs by one key, and Fig. 1's question is norm x activation.
+    the workspace (bnrepro.analysis.wandb_workspace) would find. `axes.norm_activation` exists
+    because a wandb chart groups its runs by one key, and Fig. 1's question is norm x activation.
     """
     config = OmegaConf.to_container(cfg, resolve=True)
     if axes is not None:

@@ -2,7 +2,7 @@
 in the report.
 
 A run's floats depend on more than its config and seed: the same code, torch and thread count
-train the same run to different floats on different CPUs (README, "Which machine made a
+train the same run to different floats on different CPUs (docs/outputs.md, "Which machine made a
 number"). The CPU's instruction set picks torch's vector kernels and the BLAS's
 matrix-multiply kernels, and the thread count splits their sums. So a run records the CPU
 model, the vector instruction set torch dispatched to and its thread count, and a results

@@ -22,6 +22,14 @@ class Run:
     metrics: pd.DataFrame  # one row per evaluation (with that step's measures, if any)
     # Every row that holds a measure (bnrepro.measures): measured steps, evaluated or not.
     measures: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # The same rows as logged: a measure that came out non-finite is None there (the store's
+    # null), while in `measures` it is NaN like a step that did not measure it at all.
+    measure_rows: list[dict] = field(default_factory=list)
+
+    def measured(self, key: str) -> list[float | None]:
+        """`key` at every step that measured it, in step order; None where it was not finite
+        (a diverged loss along the gradient, say): the roughest points, not absent ones."""
+        return [row[key] for row in self.measure_rows if key in row]
 
 
 def find_runs(roots: Iterable[str | Path], statuses: tuple[str, ...] = ("completed",),
@@ -42,15 +50,16 @@ def find_runs(roots: Iterable[str | Path], statuses: tuple[str, ...] = ("complet
                 config = read_config(run_dir)
                 rows = read_metrics(run_dir)
                 metrics = pd.DataFrame(evaluation_rows(rows))
-                measures = pd.DataFrame([r for r in rows if any(
-                    key.split("/")[0] in MEASURES for key in r)])
+                measure_rows = [r for r in rows if any(
+                    key.split("/")[0] in MEASURES for key in r)]
+                measures = pd.DataFrame(measure_rows)
             except (OSError, ValueError) as err:
                 skipped.append(f"{run_dir} ({type(err).__name__})")
                 continue
             if summary.get("status") not in statuses or (metrics.empty and not keep_empty):
                 skipped.append(f"{run_dir} (status {summary.get('status')})")
                 continue
-            runs.append(Run(run_dir, config, summary, metrics, measures))
+            runs.append(Run(run_dir, config, summary, metrics, measures, measure_rows))
     if skipped:
         warnings.warn(f"skipped {len(skipped)} run(s): " + "; ".join(skipped), stacklevel=2)
     return runs

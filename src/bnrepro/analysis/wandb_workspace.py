@@ -1,7 +1,7 @@
 """The project's wandb workspace, defined in code (wandb-workspaces): one section per experiment.
 
-    python scripts/wandb_workspace.py [--entity E] [--project P] [--name N]   # save, print URL
-    python scripts/wandb_workspace.py --dry-run [spec.json]                   # no server
+    python -m bnrepro.analysis.wandb_workspace [--entity E] [--project P] [--name N]  # save
+    python -m bnrepro.analysis.wandb_workspace --dry-run [spec.json]                  # no server
 
 Entity and project: the options, else WANDB_ENTITY / WANDB_PROJECT, else (project only)
 "bnrepro", the project the runs log to (conf/logger/wandb.yaml). Saving needs a wandb login

@@ -1,18 +1,20 @@
 """Gather every figure and every checked claim in results/ into one page, results/REPORT.md.
 
-    python scripts/report.py [--results results] [--out results/REPORT.md]
+    python -m bnrepro.analysis.report [--results results] [--out results/REPORT.md]
 
-Reads only what the plot scripts wrote: the claims files <results>/*_claims.json (format:
-bnrepro.claims; each claim with the paper's number, ours with its spread over seeds, the
-dataset, the source and a verdict computed from the runs) and the figures <results>/*.png.
-Nothing here computes a verdict: rerun the plot scripts (or `make reproduce`) to refresh them.
+Reads only what the experiments' analyses (bnrepro.experiments) wrote: the claims files
+<results>/*_claims.json (format: bnrepro.claims; each claim with the paper's number, ours with
+its spread over seeds, the dataset, the source and a verdict computed from the runs) and the
+figures <results>/*.png. Nothing here computes a verdict: rerun the analyses (`python -m
+bnrepro.analyse <experiment>`, or `make reproduce`) to refresh them.
 
 The page: the machine it was written on; a headline table (per source paper, how many of its
-claims hold, are mixed, do not hold, were not measured); every claim, one line each; then one
-section per experiment in the order of EXPERIMENTS, with its command, its setup (as its plot
-script states it), its figures and its claims with the rule their verdicts follow. An
-experiment with no claims file and no figure is not left out: it is listed as "not run" with
-the command that runs it. Files that no experiment claims are shown under "Other results".
+claims hold, are inconclusive, do not hold, were not measured); every claim, one line each; then one
+section per experiment in the order of bnrepro.experiments.EXPERIMENTS, with its command, its
+setup (as its analysis states it), its figures and its claims with the rule their verdicts
+follow. An experiment with no claims file and no figure is not left out: it is listed as "not
+run" with the command that runs it. Files that no experiment claims are shown under "Other
+results".
 """
 
 from __future__ import annotations
@@ -22,43 +24,21 @@ import fnmatch
 import os
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
 from bnrepro.atomic import atomic_write_text
-from bnrepro.claims import SOURCES, VERDICTS, ClaimsError, read_claims
-from bnrepro.run.machine import describe
-
-
-class Experiment(NamedTuple):  # not a dataclass: tests load scripts outside sys.modules
-    key: str
-    title: str
-    make: str  # the command that produces its results
-    claims: tuple[str, ...]  # file name patterns in results/
-    figures: tuple[str, ...]
-    in_reproduce: bool = True  # part of `make reproduce`
-
-
-# The report's order. Patterns match file names in the results folder.
-EXPERIMENTS = (
-    Experiment("fig1", "Fig. 1: MNIST with and without BN (Ioffe & Szegedy Sec. 4.1)",
-               "make fig1", ("fig1_*_claims.json",), ("fig1_*.png",)),
-    Experiment("sweep-mnist", "The MNIST sweep: where BN helps", "make sweep-mnist",
-               ("sweep_mnist*_claims.json",), ("sweep_mnist*.png",)),
-    Experiment("fig2", "Figs. 2-3: accelerating BN networks (Ioffe & Szegedy Sec. 4.2)",
-               "make fig2", ("fig2_*_claims.json",), ("fig2_*.png",)),
-    Experiment("santurkar", "Internal covariate shift on trial (Santurkar et al. 2018)",
-               "make santurkar", ("santurkar*_claims.json",), ("santurkar*.png",)),
-    Experiment("dln", "Deep linear network: ICS and landscape (Santurkar et al. 2018)",
-               "make dln", ("dln_claims.json",), ("dln.png",)),
-    Experiment("batchsize", "Batch size: BN and its alternatives (Wu & He 2018)",
-               "make batchsize", ("batchsize*_claims.json",), ("batchsize*.png",)),
-    Experiment("depth", "Residual depth: BN, no norm, SkipInit (De & Smith 2020)",
-               "make depth", ("depth*_claims.json",), ("depth*.png",)),
-    Experiment("sweep-cifar", "CPU-sized CIFAR sweep", "make sweep-cifar",
-               ("sweep_cifar*_claims.json",), ("sweep_cifar*.png",), in_reproduce=False),
+from bnrepro.claims import (
+    SOURCES,
+    VERDICTS,
+    ClaimsError,
+    chance_decisions,
+    evidence_text,
+    read_claims,
 )
+from bnrepro.experiments import EXPERIMENTS
+from bnrepro.run.machine import describe
 
 
 def machine() -> str:
@@ -85,13 +65,16 @@ def cell(text: Any) -> str:
     return str(text).replace("\n", " ").replace("|", "\\|")
 
 
-def claims_table(claims: list[dict[str, str]], with_experiment: bool = False) -> list[str]:
-    head = ["claim", "source", "paper", "ours", "dataset", "verdict"]
+def claims_table(claims: list[dict[str, Any]], with_experiment: bool = False) -> list[str]:
+    """One row per claim; a "test" column (bnrepro.claims.evidence_text) where any claim
+    carries its evidence."""
+    tested = any("evidence" in c for c in claims)
+    head = ["claim", "source", "paper", "ours", "dataset", *(["test"] * tested), "verdict"]
     if with_experiment:
         head.insert(0, "experiment")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in claims:
-        row = [c[k] for k in head if k != "experiment"]
+        row = [evidence_text(c) if k == "test" else c[k] for k in head if k != "experiment"]
         if with_experiment:
             row.insert(0, c["experiment"])
         lines.append("| " + " | ".join(cell(x) for x in row[:-1]) + f" | **{row[-1]}** |")
@@ -110,6 +93,18 @@ def headline(claims: list[dict[str, str]]) -> list[str]:
         name = "our own checks (not paper claims)" if source == "ours" else source
         lines.append(f"| {name} | {len(mine)} | " + " | ".join(map(str, counts)) + " |")
     return lines
+
+
+def chance_line(claims: list[dict[str, Any]]) -> list[str]:
+    """How many decisive verdicts chance alone would give at this many tested comparisons."""
+    tested = [c for c in claims if "p_value" in (c.get("evidence") or {})]
+    if not tested:
+        return []
+    decided = sum(c["verdict"] in ("holds", "does not hold") for c in tested)
+    return [f"Of the {len(tested)} claims decided by the permutation test, {decided} came out "
+            f"decisive (holds or does not hold); with no effect at all, chance alone would give "
+            f"{chance_decisions(tested):.1f} on average (each test at "
+            "alpha 0.05 in either direction).", ""]
 
 
 def load(results: Path) -> tuple[dict[str, dict[str, Any]], list[str], list[str]]:
@@ -134,7 +129,7 @@ def render(results: Path, out: Path) -> tuple[str, dict[str, Any]]:
     link_prefix = "" if link_prefix == "." else link_prefix + "/"
     sections, all_claims, not_run = [], [], []
     used_files, used_figures = set(), set()
-    for exp in EXPERIMENTS:
+    for exp in EXPERIMENTS.values():
         names = matching(list(files), exp.claims)
         figs = matching(figures, exp.figures)
         for name in names:
@@ -153,7 +148,7 @@ def render(results: Path, out: Path) -> tuple[str, dict[str, Any]]:
         for name in names:
             data = files[name]
             for c in data["claims"]:
-                all_claims.append({**c, "experiment": exp.key})
+                all_claims.append({**c, "experiment": exp.name})
             sections += [f"### {data['title']}", "", f"Setup: {data['setup'] or '(not stated)'}."
                          f" Claims file: `{name}`.", "", *trained_on_line(data), "",
                          *claims_table(data["claims"]), "",
@@ -174,9 +169,10 @@ def render(results: Path, out: Path) -> tuple[str, dict[str, Any]]:
         sections += figure_lines(other_figures, link_prefix)
 
     head = ["# Report: Batch Normalization's claims, checked on our runs", "",
-            "Written by `python scripts/report.py` (`make report`) from the claims files and "
-            f"figures in `{results}`, which the plot scripts compute from the run store. Every "
-            "verdict is computed from the runs by the plot script named in its section, with "
+            "Written by `python -m bnrepro.analysis.report` (`make report`) from the claims "
+            f"files and figures in `{results}`, which the experiments' analyses compute from "
+            "the run store. Every verdict is computed from the runs by the analysis of the "
+            "experiment named in its section, with "
             "the rule stated there; nothing here is typed by hand.", "",
             f"Report written on: {machine()}. Each experiment's setup (steps, width, seeds) is "
             "stated in its section; the datasets are named exactly (cifar10-jpeg is the JPEG "
@@ -187,17 +183,18 @@ def render(results: Path, out: Path) -> tuple[str, dict[str, Any]]:
                  + " (no results in this folder; their claims are not counted below).", ""]
     if problems:
         head += ["Unreadable claims files (left out): " + "; ".join(problems), ""]
-    head += ["## Headline", "", *headline(all_claims), "", "## Every claim", "",
+    head += ["## Headline", "", *headline(all_claims), "", *chance_line(all_claims),
+             "## Every claim", "",
              *claims_table(all_claims, with_experiment=True), ""]
     text = "\n".join(head + sections).rstrip() + "\n"
-    return text, {"claims": all_claims, "not_run": [e.key for e in not_run],
+    return text, {"claims": all_claims, "not_run": [e.name for e in not_run],
                   "figures": sorted(used_figures | set(other_figures)), "problems": problems}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results", type=Path, default=Path("results"),
-                        help="the folder the plot scripts wrote to")
+                        help="the folder the analyses wrote to")
     parser.add_argument("--out", type=Path, default=None,
                         help="the report file (default: <results>/REPORT.md)")
     args = parser.parse_args(argv)

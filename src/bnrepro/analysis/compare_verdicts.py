@@ -2,15 +2,15 @@
 `make reproduce`, or two machines' runs of the same commit).
 
     mkdir -p /tmp/committed && git archive HEAD results | tar -x -C /tmp/committed
-    python scripts/compare_verdicts.py /tmp/committed/results results
+    python -m bnrepro.analysis.compare_verdicts /tmp/committed/results results
 
 Reads the claims files (<folder>/*_claims.json, format: bnrepro.claims) of both folders and
 prints, per claim (claims file + claim text), the two verdicts where they differ, with both
 folders' numbers, and which machines trained each side's runs. A claim found in one folder
 only is named too. Exit status 0 whether or not verdicts differ; 2 if a folder holds no
-claims files. Float results depend on the CPU (README, "Which machine made a number"), so two
-machines' runs of one commit can land on either side of a verdict's threshold: this lists
-where they did.
+claims files. Float results depend on the CPU (docs/outputs.md, "Which machine made a
+number"), so two machines' runs of one commit can land on either side of a verdict's threshold:
+this lists where they did.
 """
 
 from __future__ import annotations
