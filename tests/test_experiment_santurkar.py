@@ -269,3 +269,73 @@ def test_runs_without_measures_leave_those_claims_not_measured(store, tmp_path):
     numbers = run_analysis(root, tmp_path / "out")[2]
     assert {c["verdict"] for c in numbers["ics_and_landscape"]["groups"][0]["claims"]} == {
         "not measured"}
+
+
+# ---- the shift between two successive steps (probe.shift.successive, measures/shift.py) ----
+
+SUCCESSIVE_TINY = ["experiment=santurkar_mnist", "model.norm=noisy_bn,lp2,none", "seed=0",
+                   "model.hidden=[16,16]", "trainer.max_steps=12", "trainer.test_every=12",
+                   "trainer.population_batches=2", "probe.num_examples=120",
+                   "dataset.val_size=1000", "trainer.progress=false", "measures.ics.every=0",
+                   "measures.landscape.every=0", "trainer.checkpoint_every=0"]
+
+
+def rows_by_norm(root: Path) -> dict[str, list[dict]]:
+    return {config(d)["model"]["norm"]: metrics(d) for d in run_dirs(root)}
+
+
+@pytest.fixture(scope="module")
+def successive_stores(tmp_path_factory, mnist, run_train) -> dict[str, Path]:
+    """The same three nets (noisy BN, l_p2, standard) trained three ways: evaluated every 4
+    steps with and without w1_step, and evaluated at every step (w1_prev is then the shift
+    between successive steps)."""
+    stores = {}
+    for name, extra in (("step", ["trainer.eval_every=4", "probe.shift.successive=true"]),
+                        ("plain", ["trainer.eval_every=4", "probe.shift.successive=false"]),
+                        ("every", ["trainer.eval_every=1", "probe.shift.successive=false"])):
+        stores[name] = tmp_path_factory.mktemp(name) / "santurkar_mnist"
+        run_train("-m", *SUCCESSIVE_TINY, *extra, f"hydra.sweep.dir={stores[name]}")
+    return stores
+
+
+def test_the_successive_step_measure_does_not_change_training(successive_stores):
+    """With and without w1_step the runs train bit-identically: every logged number but the
+    new keys, and the final weights, equal."""
+    import torch
+
+    step, plain = (rows_by_norm(successive_stores[k]) for k in ("step", "plain"))
+    for norm, rows in step.items():
+        assert [{k: v for k, v in r.items() if "w1_step" not in k} for r in rows] == plain[norm]
+        assert any("shift/h1/w1_step_rel" in r for r in rows)
+    weights = {}
+    for name in ("step", "plain"):
+        for d in run_dirs(successive_stores[name]):
+            (pt,) = d.rglob("*.pt")
+            state = torch.load(pt, map_location="cpu", weights_only=False)
+            weights[name, config(d)["model"]["norm"]] = state
+    for norm in step:
+        a, b = weights["step", norm]["model"], weights["plain", norm]["model"]
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        noise = [weights[name, norm]["noise_rng"] for name in ("step", "plain")]
+        assert len(noise[0]) == len(noise[1]) and all(
+            torch.equal(x, y) for x, y in zip(*noise, strict=True))  # the training noise
+
+
+def test_w1_step_is_the_shift_between_two_successive_steps(successive_stores):
+    """w1_step at evaluation t (every 4 steps) equals w1_prev of a run evaluated at every
+    step, whose previous evaluation is step t - 1: the same probe images, the noise of each
+    step, one step apart; not the drift since the previous evaluation (4 steps)."""
+    step, every = (rows_by_norm(successive_stores[k]) for k in ("step", "every"))
+    for norm, rows in step.items():
+        at = {r["step"]: r for r in every[norm]}
+        checked = 0
+        for row in rows:
+            if row["step"] == 0:
+                assert "shift/h1/w1_step" not in row  # nothing before step 0
+                continue
+            for key in [k for k in row if "/w1_step" in k]:
+                expected = at[row["step"]][key.replace("w1_step", "w1_prev")]
+                assert row[key] == pytest.approx(expected, rel=1e-6, abs=1e-9), (norm, key)
+                checked += 1
+            assert row["shift/h1/w1_step_rel"] != pytest.approx(row["shift/h1/w1_prev_rel"])
+        assert checked == 3 * 2 * 2  # evaluations 4, 8, 12 x layers h1, h2 x raw and _rel
