@@ -559,8 +559,10 @@ def shift_figures(groups: list[Group]) -> dict[str, plt.Figure]:
     for nets, suffix, what in ((SEC21_NETS, "", "Figs. 1-2: standard vs BN vs noisy BN"),
                                (LP_NETS, "_lp", "Figs. 5-6: l_p normalisations")):
         shown = [g for g in groups if any(n in g.nets for n in nets if n not in ("none", "bn"))]
-        if not shown:  # e.g. the CIFAR experiment runs no l_p nets: no _lp figures
+        if not shown:  # e.g. a store without l_p nets: no _lp figures
             continue
+        if not suffix:  # Figs. 1-2: BN vs standard at every rate, the variants where run
+            shown = groups
         figures[f"santurkar_{dataset}{suffix}"] = accuracy_and_shift_figure(
             shown, nets, f"Santurkar et al. {what}, on {dataset}: mean over seeds, band "
             "min..max; shift lines: h1 solid, h2 dashed, h3 dotted, h4 dash-dot (training "
