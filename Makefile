@@ -129,6 +129,9 @@ santurkar: setup  ## Santurkar et al. Figs. 1-6 analogs: MNIST MLP + CIFAR CNN, 
 	$(PY) -m bnrepro.train -m experiment=santurkar_mnist
 	@ds=$(CIFAR) && \
 	$(PY) -m bnrepro.train -m experiment=santurkar_cifar dataset=$$ds && \
+	$(PY) -m bnrepro.train -m experiment=santurkar_cifar dataset=$$ds optim.lr=0.1 \
+		model.norm=noisy_bn,noise_only,lp1,lp2,lpinf measures.ics.every=0 \
+		measures.landscape.every=0 && \
 	$(PY) -m bnrepro.analyse santurkar runs/santurkar_mnist runs/santurkar_$$ds --out results
 
 bench: setup  ## ms per model-step, ours vs the loops a PyTorch user writes, and the roofline

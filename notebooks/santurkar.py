@@ -60,9 +60,11 @@ for dataset, numbers in result["datasets"].items():
 # ## 1. Noisy BN: accuracy and the shift of each layer's input (Figs. 1-2, 5-6)
 #
 # Per dataset: training and held-out accuracy (mean over seeds, band min..max) and the
-# distributional shift of every hidden layer (Wasserstein-1 between consecutive evaluations,
-# relative to the spread); then one unit's input distribution over training as quantile fans,
-# the analog of their Fig. 2. The `_lp` figures repeat it for the l_p normalisations (Sec. 3.3).
+# distributional shift of every hidden layer (Wasserstein-1, relative to the spread): between
+# two successive training steps (their Fig. 8's measure, the one the claims compare), between
+# consecutive evaluations (the drift over an evaluation interval) and since step 0; then one
+# unit's input distribution over training as quantile fans, the analog of their Fig. 2. The
+# `_lp` figures repeat it for the l_p normalisations (Sec. 3.3).
 
 # %%
 for groups in result["groups"].values():

@@ -383,6 +383,10 @@ def _train(cfgs: Sequence[DictConfig], run_dirs: Sequence[Path],
             correct_sum += (logits.detach().argmax(-1) == y).float().mean(1)
             if on_step is not None:
                 on_step(step)
+            if (step + 1) % eval_every == 0 or step + 1 == max_steps:  # the step before one
+                eval_start = time.perf_counter()
+                evaluate.before_evaluation(model, step)  # probe.shift.successive (shift.py)
+                seconds["eval"] += time.perf_counter() - eval_start
             if step % eval_every == 0 or step == max_steps:
                 steps_averaged = step - (step - 1) // eval_every * eval_every
                 progress.set_postfix_str(log_evaluation(step, steps_averaged, measured))

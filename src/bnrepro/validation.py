@@ -106,6 +106,8 @@ def config_problems(cfg: DictConfig) -> list[str]:
               "must be an integer >= 1")
         check("probe.shift.max_values_per_unit", _integer(shift.get("max_values_per_unit"))
               and shift.max_values_per_unit >= 1, "must be an integer >= 1")
+        check("probe.shift.successive", isinstance(shift.get("successive", False), bool),
+              "must be true or false")
     check("probe.residual_variance", isinstance(cfg.probe.get("residual_variance", True), bool),
           "must be true or false")
     model_spec = MODELS.get(cfg.model.kind)

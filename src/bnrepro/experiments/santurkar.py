@@ -21,19 +21,24 @@ Definitions (also in the JSON):
   evaluation after its last one.
 - Final test accuracy: test/acc at the last step (chance for a diverged seed). Max validation
   accuracy: over the seed's evaluations.
-- Shift (Figs. 2, 6, 8; src/bnrepro/measures/shift.py): shift/h{i}/w1_prev_rel, the per-unit
-  Wasserstein-1 distance of hidden layer i's inputs to the nonlinearity between consecutive
-  evaluations, on the training network's fixed probe images, summed over units and divided by
-  the summed per-unit standard deviations of the earlier evaluation. A seed's shift of layer i
-  is its mean over the evaluations after step 0 that it logged. Drawn as well: w1_init_rel
-  (since step 0); the CSV and JSON hold both, raw and relative.
+- Shift (Figs. 2, 6, 8; src/bnrepro/measures/shift.py): shift/h{i}/w1_step_rel, the per-unit
+  Wasserstein-1 distance of hidden layer i's inputs to the nonlinearity between two successive
+  training steps (after step t - 1 and after step t, t an evaluated step: Fig. 8's "between
+  two successive steps"), on the training network's fixed probe images (each step's own noise
+  for a noisy net), summed over units and divided by the summed per-unit standard deviations at
+  t - 1. A seed's shift of layer i is its mean over the evaluations after step 0 that it
+  logged. Drawn and tabled, never compared: w1_prev_rel (the drift between consecutive
+  evaluations, eval_every steps apart: it grows with that interval for a drifting net, not
+  for noise injected afresh at every step) and w1_init_rel (since step 0); the CSV and JSON
+  hold them all, raw and relative.
 - Fig. 2 analog: per net and layer, the logged quantiles (act_train/h{i}/q05..q95) of the
   tracked unit ("a random input", Sec. 2) of the lowest seed, over training: shaded fans.
 
 Claims (results/santurkar_claims.md, and .json for the report, bnrepro.analysis.report, in
 the format of bnrepro.claims: each claim with its dataset and source): one block per dataset
-and learning rate (the rate is named in the claim), verdicts by VERDICT_RULE with the
-thresholds below.
+and learning rate (the rate is named in the claim), verdicts by bnrepro.claims.compare
+(VERDICT_RULE, with
+the margins and preconditions of claims_rule()); each row carries its evidence.
 
 Writes to --out, per dataset: santurkar_<dataset>.png/.pdf (Figs. 1-2: accuracy and shift),
 santurkar_<dataset>_distributions.png/.pdf (Fig. 2), santurkar_<dataset>_lp.png/.pdf and
@@ -44,9 +49,9 @@ datasets. Bad input prints one `error:` line and exits with 2.
 Sec. 2.2 and 3.1 (Figs. 3-4: gradient ICS and the loss landscape, BN vs standard; the deep
 linear net's are bnrepro.experiments.dln), from the runs' measures (conf/measures/, on in both
 experiments): santurkar_<dataset>_measures.png/.pdf (bnrepro.analysis.measures_figure), and
-claims per rate: a seed's number is the median of the measure over its measured steps; ICS
-holds when BN's cosine is not above standard's, landscape claims when BN's value is below
-standard's.
+claims per rate: a seed's number is the median of the measure over its measured steps;
+gradient ICS per measured layer in cos(G, G') and ||G - G'|| (Definition 2.1 defines both),
+landscape claims gated on the standard net being off chance (claims_rule()).
 
 Extending: add a Section to SECTIONS: its `numbers` takes one dataset's Groups (one per
 learning rate) and returns its numbers, with its claim rows under "groups"[i]["claims"] (rows:
@@ -74,7 +79,7 @@ from omegaconf import OmegaConf
 from bnrepro.analysis import wandb_figures
 from bnrepro.analysis.measures_figure import ics_layers, measures_figure, median_per_seed
 from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text
-from bnrepro.claims import verdict, worst, write_claims
+from bnrepro.claims import compare, evidence_text, worst, write_claims
 from bnrepro.config import flatten
 from bnrepro.run.runs import Run, find_runs
 
@@ -91,19 +96,24 @@ SEC21_NETS, LP_NETS = ("none", "bn", "noisy_bn", "noise_only"), ("none", "bn", "
 LP_NORMS = ("lp1", "lp2", "lpinf")
 # The training network's probes (shift/..., act_train/...; the inference network's are
 # shift_inference/..., act/...): the network that trains, noise included.
-SHIFT = "w1_prev_rel"  # the claims' shift measure (module docstring)
+SHIFT = "w1_step_rel"  # the claims' shift: between two successive steps (module docstring)
+DRIFT = "w1_prev_rel"  # drawn and tabled: the drift between evaluations (eval_every steps)
+SHIFT_MEASURES = ("w1_step_rel", "w1_step", "w1_prev_rel", "w1_prev", "w1_init_rel", "w1_init")
 CHANCE = 0.1  # 1 of 10 classes: a diverged seed's accuracy after its last evaluation
 CHANCE_MARGIN = 0.05  # "does not train at all" = max val acc <= CHANCE + CHANCE_MARGIN
 ABOUT_AS_WELL = 0.01  # "about as well" / "comparably" = within 1 accuracy point (run mean)
-MARGINAL = 0.5  # "marginal difference" in shift = BN's shift at least half the standard's
+MARGINAL = 0.5  # "marginal difference" in shift = BN's within 0.5..2 x the standard's
 FAN = ((5, 95, 0.15), (15, 85, 0.25), (25, 75, 0.35))  # (low q, high q, alpha) of the fans
 VERDICT_RULE = (
-    "holds: the comparison holds for the seed means AND for every seed (the seed ranges do "
-    "not overlap: the worst seed of one net against the best of the other); mixed: it holds "
-    "for the means only; does not hold: it fails for the means. A claim over several layers "
-    "or l_p norms takes the worst of their verdicts; not measured: a net it needs has no runs "
-    "(a claim whose variant nets - noisy BN, noise only, l_p - have no runs at all on a "
-    "dataset is not listed for it).")
+    "bnrepro.claims.compare, the one rule: a comparison holds when the exact one-sided "
+    "permutation test of the seeds' rank sums decides for it at 0.05 (with 3 seeds a side: "
+    "only when the seed ranges do not overlap), does not hold when the same test decides "
+    "against it, and is inconclusive otherwise; not measured when a precondition is unmet "
+    "(a net missing, a measure not logged, the reference net at chance). Non-finite per-seed "
+    "values count as the worst value. A claim over several layers, l_p norms or bounds takes "
+    "the worst of their verdicts (holds < inconclusive < does not hold < not measured); a "
+    "claim whose variant nets (noisy BN, noise only, l_p) have no runs at a rate is not "
+    "listed for it.")
 # Keys that must agree between all runs of one dataset (else: not one experiment).
 SAME_SETUP = ("name", "trainer.max_steps", "trainer.eval_every", "trainer.batch_size",
               "model.kind", "model.activation", "model.hidden", "model.width_multiplier",
@@ -158,7 +168,7 @@ def load_groups(roots: Sequence[Path]) -> dict[str, list[Group]]:
         steps = np.array(sorted({int(s) for r in members for s in r.metrics["step"]}))
         columns = {c for r in members for c in r.metrics.columns}
         layers = sorted({int(m[1]) for c in columns
-                         if (m := re.fullmatch(rf"shift/h(\d+)/{SHIFT}", c))})
+                         if (m := re.fullmatch(rf"shift/h(\d+)/({SHIFT}|{DRIFT})", c))})
         groups[dataset] = []
         for lr in sorted({float(r.config.optim.lr) for r in members}, reverse=True):
             nets: dict[str, list[Run]] = {}
@@ -225,7 +235,7 @@ def describe_net(runs: list[Run], group: Group) -> dict[str, Any]:
                 "final_test_acc": float(test.iloc[-1]) if len(test) else math.nan,
                 "max_val_acc": float(val.max())}
         for layer in group.layers:
-            for measure in ("w1_prev_rel", "w1_prev", "w1_init_rel", "w1_init"):
+            for measure in SHIFT_MEASURES:
                 values = curve([r], shift_key(layer, measure), steps).iloc[:, 0]
                 seed[f"h{layer}/{measure}"] = float(values[later].mean()) \
                     if values[later].notna().any() else math.nan
@@ -237,147 +247,202 @@ def describe_net(runs: list[Run], group: Group) -> dict[str, Any]:
             **{k: spread([s[k] for s in seeds]) for k in keys}, "per_seed": seeds}
 
 
-# ---- verdicts (bnrepro.claims.verdict: means, then every seed; worst over layers) ----
+# ---- verdicts (bnrepro.claims.compare: the one rule; a claim over layers or norms takes the
+# worst of its parts' verdicts) ----
+
+Verdict = tuple[str, dict[str, Any]]  # (verdict, evidence) as bnrepro.claims.compare returns
+
 
 def cell(stat: dict[str, float], digits: int = 4) -> str:
     return f"{stat['mean']:.{digits}f} ({stat['min']:.{digits}f}..{stat['max']:.{digits}f})"
 
 
-def higher(a: dict, b: dict, key: str) -> str:
-    """a's `key` above b's: means, and a's worst seed above b's best."""
-    return verdict(a[key]["mean"] > b[key]["mean"], a[key]["min"] > b[key]["max"])
+def per_seed(net: dict[str, Any], key: str) -> list[float]:
+    """A net's per-seed values of `key` (describe_net), NaN where a seed has none."""
+    return [s[key] for s in net["per_seed"]]
 
 
-def shift_claim(a: dict, b: dict, layers: list[int], names: tuple[str, str]
-                ) -> tuple[str, str]:
-    """a's shift above b's in every layer; the worst layer's verdict."""
-    if not layers:
-        return "not measured", "no shift logged (probe.shift.enabled=false?)"
-    verdicts = [higher(a, b, f"h{i}/{SHIFT}") for i in layers]
-    ours = "; ".join(f"h{i} {names[0]} {cell(a[f'h{i}/{SHIFT}'], 3)} vs {names[1]} "
-                     f"{cell(b[f'h{i}/{SHIFT}'], 3)}" for i in layers)
-    return worst(*verdicts), ours
+def label(norm: str) -> str:
+    return NETS.get(norm, (norm,))[0]
 
 
-def claims(group: Group, table: dict[str, dict]) -> list[dict[str, str]]:
+def combine(parts: dict[str, Verdict], what: str) -> Verdict:
+    """A claim made for every part (layer, l_p norm, bound): the worst part's verdict
+    (bnrepro.claims.RANK), with every part's evidence."""
+    if not parts:
+        return "not measured", {"rule": f"no {what} measured", "parts": {}}
+    return worst(*(v for v, _ in parts.values())), {
+        "rule": f"worst of the verdicts per {what} ({', '.join(parts)})",
+        "parts": {name: {"verdict": v, **e} for name, (v, e) in parts.items()}}
+
+
+def left_chance(net: dict[str, Any]) -> bool:
+    """Every seed's max validation accuracy is above chance + CHANCE_MARGIN."""
+    return all(v > CHANCE + CHANCE_MARGIN for v in per_seed(net, "max_val_acc"))
+
+
+def left_chance_check(norm: str, net: dict[str, Any]) -> tuple[str, bool]:
+    return (f"{label(norm)} left chance (every seed's max validation accuracy above "
+            f"{CHANCE + CHANCE_MARGIN:g})", left_chance(net))
+
+
+def shift_parts(a: str, b: str, table: dict[str, dict], layers: list[int], better: str
+                ) -> dict[str, Verdict]:
+    """Per layer: compare `a`'s successive-step shift with `b`'s (`better`: which way the
+    claim says `a` differs: "higher" = more shift)."""
+    return {f"h{i}": compare((label(a), per_seed(table[a], f"h{i}/{SHIFT}")),
+                             (label(b), per_seed(table[b], f"h{i}/{SHIFT}")), better)
+            for i in layers}
+
+
+def shift_cells(norms: Sequence[str], table: dict[str, dict], layers: list[int]) -> str:
+    return "; ".join(f"h{i} " + " vs ".join(f"{label(n)} {cell(table[n][f'h{i}/{SHIFT}'], 3)}"
+                                            for n in norms) for i in layers)
+
+
+def claims(group: Group, table: dict[str, dict]) -> list[dict[str, Any]]:
     """The claims of Sec. 2.1 and 3.3 this group's runs decide (see VERDICT_RULE)."""
     rows = []
+    shift_layers = [i for i in group.layers
+                    if any(not math.isnan(v) for net in table.values()
+                           for v in per_seed(net, f"h{i}/{SHIFT}"))]
 
-    def add(claim: str, paper: str, ours: str, result: str) -> None:
+    def add(claim: str, paper: str, ours: str, result: Verdict) -> None:
         source = IOFFE if claim in IOFFE_CLAIMS else SANTURKAR
         rows.append({"claim": f"{claim} (lr {group.lr:g})", "paper": paper, "ours": ours,
-                     "verdict": result, "dataset": group.dataset, "source": source})
+                     "verdict": result[0], "dataset": group.dataset, "source": source,
+                     "evidence": result[1]})
 
-    def needs(claim: str, paper: str, *norms: str) -> bool:
+    def needs(claim: str, paper: str, *norms: str, shift: bool = False) -> bool:
         variants = [n for n in norms if n not in ("none", "bn")]
         if variants and not any(n in table for n in variants):
-            return False  # no net of the claim in this experiment (the CIFAR one runs no l_p)
-        if missing := [n for n in norms if n not in table]:
-            add(claim, paper, f"no runs of {', '.join(missing)}", "not measured")
+            return False  # no net of the claim at this rate (the CIFAR one runs them at 0.1)
+        missing = [n for n in norms if n not in table]
+        if missing or (shift and not shift_layers):
+            why = f"no runs of {', '.join(missing)}" if missing else \
+                f"no {SHIFT} logged (probe.shift.successive=false?)"
+            add(claim, paper, why, ("not measured", {"rule": why, "preconditions": [
+                {"check": "every net of the claim has runs that logged what it needs",
+                 "met": False}]}))
             return False
         return True
 
-    def add_shift(claim: str, paper: str, above: str, below: str, names: tuple[str, str],
-                  what: str = f"{SHIFT} per layer") -> None:
-        """The claim that `above`'s shift is above `below`'s in every layer."""
-        result, ours = shift_claim(table[above], table[below], group.layers, names)
-        add(claim, paper, f"{what}: {ours}", result)
-
     acc = "train_acc"  # mean training accuracy over the run
 
-    def acc_cell(norm: str) -> str:
-        return f"{NETS.get(norm, (norm,))[0]} {cell(table[norm][acc])}"
+    def acc_cell(*norms: str) -> str:
+        return "training accuracy, run mean: " + "; ".join(
+            f"{label(n)} {cell(table[n][acc])}" for n in norms)
 
-    def add_trains_better(claim: str, paper: str, better: str, worse: str) -> None:
-        """The claim that `better`'s training accuracy is above `worse`'s."""
-        if needs(claim, paper, better, worse):
-            add(claim, paper, f"training accuracy, run mean: {acc_cell(better)} vs "
-                              f"{acc_cell(worse)}", higher(table[better], table[worse], acc))
+    def trains_better(better: str, worse: str, margin: float = 0.0,
+                      preconditions: Sequence[tuple[str, bool]] = ()) -> Verdict:
+        return compare((label(better), per_seed(table[better], acc)),
+                       (label(worse), per_seed(table[worse], acc)), "higher", margin,
+                       preconditions)
 
     claim = "BN trains faster than standard"
     paper = ('"a drastic improvement, both in terms of optimization and generalization '
              'performance, for networks trained with BatchNorm layers" (Sec. 2, Fig. 1)')
-    add_trains_better(claim, paper, "bn", "none")
+    if needs(claim, paper, "bn", "none"):
+        add(claim, paper, acc_cell("bn", "none"), trains_better("bn", "none"))
 
     claim = "noisy BN trains about as well as BN"
     paper = ('"the performance difference between models with BatchNorm layers, and '
              '\'noisy\' BatchNorm layers is almost non-existent" (Sec. 2.1, Fig. 2)')
     if needs(claim, paper, "noisy_bn", "bn"):
-        n, b = table["noisy_bn"][acc], table["bn"][acc]
-        add(claim, paper, f"training accuracy, run mean: {acc_cell('noisy_bn')} vs "
-                          f"{acc_cell('bn')}; about as well = within {ABOUT_AS_WELL:g}",
-            verdict(abs(n["mean"] - b["mean"]) <= ABOUT_AS_WELL,
-                    b["min"] - ABOUT_AS_WELL <= n["min"] and n["max"] <= b["max"] +
-                    ABOUT_AS_WELL))
+        bn_trains = [left_chance_check("bn", table["bn"])]
+        noisy, bn = per_seed(table["noisy_bn"], acc), per_seed(table["bn"], acc)
+        add(claim, paper, acc_cell("noisy_bn", "bn") + f"; about as well = within "
+            f"{ABOUT_AS_WELL:g} of BN", combine({  # an equivalence: both bounds
+                "not below": trains_better("noisy_bn", "bn", -ABOUT_AS_WELL, bn_trains),
+                "not above": compare((label("noisy_bn"), noisy), (label("bn"), bn), "lower",
+                                     -ABOUT_AS_WELL, bn_trains)}, "bound"))
 
     claim = "noisy BN trains better than standard"
     paper = '"both these networks perform much better than standard networks" (Sec. 2.1)'
-    add_trains_better(claim, paper, "noisy_bn", "none")
+    if needs(claim, paper, "noisy_bn", "none"):
+        add(claim, paper, acc_cell("noisy_bn", "none"), trains_better("noisy_bn", "none"))
 
     claim = "noisy BN has less stable distributions (more shift) than standard"
     paper = ('"the \'noisy\' BatchNorm network has qualitatively less stable distributions '
              'than even the standard, non-BatchNorm network" (Sec. 2.1, Figs. 2, 8)')
-    if needs(claim, paper, "noisy_bn", "none"):
-        add_shift(claim, paper, "noisy_bn", "none", ("noisy BN", "standard"))
+    if needs(claim, paper, "noisy_bn", "none", shift=True):
+        add(claim, paper, f"{SHIFT} per layer: " + shift_cells(("noisy_bn", "none"), table,
+                                                               shift_layers),
+            combine(shift_parts("noisy_bn", "none", table, shift_layers, "higher"), "layer"))
 
     claim = "BN reduces internal covariate shift (distributional shift) vs standard"
     paper = ("Ioffe & Szegedy's premise (\"fixing the distribution of the layer inputs\"); "
              "Santurkar et al. question it")
-    if needs(claim, paper, "bn", "none"):
-        add_shift(claim, paper, "none", "bn", ("standard", "BN"),
-                  f"{SHIFT} per layer (standard above BN?)")
+    if needs(claim, paper, "bn", "none", shift=True):
+        add(claim, paper, f"{SHIFT} per layer: " + shift_cells(("bn", "none"), table,
+                                                               shift_layers),
+            combine(shift_parts("bn", "none", table, shift_layers, "lower"), "layer"))
 
     claim = "BN's distributional stability differs only marginally from standard's"
     paper = ('"the difference in distributional stability (change in the mean and variance) '
              'in networks with and without BatchNorm layers seems to be marginal" (Fig. 1c)')
-    if needs(claim, paper, "bn", "none"):
-        if not group.layers:
-            add(claim, paper, "no shift logged", "not measured")
-        else:
-            b, s = table["bn"], table["none"]
-            verdicts = [verdict(b[f"h{i}/{SHIFT}"]["mean"] >= MARGINAL * s[f"h{i}/{SHIFT}"]["mean"],
-                                b[f"h{i}/{SHIFT}"]["min"] >= MARGINAL * s[f"h{i}/{SHIFT}"]["max"])
-                        for i in group.layers]
-            ratios = ", ".join(f"h{i} {b[f'h{i}/{SHIFT}']['mean'] / s[f'h{i}/{SHIFT}']['mean']:.2f}"
-                               for i in group.layers)
-            add(claim, paper, f"{SHIFT} BN / standard (seed means): {ratios}; marginal = "
-                              f"BN's at least {MARGINAL:g} x standard's", worst(*verdicts))
+    if needs(claim, paper, "bn", "none", shift=True):
+        parts = {}
+        for i in shift_layers:
+            bn, std = per_seed(table["bn"], f"h{i}/{SHIFT}"), per_seed(table["none"],
+                                                                         f"h{i}/{SHIFT}")
+            parts[f"h{i} above {MARGINAL:g}x"] = compare(
+                ("BN", bn), (f"{MARGINAL:g} x standard", [MARGINAL * v for v in std]), "higher")
+            parts[f"h{i} below {1 / MARGINAL:g}x"] = compare(
+                ("BN", bn), (f"{1 / MARGINAL:g} x standard", [v / MARGINAL for v in std]),
+                "lower")
+        means = {n: [table[n][f"h{i}/{SHIFT}"]["mean"] for i in shift_layers]
+                 for n in ("bn", "none")}
+        ratios = ", ".join(f"h{i} {b / s if s else math.nan:.2f}" for i, b, s in zip(
+            shift_layers, means["bn"], means["none"], strict=True))
+        add(claim, paper, f"{SHIFT} BN / standard (seed means): {ratios}; marginal = BN's "
+            f"within {MARGINAL:g}..{1 / MARGINAL:g} x standard's",
+            combine(parts, "layer and bound"))
 
     claim = "the same noise without BN prevents training entirely"
     paper = ('"adding the same amount of noise to the activations of the standard '
              '(non-BatchNorm) network prevents it from training entirely" (Sec. 2.1)')
-    if needs(claim, paper, "noise_only"):
-        v, limit = table["noise_only"]["max_val_acc"], CHANCE + CHANCE_MARGIN
-        add(claim, paper, f"max validation accuracy {cell(v)}; entirely = <= {limit:g}",
-            verdict(v["mean"] <= limit, v["max"] <= limit))
+    if needs(claim, paper, "noise_only", "none"):
+        limit = CHANCE + CHANCE_MARGIN
+        values = per_seed(table["noise_only"], "max_val_acc")
+        at_chance = sum(not v > limit for v in values)  # NaN (never evaluated): at chance
+        check = left_chance_check("none", table["none"])
+        result = ("not measured" if not check[1] else "holds" if at_chance == len(values)
+                  else "does not hold" if at_chance == 0 else "inconclusive")
+        add(claim, paper, f"max validation accuracy {cell(table['noise_only']['max_val_acc'])}; "
+            f"entirely = <= {limit:g}; {at_chance} of {len(values)} seeds at chance",
+            (result, {"rule": f"holds when every seed's max validation accuracy is <= {limit:g}, "
+                              "does not hold when none is, else inconclusive",
+                      "seeds": [None if math.isnan(v) else v for v in values],
+                      "threshold": limit, "at_chance": at_chance,
+                      "preconditions": [{"check": check[0], "met": check[1]}]}))
 
     claim = "l_p normalisations perform comparably to BN"
     paper = ('"all the normalization strategies offer comparable performance to BatchNorm" '
              '(Sec. 3.3, Fig. 5: "comparably or even better")')
     if needs(claim, paper, "bn", *LP_NORMS):
-        b = table["bn"][acc]
-        verdicts = [verdict(table[p][acc]["mean"] >= b["mean"] - ABOUT_AS_WELL,
-                            table[p][acc]["min"] >= b["min"] - ABOUT_AS_WELL) for p in LP_NORMS]
-        add(claim, paper, "training accuracy, run mean: " + "; ".join(
-            acc_cell(p) for p in (*LP_NORMS, "bn")) + f"; comparably = at most "
-            f"{ABOUT_AS_WELL:g} below BN", worst(*verdicts))
+        bn_trains = left_chance_check("bn", table["bn"])
+        add(claim, paper, acc_cell(*LP_NORMS, "bn") + f"; comparably = at most "
+            f"{ABOUT_AS_WELL:g} below BN", combine(
+                {p: trains_better(p, "bn", -ABOUT_AS_WELL, [bn_trains]) for p in LP_NORMS},
+                "l_p norm"))
 
     claim = "l_p normalisations train better than standard"
     paper = '"yet they still yield improved optimization performance" (Sec. 3.3)'
     if needs(claim, paper, "none", *LP_NORMS):
-        add(claim, paper, "training accuracy, run mean: " + "; ".join(
-            acc_cell(p) for p in (*LP_NORMS, "none")),
-            worst(*(higher(table[p], table["none"], acc) for p in LP_NORMS)))
+        add(claim, paper, acc_cell(*LP_NORMS, "none"),
+            combine({p: trains_better(p, "none") for p in LP_NORMS}, "l_p norm"))
 
     claim = "l_p normalisations have more distributional shift than standard"
     paper = ('"the l_p-normalization techniques lead to larger distributional covariate shift '
              '(as considered in [10]) than the vanilla, i.e., unnormalized, networks" (Sec. 3.3, '
              'Fig. 6)')
-    if needs(claim, paper, "none", *LP_NORMS):
-        results = [shift_claim(table[p], table["none"], group.layers, (p, "standard"))
-                   for p in LP_NORMS]
-        add(claim, paper, f"{SHIFT} per layer: " + " | ".join(o for _, o in results),
-            worst(*(r for r, _ in results)))
+    if needs(claim, paper, "none", *LP_NORMS, shift=True):
+        parts = {f"{p} {layer}": part for p in LP_NORMS for layer, part in
+                 shift_parts(p, "none", table, shift_layers, "higher").items()}
+        add(claim, paper, f"{SHIFT} per layer: " + shift_cells((*LP_NORMS, "none"), table,
+                                                               shift_layers),
+            combine(parts, "l_p norm and layer"))
     return rows
 
 
@@ -402,10 +467,11 @@ def held_out_key(group: Group) -> str:
 
 def accuracy_and_shift_figure(groups: list[Group], nets: Sequence[str], title: str
                               ) -> plt.Figure:
-    """Rows: learning rates; columns: training accuracy, held-out accuracy, shift vs the
-    previous evaluation and vs step 0 (per layer: line style)."""
+    """Rows: learning rates; columns: training accuracy, held-out accuracy, shift between
+    two successive steps, vs the previous evaluation and vs step 0 (per layer: line style)."""
     styles = ["-", "--", ":", "-."]
-    fig, axes = plt.subplots(len(groups), 4, figsize=(18, 3.6 * len(groups)), squeeze=False)
+    shifts = (SHIFT, DRIFT, "w1_init_rel")
+    fig, axes = plt.subplots(len(groups), 5, figsize=(22, 3.6 * len(groups)), squeeze=False)
     for row, group in zip(axes, groups, strict=True):
         held = held_out_key(group)
         for norm in (n for n in nets if n in group.nets):
@@ -413,15 +479,18 @@ def accuracy_and_shift_figure(groups: list[Group], nets: Sequence[str], title: s
             label = f"{label} ({len(runs)} seeds)"
             draw_band(row[0], curve(runs, "train/acc", group.steps, CHANCE), color, label)
             draw_band(row[1], curve(runs, held, group.steps, CHANCE), color, label)
-            for col, measure in ((2, "w1_prev_rel"), (3, "w1_init_rel")):
+            for col, measure in enumerate(shifts, start=2):
                 for i, layer in enumerate(group.layers):
                     table = curve(runs, shift_key(layer, measure), group.steps).loc[1:]
+                    if table.isna().all().all():
+                        continue
                     row[col].plot(table.index, table.mean(axis=1), styles[i % len(styles)],
                                   color=color, lw=1.2,
                                   label=f"{NETS[norm][0]}, h{layer}" if col == 2 else None)
         for ax, ylabel in zip(row, ("training accuracy (mini-batches)",
                                     f"{'test' if held == 'test/acc' else 'validation'} accuracy",
-                                    "shift vs previous evaluation (W1 / std)",
+                                    "shift between successive steps (W1 / std)",
+                                    "drift since the previous evaluation (W1 / std)",
                                     "shift since step 0 (W1 / std)"), strict=True):
             ax.set(xlabel="training steps", ylabel=ylabel)
             ax.grid(alpha=0.3)
@@ -491,8 +560,10 @@ def shift_figures(groups: list[Group]) -> dict[str, plt.Figure]:
     for nets, suffix, what in ((SEC21_NETS, "", "Figs. 1-2: standard vs BN vs noisy BN"),
                                (LP_NETS, "_lp", "Figs. 5-6: l_p normalisations")):
         shown = [g for g in groups if any(n in g.nets for n in nets if n not in ("none", "bn"))]
-        if not shown:  # e.g. the CIFAR experiment runs no l_p nets: no _lp figures
+        if not shown:  # e.g. a store without l_p nets: no _lp figures
             continue
+        if not suffix:  # Figs. 1-2: BN vs standard at every rate, the variants where run
+            shown = groups
         figures[f"santurkar_{dataset}{suffix}"] = accuracy_and_shift_figure(
             shown, nets, f"Santurkar et al. {what}, on {dataset}: mean over seeds, band "
             "min..max; shift lines: h1 solid, h2 dashed, h3 dotted, h4 dash-dot (training "
@@ -527,44 +598,65 @@ LANDSCAPE_CLAIMS = (  # (key, what, the paper's words)
      '"we observe consistent differences between these networks" (Sec. 3.1, Fig. 4c)'))
 
 
-def measured(runs: list[Run], key: str) -> dict[str, float]:
-    """Per seed the median of a measure over its measured steps; mean, min, max over seeds."""
-    return spread(median_per_seed(runs, key))
+def measured(runs: list[Run], key: str) -> list[float]:
+    """Per seed the median of a measure over its measured steps; a step whose value was not
+    finite counts as the worst value (-1 for a cosine, +inf otherwise: median_per_seed)."""
+    return median_per_seed(runs, key, worst=-1.0 if key.endswith("/cos") else math.inf)
 
 
-def measures_claims(group: Group) -> list[dict[str, str]]:
-    """Fig. 3 (gradient ICS) and Fig. 4 (landscape), BN vs standard, at this group's rate."""
+def off_chance_share(run: Run, key: str) -> float:
+    """The share of the steps that measured `key` at which the run's validation accuracy
+    (its latest evaluation at or before the step) was above chance + CHANCE_MARGIN."""
+    steps = [int(row["step"]) for row in run.measure_rows if key in row]
+    val = run.metrics.dropna(subset=["val/acc"]).set_index("step")["val/acc"].sort_index()
+    if not steps or val.empty:
+        return 0.0
+    at = [val[val.index <= s].iloc[-1] if (val.index <= s).any() else CHANCE for s in steps]
+    return sum(v > CHANCE + CHANCE_MARGIN for v in at) / len(steps)
+
+
+def seed_cells(values: Sequence[float]) -> str:
+    return cell(spread(values), 3) if values else "-"
+
+
+def measures_claims(group: Group) -> list[dict[str, Any]]:
+    """Fig. 3 (gradient ICS, cos and l2 per layer) and Fig. 4 (landscape), BN vs standard, at
+    this group's rate: one compare per claim (VERDICT_RULE)."""
     bn, std = group.nets.get("bn", []), group.nets.get("none", [])
     rows = []
 
-    def add(claim: str, paper: str, ours: str, result: str) -> None:
+    def add(claim: str, paper: str, ours: str, result: Verdict) -> None:
         rows.append({"claim": f"{claim} (lr {group.lr:g})", "paper": paper, "ours": ours,
-                     "verdict": result, "dataset": group.dataset, "source": SANTURKAR})
+                     "verdict": result[0], "dataset": group.dataset, "source": SANTURKAR,
+                     "evidence": result[1]})
 
     layers = ics_layers(bn + std)
-    claim = "BN does not reduce gradient ICS: cos(G, G') with BN is not above standard's"
-    if not (bn and std and layers):
-        add(claim, ICS_PAPER, "no gradient ICS measured for BN and standard (measures.ics)",
-            "not measured")
-    else:
-        b = {i: measured(bn, f"ics/h{i}/cos") for i in layers}
-        s = {i: measured(std, f"ics/h{i}/cos") for i in layers}
-        verdicts = [verdict(b[i]["mean"] <= s[i]["mean"], b[i]["max"] <= s[i]["min"])
-                    for i in layers]
-        add(claim, ICS_PAPER, "median cos(G, G') over the measured steps: " + "; ".join(
-            f"layer {i} BN {cell(b[i], 3)} vs standard {cell(s[i], 3)}" for i in layers),
-            worst(*verdicts))
+    ran = ("BN and standard both ran", bool(bn and std))
+    for metric, better, what in (("cos", "higher", "cos(G, G')"), ("l2", "lower", "||G - G'||")):
+        for i in layers or [None]:
+            claim = f"BN does not reduce gradient ICS: {what} (layer {i})" if i else \
+                f"BN does not reduce gradient ICS: {what}"
+            if i is None:
+                add(claim, ICS_PAPER, "no gradient ICS measured (measures.ics)", (
+                    "not measured", {"rule": "no gradient ICS measured", "preconditions": [
+                        {"check": "gradient ICS measured for BN and standard", "met": False}]}))
+                continue
+            b, s = measured(bn, f"ics/h{i}/{metric}"), measured(std, f"ics/h{i}/{metric}")
+            add(claim, ICS_PAPER, f"median {what} over the measured steps: standard "
+                f"{seed_cells(s)} vs BN {seed_cells(b)} ({'higher' if metric == 'cos' else 'lower'}"
+                " = less ICS); holds = BN's decidedly worse, inconclusive = similar",
+                compare(("standard", s), ("BN", b), better, preconditions=[
+                    ran, (f"{what} measured for both", bool(b and s))]))
+    gate = (f"every standard seed above chance validation accuracy ({CHANCE + CHANCE_MARGIN:g})"
+            f" at more than half of its measured steps (a net at chance has a flat loss along a "
+            "vanishing gradient: not the paper's comparison)",
+            bool(std) and all(off_chance_share(r, "landscape/beta") > 0.5 for r in std))
     for key, what, paper in LANDSCAPE_CLAIMS:
         claim = f"BN makes the landscape smoother: smaller {what}"
         b, s = measured(bn, key), measured(std, key)
-        if not (bn and std) or math.isnan(b["mean"]) or math.isnan(s["mean"]):
-            add(claim, paper, "no landscape measured for BN and standard (measures.landscape)",
-                "not measured")
-            continue
-        add(claim, paper, f"median over the measured steps: BN {b['mean']:.3g} "
-                          f"({b['min']:.3g}..{b['max']:.3g}) vs standard {s['mean']:.3g} "
-                          f"({s['min']:.3g}..{s['max']:.3g})",
-            verdict(b["mean"] < s["mean"], b["max"] < s["min"]))
+        add(claim, paper, f"median over the measured steps: BN {seed_cells(b)} vs standard "
+            f"{seed_cells(s)}", compare(("BN", b), ("standard", s), "lower", preconditions=[
+                ran, (f"{key} measured for both", bool(b and s)), gate]))
     return rows
 
 
@@ -631,26 +723,45 @@ def claims_rule() -> str:
     """The verdict rule and every definition and threshold the verdicts use."""
     return (f"{VERDICT_RULE} Training accuracy = mean over a seed's evaluations after step 0 "
             "of the training mini-batch accuracy (a diverged seed scores "
-            f"{CHANCE:g} after it diverged). Shift = {SHIFT} of the training network (W1 "
-            "between consecutive evaluations of each unit's input distribution on fixed probe "
-            "images, summed over units / the summed per-unit std of the earlier one), a seed's "
-            f"mean over its evaluations. Thresholds: about as well = within {ABOUT_AS_WELL:g}; "
-            f"comparably = at most {ABOUT_AS_WELL:g} below BN; marginal = BN's shift at least "
-            f"{MARGINAL:g} x the standard net's; trains at all = max validation accuracy above "
-            f"{CHANCE + CHANCE_MARGIN:g}. Gradient ICS and landscape (Figs. 3-4): a seed's "
-            "number is the median of the measure over its measured steps; the ICS claim "
-            "compares BN's cos(G, G') with standard's per measured layer (worst layer), the "
-            "landscape claims BN's value with standard's. Datasets as named in the runs "
-            "(cifar10-jpeg is the JPEG mirror, not CIFAR-10).")
+            f"{CHANCE:g} after it diverged). Shift = {SHIFT} of the training network: W1 "
+            "between each unit's input distribution on fixed probe images after step t - 1 "
+            "and after step t (two successive steps, Santurkar et al.'s Fig. 8), t every "
+            "evaluated step, summed over units / the summed per-unit std at t - 1; a seed's "
+            f"mean over its evaluations ({DRIFT}, the drift over a whole evaluation interval, "
+            "is tabled and drawn, never compared: noise injected at every step does not grow "
+            "with the interval, a net's drift does). Margins: about as well / comparably = at "
+            f"most {ABOUT_AS_WELL:g} below BN (compare with margin -{ABOUT_AS_WELL:g}; noisy BN's "
+            "'about as well' also at most that far above: both bounds must hold); "
+            f"marginal = BN's shift within {MARGINAL:g}..{1 / MARGINAL:g} x the standard "
+            "net's (two comparisons per layer); left chance = every seed's max validation "
+            f"accuracy above {CHANCE + CHANCE_MARGIN:g}; the noise-only claim: holds when "
+            "every seed stays at chance, does not hold when none does. Gradient ICS and "
+            "landscape (Figs. 3-4): a seed's number is the median of the measure over its "
+            "measured steps (a non-finite point counts as the worst: -1 for a cosine, +inf "
+            "otherwise); gradient ICS: standard vs BN per measured layer, cos(G, G') and "
+            "||G - G'|| each (holds = BN's decidedly worse, does not hold = BN's decidedly "
+            "better, inconclusive = similar); landscape: BN's value below standard's, not "
+            "measured unless the standard net was off chance at most of its measured steps. "
+            "Datasets as named in the runs (cifar10-jpeg is the JPEG mirror, not CIFAR-10).")
 
 
-def claims_markdown(all_claims: list[dict[str, str]]) -> str:
+def claims_markdown(all_claims: list[dict[str, Any]]) -> str:
     lines = [f"# {TITLE}", "",
-             "| claim | paper | dataset | ours (mean (min..max) over seeds) | verdict |",
-             "|---|---|---|---|---|"]
+             "| claim | paper | dataset | ours (mean (min..max) over seeds) | test | verdict |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| {c['claim']} | {c['paper']} | {c['dataset']} | {c['ours']} | "
-              f"{c['verdict']} |" for c in all_claims]
+              f"{test_text(c)} | {c['verdict']} |" for c in all_claims]
     return "\n".join([*lines, "", f"Verdict rule: {claims_rule()}", ""])
+
+
+def test_text(claim: dict[str, Any]) -> str:
+    """bnrepro.claims.evidence_text, with each part's test for a claim over parts."""
+    parts = (claim.get("evidence") or {}).get("parts")
+    if not parts:
+        return evidence_text(claim)
+    return f"{claim['evidence']['rule']}: " + "; ".join(
+        f"{name} {part['verdict']} ({evidence_text({'evidence': part})})"
+        for name, part in parts.items())
 
 
 def setup_words(groups: list[Group]) -> str:
@@ -671,7 +782,7 @@ def dataset_numbers(dataset: str, groups: list[Group]) -> dict[str, Any]:
                "learning_rates": [g.lr for g in groups],
                "eval_steps": [int(s) for s in groups[0].steps],
                "definitions": {"doc": __doc__, "verdict_rule": VERDICT_RULE,
-                               "shift": SHIFT, "chance": CHANCE,
+                               "shift": SHIFT, "drift": DRIFT, "chance": CHANCE,
                                "about_as_well": ABOUT_AS_WELL, "marginal": MARGINAL}}
     for section in SECTIONS:
         numbers[section.name] = section.numbers(groups)

@@ -76,7 +76,7 @@ from torch import nn
 from bnrepro.data.datasets import Dataset, InputTransform
 from bnrepro.data.sampling import fixed_subset
 from bnrepro.measures.probes import ProbeCollector
-from bnrepro.measures.shift import ShiftTracker, UnitValues
+from bnrepro.measures.shift import LayerSketch, ShiftTracker, UnitValues, successive_shift
 from bnrepro.models import MODELS
 from bnrepro.models.residual_variance import ResidualMoments
 from bnrepro.norms import norm_spec
@@ -158,6 +158,10 @@ class Evaluator:
         shift = cfg.probe.get("shift") or {}
         self.shift = ShiftTracker(shift["levels"]) if shift.get("enabled") else None
         self.max_values_per_unit = shift.get("max_values_per_unit", 0)
+        # The shift between two successive training steps (w1_step): the training network's
+        # sketches after the step before an evaluation, until that evaluation uses them.
+        self.successive = self.shift is not None and bool(shift.get("successive", False))
+        self.step_before: list[LayerSketch] | None = None
         self.train_noise = bool(cfg.probe.get("train_noise", False))
         self.batch_size = cfg.trainer.batch_size
         self.memory_mb = eval_memory_mb(cfg.trainer.eval_memory_mb, device)
@@ -262,37 +266,67 @@ class Evaluator:
         """Per member: the probes of every probe set (empty dicts when there are none) and the
         shift; `step` is the training step (it seeds the probe noise)."""
         rows: list[dict[str, float]] = [{} for _ in range(model_population_size(model))]
-        for prefix, (x, mode, batch) in self.probe_sets.items():
+        for prefix, (x, _, _) in self.probe_sets.items():
             collector = ProbeCollector(self.cfg.probe.unit, self.cfg.probe.quantiles, len(x),
                                        prefix)
             units = UnitValues(len(x), self.max_values_per_unit) if self.shift else None
-            seeds = self.seeds or [self.cfg.seed] * len(rows)
-            noise = probe_noise(model, seeds, step, batch) \
-                if mode == "batch" and self.train_noise else nullcontext()
-            with bn_mode(model, mode, batch), noise as draws:
-                offset = 0
-                for part in x.split(examples_per_chunk(model, self.memory_mb, max(batch, 1))):
-                    if draws is not None:
-                        draws.offset = offset
-                    preactivations: list[torch.Tensor] = []
-                    model(part, preactivations, shared=True)
-                    collector.add(preactivations)
-                    if units is not None:
-                        units.add(preactivations)
-                    offset += len(part)
+            self._probe_forward(model, prefix, step, [collector, *([units] if units else [])])
             for row, probes in zip(rows, collector.result(), strict=True):
                 row |= probes
             if units is not None:
-                shift = self.shift.update(SHIFT_PREFIX[prefix],
-                                          units.sketches(self.shift.levels))
+                sketches = units.sketches(self.shift.levels)
+                shift = self.shift.update(SHIFT_PREFIX[prefix], sketches)
+                if prefix == "act_train" and self.step_before is not None:
+                    shift = [r | s for r, s in zip(shift, successive_shift(
+                        SHIFT_PREFIX[prefix], self.step_before, sketches), strict=True)]
                 for row, values in zip(rows, shift, strict=True):
                     row |= values
+        self.step_before = None
         if self.shift is not None:
             self.shift.finish_evaluation()
         if self.residual_x is not None:
             for row, variances in zip(rows, self.residual_variances(model, step), strict=True):
                 row |= variances
         return rows
+
+    @torch.no_grad()
+    def _probe_forward(self, model: nn.Module, prefix: str, step: int, sinks: Sequence) -> None:
+        """One pass of probe set `prefix` through `model` in its BN mode (the training
+        network's with the noise of `step` for noisy norms, probe.train_noise), each chunk's
+        inputs to the nonlinearity handed to every sink's `add`. Updates no statistic and
+        draws from no training stream."""
+        x, mode, batch = self.probe_sets[prefix]
+        seeds = self.seeds or [self.cfg.seed] * model_population_size(model)
+        noise = probe_noise(model, seeds, step, batch) \
+            if mode == "batch" and self.train_noise else nullcontext()
+        with bn_mode(model, mode, batch), noise as draws:
+            offset = 0
+            for part in x.split(examples_per_chunk(model, self.memory_mb, max(batch, 1))):
+                if draws is not None:
+                    draws.offset = offset
+                preactivations: list[torch.Tensor] = []
+                model(part, preactivations, shared=True)
+                for sink in sinks:
+                    sink.add(preactivations)
+                offset += len(part)
+
+    @torch.no_grad()
+    def before_evaluation(self, model: nn.Module, step: int) -> None:
+        """Call after the update of `step` when step + 1 evaluates (probe.shift.successive):
+        the training network's probe sketches at this step, against which the next
+        evaluation measures the shift between two successive steps (w1_step, module
+        docstring). The model is put in eval mode for the pass (no dropout, no training
+        noise) and left in train mode; nothing that training reads changes."""
+        if not (self.successive and "act_train" in self.probe_sets):
+            return
+        x = self.probe_sets["act_train"][0]
+        units = UnitValues(len(x), self.max_values_per_unit)
+        model.eval()
+        try:
+            self._probe_forward(model, "act_train", step, [units])
+        finally:
+            model.train()
+        self.step_before = units.sketches(self.shift.levels)
 
     @torch.no_grad()
     def residual_variances(self, model: nn.Module, step: int = 0) -> list[dict[str, float]]:

@@ -19,12 +19,22 @@ probe set (the same examples at every evaluation, evaluation.py):
   sketch       Q_j(u_k) at the K midpoint levels u_k = (k - 1/2) / K, k = 1..K (K = `levels`)
   W1_j(a, b)   = (1/K) sum_k |Q^a_j(u_k) - Q^b_j(u_k)|
   w1_init      = mean over units j of W1_j(now, step 0)
-  w1_prev      = mean over units j of W1_j(now, previous evaluation)   (absent at step 0)
-  w1_init_rel, w1_prev_rel
-               = sum_j W1_j / sum_j std_j of the reference (step 0, previous evaluation), std
-                 the unit's population standard deviation over its M values: the shift in
-                 units of the layer's typical spread, so nets of different activation scales
-                 compare; a dead unit (std 0) adds to neither sum instead of dividing by zero.
+  w1_prev      = mean over units j of W1_j(now, previous evaluation)   (absent at step 0):
+               the drift over one evaluation interval (trainer.eval_every steps)
+  w1_step      = mean over units j of W1_j(after step t, after step t - 1), t an evaluated
+               step (probe.shift.successive; training network only): the shift between two
+               successive training steps, Santurkar et al.'s Fig. 8 measure. The sketch after
+               step t - 1 is taken on the same probe inputs right after that step's update
+               (Evaluator.before_evaluation), with that step's probe noise for a noisy norm;
+               absent at step 0. Its interval is one step whatever eval_every is, so noise
+               injected afresh at every step and a net's drift per step compare as the paper's
+               figure does; w1_prev grows with the interval for a drifting net, not for noise.
+  w1_init_rel, w1_prev_rel, w1_step_rel
+               = sum_j W1_j / sum_j std_j of the reference (step 0, previous evaluation,
+                 step t - 1), std the unit's population standard deviation over its M
+                 values: the shift in units of the layer's typical spread, so nets of
+                 different activation scales compare; a dead unit (std 0) adds to neither
+                 sum instead of dividing by zero.
 
 Exactness. The W1 distance between two empirical distributions of M values each is
 integral_0^1 |Q^a(u) - Q^b(u)| du = (1/M) sum_m |a_(m) - b_(m)| (sorted samples). With K = M the
@@ -131,12 +141,7 @@ class ShiftTracker:
             for name, reference in (("init", init[k]), ("prev", prev[k])):
                 if reference is None or not _same_shapes(reference, now):
                     continue
-                for i, ((q, _), (q_ref, std_ref)) in enumerate(zip(now, reference, strict=True)):
-                    w1 = sketch_w1(q, q_ref).double()
-                    spread = std_ref.double().sum().item()
-                    key = f"{prefix}/h{i + 1}/w1_{name}"
-                    rows[k][key] = w1.mean().item()
-                    rows[k][f"{key}_rel"] = w1.sum().item() / spread if spread > 0 else math.nan
+                rows[k] |= layer_w1(f"{prefix}/h{{}}/w1_{name}", now, reference)
             prev[k] = now
         return rows
 
@@ -160,6 +165,32 @@ class ShiftTracker:
             for name, store in (("init", self.init), ("prev", self.prev)):
                 for prefix, sketch in (state[name].items() if usable else ()):
                     store.setdefault(prefix, [None] * len(states))[k] = sketch
+
+
+def layer_w1(key: str, now: list[tuple[torch.Tensor, torch.Tensor]],
+             reference: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """Per hidden layer i (from 1), `key`.format(i) = the mean over units of W1 between the
+    (quantiles, std) sketches `now` and `reference`, and `key`_rel = their sum over units
+    divided by the reference's summed stds (NaN when that is 0)."""
+    row = {}
+    for i, ((q, _), (q_ref, std_ref)) in enumerate(zip(now, reference, strict=True)):
+        w1 = sketch_w1(q, q_ref).double()
+        spread = std_ref.double().sum().item()
+        name = key.format(i + 1)
+        row[name] = w1.mean().item()
+        row[f"{name}_rel"] = w1.sum().item() / spread if spread > 0 else math.nan
+    return row
+
+
+def successive_shift(prefix: str, before: Sequence[LayerSketch], now: Sequence[LayerSketch]
+                     ) -> list[dict[str, float]]:
+    """Per member, `<prefix>/h{i}/w1_step` and `w1_step_rel`: the shift between two successive
+    training steps, `before` the sketches after step t - 1 and `now` those after step t, on
+    the same probe inputs (module docstring)."""
+    def member(layers: Sequence[LayerSketch], k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(layer.quantiles[k], layer.std[k]) for layer in layers]
+    return [layer_w1(f"{prefix}/h{{}}/w1_step", member(now, k), member(before, k))
+            for k in range(now[0].quantiles.shape[0])]
 
 
 def _same_shapes(a: list, b: list) -> bool:
