@@ -37,8 +37,8 @@ Definitions (also in the JSON):
 Claims (results/santurkar_claims.md, and .json for the report, bnrepro.analysis.report, in
 the format of bnrepro.claims: each claim with its dataset and source): one block per dataset
 and learning rate (the rate is named in the claim), verdicts by bnrepro.claims.compare
-(VERDICT_RULE, with
-the margins and preconditions of claims_rule()); each row carries its evidence.
+(VERDICT_RULE, with the margins and preconditions of claims_rule()); each row carries its
+evidence.
 
 Writes to --out, per dataset: santurkar_<dataset>.png/.pdf (Figs. 1-2: accuracy and shift),
 santurkar_<dataset>_distributions.png/.pdf (Fig. 2), santurkar_<dataset>_lp.png/.pdf and
