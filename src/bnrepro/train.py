@@ -208,6 +208,7 @@ class Population:
     augment: BatchAugment
 
     def run_state(self) -> dict[str, MemberState]:
+        """What a checkpoint of this population holds (run_state below)."""
         return run_state(self.model, self.optimizer, self.sampler, self.augment,
                          self.evaluate.resumable())
 
@@ -231,7 +232,7 @@ def run_state(model: nn.Module, optimizer: PopulationSGD, sampler: EpochSampler,
 def build_population(cfgs: Sequence[DictConfig], whole_population: int | None) -> Population:
     """Load the data and build the model, optimizer, measures, sampler and augmentation of
     `cfgs`, on the training device."""
-    cfg, P = cfgs[0], len(cfgs)
+    cfg, P, seeds = cfgs[0], len(cfgs), [c.seed for c in cfgs]
     device = resolve_device(cfg.trainer.device)
     # Subnormal floats (below ~1e-38: a collapsed net's activations and gradients) make CPU
     # arithmetic up to 100x slower; flushing them to zero costs only those last bits.
@@ -240,7 +241,7 @@ def build_population(cfgs: Sequence[DictConfig], whole_population: int | None) -
     transform = InputTransform(ds, cfg.dataset.binarize, cfg.dataset.standardize)
     ds = ds.to(device)
     train_index, val_index = validation_split(len(ds.train_labels), cfg.dataset.val_size)
-    evaluate = Evaluator(cfg, ds, transform, train_index, val_index, [c.seed for c in cfgs])
+    evaluate = Evaluator(cfg, ds, transform, train_index, val_index, seeds)
     model = build_model(cfgs, ds.image_shape).to(device)
     if whole_population:  # evaluation chunks as for the whole population: its floats
         model.widest_activation = model.widest_activation // P * whole_population
@@ -248,7 +249,6 @@ def build_population(cfgs: Sequence[DictConfig], whole_population: int | None) -
     per_member = {key: torch.tensor([float(c.optim[key]) for c in cfgs], device=device)
                   for key in ("lr", "momentum", "weight_decay", "lr_decay", "lr_decay_steps")}
     optimizer = PopulationSGD(model.parameters(), **per_member)
-    seeds = [c.seed for c in cfgs]
     return Population(
         cfgs, device, ds, transform, train_index.to(device), evaluate, model, optimizer,
         StepMeasures(cfg.get("measures"), model, optimizer, member_losses),
