@@ -69,7 +69,7 @@ def test_a_member_augments_as_it_would_alone_and_seeds_differ():
 def test_the_stream_resumes_from_a_saved_state():
     aug = BatchAugment([0, 1], [2, 1], [True, False])
     aug(IMAGES)
-    states = [aug.member_state(k) for k in range(2)]
+    states = aug.member_states()
     expected = aug(IMAGES)
     resumed = BatchAugment([0, 1], [2, 1], [True, False])
     resumed.load_member_states(states)

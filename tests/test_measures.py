@@ -371,17 +371,31 @@ def runs(tmp_path_factory, mirror):
     return root
 
 
+def assert_same_tree(a, b) -> None:
+    """The same nested dicts and lists, their tensors bit-identical."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same_tree(a[key], b[key])
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same_tree(x, y)
+    else:
+        assert a == b
+
+
 def test_a_run_with_measures_trains_bit_identically_to_one_without(runs):
     off, on = read_metrics(runs / "off"), read_metrics(runs / "on")
     assert without_measures(on) == off
     final = {name: torch.load(checkpoint.path(runs / name, 40), weights_only=True)
              for name in ("off", "on")}
-    for part in ("model", "momentum"):
-        assert final["on"][part].keys() == final["off"][part].keys()
-        assert all(torch.equal(final["on"][part][n], final["off"][part][n])
-                   for n in final["off"][part])
-    assert all(torch.equal(a, b) for a, b in zip(final["on"]["dropout_rng"],
-                                                 final["off"]["dropout_rng"], strict=True))
+    on, off = (final[name]["state"] for name in ("on", "off"))
+    assert on.keys() == off.keys()
+    for part in ("model", "optimizer", "streams"):  # streams: dropout's
+        assert_same_tree(on[part], off[part])
     timing = ("wall_time_s", "train_time_s")
     assert {k: v for k, v in read_summary(runs / "on").items() if k not in timing} == \
         {k: v for k, v in read_summary(runs / "off").items() if k not in timing}

@@ -51,7 +51,9 @@ TRAINING = ("step", "train/loss", "train/acc")
 def final_state(run_dir: Path, cfg: DictConfig) -> dict:
     saved = checkpoint.load(run_dir, cfg)  # the newest: the final one
     assert saved["finished"]
-    return {**saved["model"], **{f"momentum.{k}": v for k, v in saved["momentum"].items()}}
+    state = saved["state"]
+    return {**state["model"], **{f"momentum.{i}": v
+                                 for i, v in enumerate(state["optimizer"]["momentum"])}}
 
 
 @pytest.mark.parametrize("net", CASES)

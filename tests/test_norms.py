@@ -16,7 +16,7 @@ from bnrepro.data.augment import BatchAugment
 from bnrepro.data.datasets import Dataset, InputTransform
 from bnrepro.data.sampling import EpochSampler, validation_split
 from bnrepro.measures.evaluation import Evaluator
-from bnrepro.models import CNN, MLP, build_model
+from bnrepro.models import CNN, MLP, build_model, step_streams
 from bnrepro.norms import NORMS, NormSpec, make_norm, set_norm_step
 from bnrepro.norms.batch import BatchNorm, bn_mode
 from bnrepro.norms.lp import LpNorm
@@ -26,7 +26,7 @@ from bnrepro.optim import PopulationSGD
 from bnrepro.run import checkpoint
 from bnrepro.run.store import read_metrics, read_summary
 from bnrepro.seeding import generator
-from bnrepro.train import new_summary, train_population
+from bnrepro.train import new_summary, run_state, train_population
 from tests.conftest import stop_before_step
 
 # Knobs for the model tests: Batch Renorm relaxes within the few steps a test takes, so its
@@ -473,7 +473,7 @@ def test_evaluator_works_and_changes_nothing_but_alg2_statistics(name, tiny_data
     train, val = validation_split(len(ds.train_labels), cfg.dataset.val_size)
     model = build_model([cfg, cfg], ds.image_shape)
     before = {n: t.clone() for n, t in model.state_dict().items()}
-    streams = [g for gens in checkpoint._noise_generators(model) for g in gens]
+    streams = [g for gens in step_streams(model) for g in gens]
     states = [g.get_state() for g in streams]
     rows = Evaluator(cfg, ds, InputTransform(ds, standardize=True), train, val)(model)
     assert all(math.isfinite(v) for row in rows for v in row.values())
@@ -495,18 +495,16 @@ def test_noise_streams_resume_from_a_checkpoint(tmp_path):
         model = build_model(cfgs, (1, 28, 28))
         optimizer = PopulationSGD(model.parameters(), torch.full((2,), 0.1), torch.zeros(2),
                                   torch.zeros(2))
-        return model, optimizer, EpochSampler(1000, 20, [0, 1]), BatchAugment([0, 1], [0, 0],
-                                                                             [False, False])
+        return model, run_state(model, optimizer, EpochSampler(1000, 20, [0, 1]),
+                                BatchAugment([0, 1], [0, 0], [False, False]))
 
-    model, optimizer, sampler, augment = population()
+    model, parts = population()
     model(x)  # one step's noise drawn before the checkpoint
     dirs = [tmp_path / "a", tmp_path / "b"]
-    checkpoint.save(dirs, cfgs, 1, model, optimizer, sampler, augment,
-                    [new_summary(c, 2) for c in cfgs])
+    checkpoint.save(dirs, cfgs, 1, parts, [new_summary(c, 2) for c in cfgs])
     expected = model(x)
-    resumed, optimizer2, sampler2, augment2 = population()
-    checkpoint.restore([checkpoint.load(d, c) for d, c in zip(dirs, cfgs, strict=True)],
-                       resumed, optimizer2, sampler2, augment2)
+    resumed, parts2 = population()
+    checkpoint.restore([checkpoint.load(d, c) for d, c in zip(dirs, cfgs, strict=True)], parts2)
     torch.testing.assert_close(resumed(x), expected, atol=0, rtol=0)
 
 

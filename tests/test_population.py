@@ -144,7 +144,8 @@ def test_divergence_read_back_every_few_steps_freezes_the_same_members_at_the_sa
                 for k, (lr, p) in enumerate(members)]
         dirs = [tmp_path / f"every{check_every}" / str(k) for k in range(len(cfgs))]
         summaries = train_population(cfgs, dirs)
-        weights = [torch.load(path(d, steps(d)[0]), weights_only=True)["model"] for d in dirs]
+        weights = [torch.load(path(d, steps(d)[0]), weights_only=True)["state"]["model"]
+                   for d in dirs]
         return [{k: v for k, v in s.items() if not k.endswith("time_s")} for s in summaries], \
             [read_metrics(d) for d in dirs], weights
 
@@ -176,3 +177,47 @@ def test_on_a_gpu_the_step_streams_live_there_and_members_still_match_their_solo
         train_population([cfg], [tmp_path / f"single{k}"])
         assert_same_metrics(read_metrics(tmp_path / f"pop{k}"),
                             read_metrics(tmp_path / f"single{k}"), k)
+
+
+def test_a_member_without_dropout_keeps_a_cpu_stream_it_never_draws_from(monkeypatch):
+    """Seen on a GPU: a dropout-0 member trained among members that drop saved a CUDA dropout
+    stream (its layer's streams all moved to the device, and it drew from its own), and
+    resumed among dropout-0 members, whose streams stay on the CPU, it was refused. Each
+    member's stream device is its own choice now, as augmentation's: here its layer's
+    streams move to a (simulated) GPU, and the dropout-0 member's stays on the CPU, untouched
+    by training, and loads into that member regrouped among dropout-0 members."""
+    import torch
+
+    from bnrepro.models import build_model, move_step_streams
+    from bnrepro.run.state import SubmoduleStates
+
+    class GpuLikeGenerator:
+        """A stream moved to a GPU, as a checkpoint sees it: a generator on another device
+        whose state is Philox's 16 bytes (the CPU's Mersenne Twister has 5,056)."""
+
+        def __init__(self, device):
+            self.device = torch.device(device)
+
+        def manual_seed(self, seed: int) -> "GpuLikeGenerator":
+            return self
+
+        def get_state(self) -> torch.Tensor:
+            return torch.zeros(16, dtype=torch.uint8)
+
+    cfgs = [compose_config(["experiment=fig1_mnist", "model.hidden=[8,8]", f"seed={k}",
+                            f"model.dropout={p}"]) for k, p in enumerate((0.5, 0.0))]
+    mixed, alone = build_model(cfgs, (1, 28, 28)), build_model(cfgs[1:], (1, 28, 28))
+    fresh = mixed.dropout.generators[1].get_state()
+    mixed(torch.rand(2, 20, 1, 28, 28))  # a training step's forward pass, on the CPU
+    assert torch.equal(mixed.dropout.generators[1].get_state(), fresh)  # never drawn
+    assert not torch.equal(mixed.dropout.generators[0].get_state(), fresh)
+    real = torch.Generator
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "Generator", lambda device="cpu": real(device) if torch.device(
+            device).type == "cpu" else GpuLikeGenerator(device))
+        mixed = build_model(cfgs, (1, 28, 28))
+        for model in (mixed, alone):
+            move_step_streams(model, "cuda")
+    assert [g.device.type for g in mixed.dropout.generators] == ["cuda", "cpu"]
+    saved = SubmoduleStates(mixed, 2).member_states()[1]
+    SubmoduleStates(alone, 1).load_member_states([saved])

@@ -225,7 +225,7 @@ def test_a_stream_saved_on_another_kind_of_device_is_refused_with_what_to_do(run
     file = checkpoint.path(run_dir, checkpoint.steps(run_dir)[0])
     saved = torch.load(file, weights_only=True)
     saved["finished"] = False  # so that the rerun resumes it
-    saved["dropout_rng"] = [torch.zeros(16, dtype=torch.uint8)]  # what a CUDA generator saves
+    saved["state"]["streams"]["dropout"]["rng"] = torch.zeros(16, dtype=torch.uint8)  # CUDA's
     torch.save(saved, file)
     before = mtimes(run_dir)
     result = run_train(*args, check=False)

@@ -10,9 +10,11 @@ resumed run needs no schedule state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
+
+from bnrepro.run.state import cpu_copy
 
 
 def per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -126,3 +128,17 @@ class PopulationSGD:
     def load_state_dict(self, state: dict) -> None:
         for buf, saved in zip(self.buffers, state["buffers"], strict=True):
             buf.copy_(saved)
+
+    def member_states(self) -> list[dict]:
+        """Each member's momentum buffers, in `params` order (run.state.MemberState); none
+        where no member of the population has momentum."""
+        return [{"momentum": [cpu_copy(b[k]) for b in self.buffers]}
+                for k in range(len(self.base_lr))]
+
+    def load_member_states(self, states: Sequence[dict | None]) -> None:
+        """A member saved without buffers (its population had momentum 0 everywhere) gets
+        zeros: with its own momentum 0 the buffer's old value never enters its update."""
+        for k, state in enumerate(states):
+            saved = state["momentum"]
+            for i, buf in enumerate(self.buffers):
+                buf[k].copy_(saved[i] if saved else torch.zeros_like(buf[k]))

@@ -16,6 +16,7 @@ differ anyway: cuBLAS and cuDNN reduce in other orders).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import torch
 
@@ -32,13 +33,15 @@ def generator(seed: int, stream: str, device: torch.device | str = "cpu") -> tor
     return torch.Generator(device=device).manual_seed(stream_seed(seed, stream))
 
 
-def on_device(generators: list[torch.Generator], device: torch.device | str) -> None:
-    """Replace each generator of the list, in place (lists shared between layers stay shared),
-    by one on `device` with the same seed. Only before the first draw: the state of a drawn
-    CPU generator cannot be carried to another device's kind of generator."""
+def on_device(generators: list[torch.Generator], device: torch.device | str,
+              members: Sequence[bool] | None = None) -> None:
+    """Replace each generator of the list (only those where `members`, if given), in place
+    (lists shared between layers stay shared), by one on `device` with the same seed. Only
+    before the first draw: the state of a drawn CPU generator cannot be carried to another
+    device's kind of generator."""
     device = torch.device(device)
     for i, g in enumerate(generators):
-        if g.device.type == device.type:
+        if g.device.type == device.type or members is not None and not members[i]:
             continue
         seed = g.initial_seed()
         if not torch.equal(g.get_state(), torch.Generator(g.device).manual_seed(seed).get_state()):
@@ -46,13 +49,32 @@ def on_device(generators: list[torch.Generator], device: torch.device | str) -> 
         generators[i] = torch.Generator(device=device).manual_seed(seed)
 
 
+class StreamDeviceError(ValueError):
+    """A random stream's saved state is another kind of generator's than the one it would
+    continue in (a GPU's Philox against the CPU's Mersenne Twister)."""
+
+
 def load_state(g: torch.Generator, state: torch.Tensor) -> None:
-    """g.set_state(state), refusing (ValueError) a state saved by another kind of generator:
-    a stream drawn on a GPU (Philox) cannot continue on the CPU (Mersenne Twister), or back."""
+    """g.set_state(state), refusing (StreamDeviceError) a state saved by another kind of
+    generator: a stream drawn on a GPU (Philox) cannot continue on the CPU (Mersenne Twister),
+    or back."""
     if state.numel() != g.get_state().numel():
-        raise ValueError(f"a random stream saved on another kind of device cannot continue on "
-                         f"{g.device.type}")
+        raise StreamDeviceError(f"a random stream saved on another kind of device cannot "
+                                f"continue on {g.device.type}")
     g.set_state(state)
+
+
+def stream_states(generators: Sequence[torch.Generator]) -> list[dict]:
+    """Each member's stream as its checkpoint dict (run.state.MemberState)."""
+    return [{"rng": g.get_state()} for g in generators]
+
+
+def load_stream_states(generators: Sequence[torch.Generator],
+                       states: Sequence[dict | None]) -> None:
+    """Continue each member's stream from its dict, in the member's own generator (on the
+    device chosen for that member: its state must be of that device's kind)."""
+    for g, state in zip(generators, states, strict=True):
+        load_state(g, state["rng"])
 
 
 def occasion_generator(seed: int, stream: str, *occasion: int) -> torch.Generator:

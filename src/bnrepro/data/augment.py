@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from bnrepro.seeding import generator, load_state
+from bnrepro.seeding import generator, load_stream_states, stream_states
 
 
 class BatchAugment:
@@ -63,9 +63,9 @@ class BatchAugment:
         # the uint8 batch. (Until this copy, augmented runs trained channels_last throughout.)
         return out.permute(0, 3, 1, 2).reshape(P, B, C, H, W).contiguous()
 
-    def member_state(self, k: int) -> torch.Tensor:
-        return self.generators[k].get_state()
+    def member_states(self) -> list[dict]:
+        """Each member's stream (run.state.MemberState)."""
+        return stream_states(self.generators)
 
-    def load_member_states(self, states: Sequence[torch.Tensor]) -> None:
-        for g, state in zip(self.generators, states, strict=True):
-            load_state(g, state)
+    def load_member_states(self, states: Sequence[dict | None]) -> None:
+        load_stream_states(self.generators, states)

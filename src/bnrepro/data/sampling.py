@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from bnrepro.run.state import cpu_copy
 from bnrepro.seeding import generator
 
 
@@ -57,11 +60,13 @@ class EpochSampler:
         self.step += 1
         return self.order[:, position * self.batch_size:(position + 1) * self.batch_size]
 
-    def member_state(self, k: int) -> dict:
-        return {"step": self.step, "rng": self.generators[k].get_state(),
-                "order": self.order[k].cpu().clone() if self.order.numel() else None}
+    def member_states(self) -> list[dict]:
+        """Each member's stream and epoch order (run.state.MemberState)."""
+        return [{"step": self.step, "rng": g.get_state(),
+                 "order": cpu_copy(self.order[k]) if self.order.numel() else None}
+                for k, g in enumerate(self.generators)]
 
-    def load_member_states(self, states: list[dict]) -> None:
+    def load_member_states(self, states: Sequence[dict | None]) -> None:
         self.step = states[0]["step"]
         for g, state in zip(self.generators, states, strict=True):
             g.set_state(state["rng"])

@@ -156,7 +156,8 @@ class Evaluator:
         self.cfg = cfg
         self.seeds = None if seeds is None else list(seeds)
         shift = cfg.probe.get("shift") or {}
-        self.shift = ShiftTracker(shift["levels"]) if shift.get("enabled") else None
+        self.shift = (ShiftTracker(shift["levels"], None if seeds is None else len(seeds))
+                      if shift.get("enabled") else None)
         self.max_values_per_unit = shift.get("max_values_per_unit", 0)
         # The shift between two successive training steps (w1_step): the training network's
         # sketches after the step before an evaluation, until that evaluation uses them.
@@ -219,8 +220,8 @@ class Evaluator:
                     "test/loss_running": running[0][k], "test/acc_running": running[1][k]}
 
     def resumable(self) -> dict:
-        """Per-member state a checkpoint must carry for a resumed run to log what an
-        uninterrupted one does (checkpoint.save / restore `extras`)."""
+        """The parts of the run state (run.state.MemberState) a checkpoint must carry for a
+        resumed run to log what an uninterrupted one does, by name (train.run_state)."""
         return {"shift": self.shift} if self.shift is not None else {}
 
     @torch.no_grad()

@@ -120,8 +120,9 @@ class ShiftTracker:
     """The step-0 and previous-evaluation sketches of every member, per probed network, and
     the shift metrics of each new evaluation against them (module docstring)."""
 
-    def __init__(self, levels: int):
-        self.levels = levels
+    def __init__(self, levels: int, population_size: int | None = None):
+        """`population_size`: None takes it from the first evaluation (or restore)."""
+        self.levels, self.population_size = levels, population_size
         self.init: dict[str, list[MemberSketch]] = {}
         self.prev: dict[str, list[MemberSketch]] = {}
         self.fresh = True  # no evaluation yet and nothing restored: the next one is step 0
@@ -130,7 +131,7 @@ class ShiftTracker:
         """Per member, `<prefix>/h{i}/w1_init|w1_prev|w1_init_rel|w1_prev_rel` of this
         evaluation's `layers` against the references; then this evaluation becomes the
         previous one (and, at step 0, the step-0 one)."""
-        P = layers[0].quantiles.shape[0]
+        P = self.population_size = layers[0].quantiles.shape[0]
         init = self.init.setdefault(prefix, [None] * P)
         prev = self.prev.setdefault(prefix, [None] * P)
         rows: list[dict[str, float]] = [{} for _ in range(P)]
@@ -149,17 +150,18 @@ class ShiftTracker:
         """Every probed network of this evaluation has been updated: step 0 is past."""
         self.fresh = False
 
-    def member_state(self, k: int) -> dict:
-        """Member k's references, for its checkpoint."""
-        return {"levels": self.levels,
-                "init": {p: members[k] for p, members in self.init.items()},
-                "prev": {p: members[k] for p, members in self.prev.items()}}
+    def member_states(self) -> list[dict]:
+        """Each member's references, for its checkpoint (run.state.MemberState)."""
+        return [{"levels": self.levels,
+                 "init": {p: members[k] for p, members in self.init.items()},
+                 "prev": {p: members[k] for p, members in self.prev.items()}}
+                for k in range(self.population_size or 0)]
 
     def load_member_states(self, states: Sequence[dict | None]) -> None:
         """Restore each member's references (None: a checkpoint without them, or with
         sketches at other levels: that member logs no shift until it has references)."""
         self.fresh = False
-        self.init, self.prev = {}, {}
+        self.init, self.prev, self.population_size = {}, {}, len(states)
         for k, state in enumerate(states):
             usable = state is not None and state.get("levels") == self.levels
             for name, store in (("init", self.init), ("prev", self.prev)):

@@ -131,7 +131,10 @@ def step_streams(model: nn.Module) -> list[list[torch.Generator]]:
 
 def move_step_streams(model: nn.Module, device: torch.device | str) -> None:
     """Put the streams of `step_streams(model)` on `device` (seeding's docstring). A dropout
-    layer that never drops keeps its CPU streams, so a run without dropout resumes on any
-    device."""
-    for generators in step_streams(model):
-        on_device(generators, device)
+    stream moves only for a member that drops (PopulationDropout.move_streams): one that never
+    draws stays on the CPU, so a member without dropout resumes on any device."""
+    for m in model.modules():
+        if isinstance(m, PopulationDropout):
+            m.move_streams(device)
+        elif isinstance(m, SanturkarNoise):
+            on_device(m.generators, device)

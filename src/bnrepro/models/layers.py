@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnrepro.norms import norm_spec
+from bnrepro.seeding import load_stream_states, on_device, stream_states
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
 
@@ -56,23 +57,41 @@ class PopulationLinear(nn.Module):
 
 
 class PopulationDropout(nn.Module):
-    """Inverted dropout with a probability and a random stream per member."""
+    """Inverted dropout with a probability and a random stream per member. Only the members
+    that drop draw from their streams (as data/augment.py's): a member's stream is the same in
+    any population, and one that never draws stays on the CPU (`move_streams`)."""
 
     def __init__(self, probabilities: torch.Tensor, generators: Sequence[torch.Generator]):
         super().__init__()
         self.register_buffer("keep", 1 - probabilities.float())
         self.generators = list(generators)
-        self.off = bool((self.keep == 1).all())  # no member drops: skip it (no check per step)
+        self.drops = (probabilities > 0).tolist()
+        self.off = not any(self.drops)  # no member drops: skip it (no check per step)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.off:
             return x
         # Drawn on each generator's device: the training device once train.py has moved the
-        # streams there (seeding.on_device), so a GPU step copies nothing from the host.
-        noise = torch.stack([torch.rand(x.shape[1:], generator=g, device=g.device)
-                             for g in self.generators]).to(x.device)
+        # streams there (move_streams), so a GPU step copies nothing from the host. A member
+        # that keeps everything gets noise 0, below its keep of 1 (as any draw in [0, 1) is).
+        noise = torch.stack([torch.rand(x.shape[1:], generator=g, device=g.device).to(x.device)
+                             if drops else torch.zeros(x.shape[1:], device=x.device)
+                             for g, drops in zip(self.generators, self.drops, strict=True)])
         keep = self.keep.view(-1, *[1] * (x.dim() - 1))
         return x * (noise < keep) / keep
+
+    def move_streams(self, device: torch.device | str) -> None:
+        """Put the streams of the members that drop on `device` (seeding.on_device); the
+        others stay on the CPU, so a member without dropout resumes on any device, in any
+        population, whatever population it trained in."""
+        on_device(self.generators, device, self.drops)
+
+    def member_states(self) -> list[dict]:
+        """Each member's stream (run.state.MemberState)."""
+        return stream_states(self.generators)
+
+    def load_member_states(self, states: Sequence[dict | None]) -> None:
+        load_stream_states(self.generators, states)
 
 
 def fold(x: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ from torch import nn
 from bnrepro.norms.batch import BatchNorm
 from bnrepro.norms.minibatch import per_feature
 from bnrepro.norms.site import Site
-from bnrepro.seeding import occasion_generator
+from bnrepro.seeding import load_stream_states, occasion_generator, stream_states
 
 SIGMA_PARAMS = ("std", "variance")
 WHERE = ("after_affine", "before_affine")
@@ -66,6 +66,14 @@ class SanturkarNoise(nn.Module):
         self.n_mu, self.n_sigma, self.r_mu = n_mu, n_sigma, r_mu
         self.s_std = r_sigma if sigma_param == "std" else r_sigma ** 0.5
         self.probe: ProbeNoise | None = None  # set inside probe_noise(): draw from it instead
+
+    def member_states(self) -> list[dict]:
+        """Each member's stream (run.state.MemberState). Every noisy layer of a model holds
+        the same list, so each saves and restores the same states: any one of them would do."""
+        return stream_states(self.generators)
+
+    def load_member_states(self, states: Sequence[dict | None]) -> None:
+        load_stream_states(self.generators, states)
 
     def unit_parameters(self, C: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Alg. 1 lines 7-8 for C units: (mu [C], sigma [C]) of one step's D_j^t."""

@@ -1,9 +1,10 @@
 """Per-run checkpoints: a killed run resumes where it was and ends bit-identical (CPU).
 
-Each run directory holds its member's slice of the population state (weights, BN statistics,
-optimizer buffers, data order and every random stream) in `checkpoint-<step>.pt`, so a run
-resumes whatever population it is regrouped into. Checkpoints are taken right after an
-evaluation, where the running train-loss sums are empty.
+Each run directory holds its member's slice of the population state in `checkpoint-<step>.pt`:
+the member's dict of each part the trainer registers (run/state.py: weights and BN statistics,
+optimizer buffers, data order, every random stream, ...), by name, all on the CPU. This module
+knows no kind of part. A run resumes whatever population it is regrouped into. Checkpoints are
+taken right after an evaluation, where the running train-loss sums are empty.
 
 A population's checkpoint commits as one unit, although it spans several directories:
   1. every member's `checkpoint-<step>.pt` is written (to a temporary file, fsync'ed, renamed,
@@ -21,23 +22,21 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from torch import nn
 
 from bnrepro.atomic import atomic_torch_save, remove_stale_temporaries
 from bnrepro.config import resolved_without
-from bnrepro.data.augment import BatchAugment
-from bnrepro.data.sampling import EpochSampler
-from bnrepro.models import PopulationDropout
 from bnrepro.norms import unused_knobs
-from bnrepro.norms.noisy import SanturkarNoise
-from bnrepro.optim import PopulationSGD
-from bnrepro.seeding import load_state
+from bnrepro.run.state import MemberState, on_cpu
+from bnrepro.seeding import StreamDeviceError
 
 FILE_PATTERN = re.compile(r"checkpoint-(\d+)\.pt")
+# What a checkpoint holds: 2 = the registered run state by name ("state"; run/state.py). A
+# finished run's checkpoint of any format still marks it finished (its summary is all a rerun
+# reads); an unfinished one of another format is refused by load.
+FORMAT = 2
 # Keys that may change between a run and its resumption without changing its trajectory.
 # probe.shift and probe.train_noise only measure (their streams are not the training ones).
 RESUME_INSENSITIVE = ("fresh", "trainer.progress", "trainer.resume", "trainer.checkpoint_every",
@@ -97,50 +96,27 @@ def steps(run_dir: str | Path) -> list[int]:
     return sorted((int(m[1]) for m in found if m), reverse=True)
 
 
-def _dropout_generators(model: nn.Module) -> list[list[torch.Generator]]:
-    return [m.generators for m in model.modules() if isinstance(m, PopulationDropout)]
-
-
-def _noise_generators(model: nn.Module) -> list[list[torch.Generator]]:
-    """The noisy norms' streams, each list once: a model's noisy layers share one."""
-    found: dict[int, list[torch.Generator]] = {}
-    for m in model.modules():
-        if isinstance(m, SanturkarNoise):
-            found.setdefault(id(m.generators), m.generators)
-    return list(found.values())
-
-
-def _trained_names(model: nn.Module) -> list[str]:
-    """Names of the parameters PopulationSGD updates, in its order."""
-    return [name for name, p in model.named_parameters() if p.requires_grad]
-
-
-def save(run_dirs: Sequence[Path], cfgs: Sequence[DictConfig], step: int, model: nn.Module,
-         optimizer: PopulationSGD, sampler: EpochSampler, augment: BatchAugment,
-         summaries: Sequence[dict], finished: bool = False,
-         extras: Mapping[str, Any] | None = None) -> None:
-    """Commit the population's state at `step` (see the module docstring). `finished` marks
-    the state at the end of training: a rerun then has nothing left to do. `extras`: name ->
-    object with member_state(k) (e.g. the evaluator's shift references), saved per member."""
-    state = model.state_dict()
-    dropout, noise = _dropout_generators(model), _noise_generators(model)
-    momentum_names = _trained_names(model) if optimizer.buffers else []
+def save(run_dirs: Sequence[Path], cfgs: Sequence[DictConfig], step: int,
+         parts: Mapping[str, MemberState], summaries: Sequence[dict],
+         finished: bool = False) -> None:
+    """Commit the population's state at `step` (see the module docstring): each of `parts`
+    (name -> MemberState, train.run_state) by name, every tensor on the CPU. `finished`
+    marks the state at the end of training: a rerun then has nothing left to do."""
+    states = {name: part.member_states() for name, part in parts.items()}
+    for name, members in states.items():
+        if len(members) != len(run_dirs):
+            raise ValueError(f"run state {name!r}: {len(members)} member states for a "
+                             f"population of {len(run_dirs)}")
     population = [str(Path(d).resolve()) for d in run_dirs]
     for k, run_dir in enumerate(run_dirs):
         atomic_torch_save({
+            "format": FORMAT,
             "step": step,
             "finished": finished,
             "population": population,
             "config": fingerprint(cfgs[k]),
-            "model": {name: t[k].detach().clone() for name, t in state.items()},
-            "momentum": {n: b[k].clone() for n, b in zip(momentum_names, optimizer.buffers,
-                                                         strict=True)},
-            "sampler": sampler.member_state(k),
-            "dropout_rng": [gens[k].get_state() for gens in dropout],
-            "augment_rng": augment.member_state(k),
-            "noise_rng": [gens[k].get_state() for gens in noise],
+            "state": on_cpu({name: members[k] for name, members in states.items()}),
             "summary": dict(summaries[k]),
-            "extras": {name: state.member_state(k) for name, state in (extras or {}).items()},
         }, path(run_dir, step), durable=True)
     for run_dir in run_dirs:  # every member has the new step: the old ones can go
         for old in steps(run_dir):
@@ -180,6 +156,11 @@ def load(run_dir: str | Path, cfg: DictConfig) -> dict | None:
             continue
         if not _complete(checkpoint, step):
             continue  # its population's save was cut short: an older step is the committed one
+        if not checkpoint["finished"] and checkpoint.get("format") != FORMAT:
+            raise ResumeMismatchError(
+                f"{run_dir} holds an unfinished run checkpointed in an older format (no "
+                f"format {FORMAT}); delete its checkpoint-*.pt files to start it over, or "
+                "finish it with the bnrepro version that trained it")
         current = fingerprint(cfg)
         saved = _with_added_keys(checkpoint["config"], current)
         if saved != current:
@@ -209,39 +190,16 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def restore(checkpoints: Sequence[dict], model: nn.Module, optimizer: PopulationSGD,
-            sampler: EpochSampler, augment: BatchAugment,
-            extras: Mapping[str, Any] | None = None) -> int:
-    """Stack the members' checkpoints into the population; returns the step to resume after.
-
-    A member saved without momentum buffers (its population had momentum 0 everywhere) gets
-    zeros: with its own momentum 0 the buffer's old value never enters its update. Each of
-    `extras` (name -> object with load_member_states) gets the members' saved states, None
-    for a member whose checkpoint has none (saved before it existed).
-    """
-    model.load_state_dict({name: torch.stack([c["model"][name] for c in checkpoints])
-                           for name in checkpoints[0]["model"]})
-    for name, buf in zip(_trained_names(model), optimizer.buffers, strict=False):
-        for k, c in enumerate(checkpoints):
-            saved = c["momentum"].get(name)
-            buf[k].copy_(saved if saved is not None else torch.zeros_like(buf[k]))
-    sampler.load_member_states([c["sampler"] for c in checkpoints])
-    try:  # the streams a step draws from live on the training device (seeding.on_device)
-        # A checkpoint from before augmentation existed: that run never drew from the stream.
-        augment.load_member_states([c.get("augment_rng", g.get_state())
-                                    for c, g in zip(checkpoints, augment.generators,
-                                                    strict=True)])
-        for j, gens in enumerate(_dropout_generators(model)):
-            for g, c in zip(gens, checkpoints, strict=True):
-                load_state(g, c["dropout_rng"][j])
-        for j, gens in enumerate(_noise_generators(model)):
-            for g, c in zip(gens, checkpoints, strict=True):
-                load_state(g, c["noise_rng"][j])
-    except ValueError as err:
+def restore(checkpoints: Sequence[dict], parts: Mapping[str, MemberState]) -> int:
+    """Load the members' checkpoints into the population's `parts` (name -> MemberState);
+    returns the step to resume after. A part a member's checkpoint lacks gets None for that
+    member (a measurement switched on at the resume: it starts afresh)."""
+    try:
+        for name, part in parts.items():
+            part.load_member_states([c["state"].get(name) for c in checkpoints])
+    except StreamDeviceError as err:
         raise ResumeMismatchError(
             f"{(checkpoints[0].get('population') or ['this run'])[0]}: {err} (dropout, noise "
             "and augmentation draw on the training device); resume it with the trainer.device "
             "it trained on, or trainer.resume=false to start it over") from err
-    for name, state in (extras or {}).items():
-        state.load_member_states([c.get("extras", {}).get(name) for c in checkpoints])
     return checkpoints[0]["step"]
