@@ -406,12 +406,17 @@ def test_the_successive_step_measure_does_not_change_training(successive_stores)
             (pt,) = d.rglob("*.pt")
             state = torch.load(pt, map_location="cpu", weights_only=False)
             weights[name, config(d)["model"]["norm"]] = state
+    def same(x, y) -> bool:  # nested dicts and lists of tensors (run/state.py's states)
+        if isinstance(x, dict):
+            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        if isinstance(x, list | tuple):
+            return len(x) == len(y) and all(same(u, v) for u, v in zip(x, y, strict=True))
+        return torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+
     for norm in step:
-        a, b = weights["step", norm]["model"], weights["plain", norm]["model"]
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-        noise = [weights[name, norm]["noise_rng"] for name in ("step", "plain")]
-        assert len(noise[0]) == len(noise[1]) and all(
-            torch.equal(x, y) for x, y in zip(*noise, strict=True))  # the training noise
+        a, b = (weights[name, norm]["state"] for name in ("step", "plain"))
+        assert same(a["model"], b["model"])
+        assert same(a["streams"], b["streams"])  # the training noise's random streams
 
 
 def test_w1_step_is_the_shift_between_two_successive_steps(successive_stores):
