@@ -91,7 +91,7 @@ fig2: setup fig2-lr  ## Figs. 2-3: Baseline vs BN variants on CIFAR, 7 variants 
 fig2-lr: setup  ## fig2's base rate: the Baseline at 4 candidate rates, picked on validation
 	@ds=$(CIFAR) && $(PY) -m bnrepro.train -m experiment=fig2_cifar_lr dataset=$$ds
 
-depth: setup  ## De & Smith: ResNets of depth 8-32, BN / no norm / SkipInit x 3 seeds (CPU)
+depth: setup  ## De & Smith: ResNets of depth 8 and 32, BN / no norm / SkipInit x 3 rates x 3 seeds (CPU), init sweep to depth 110
 	@ds=$(CIFAR) && \
 	$(PY) -m bnrepro.train -m experiment=depth_cifar dataset=$$ds && \
 	$(PY) -m bnrepro.analyse depth runs/depth_$$ds --out results

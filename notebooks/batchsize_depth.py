@@ -76,9 +76,11 @@ else:
 # %% [markdown]
 # ## 2. Accuracy and the branch/skip variance against depth
 #
-# (a) test accuracy per variant against depth (a cross marks diverged seeds, scored at chance);
-# (b) at initialisation, each block's branch variance relative to its skip path, with the 1/l
-# line De & Smith predict for BN; (c) the same ratio over training for the deepest nets.
+# (a) test accuracy per variant against depth, each at its best rate of the grid on validation
+# (a cross marks diverged seeds, scored at chance); (b) fresh nets up to depth 110 (forward
+# passes): each block's branch variance relative to its skip path, per channel (De & Smith's)
+# and pooled, with the 1/l line De & Smith predict for BN; (c) the same ratio over training for
+# the deepest nets.
 
 # %%
 depth_claims = []

@@ -8,34 +8,52 @@ the folder with status completed or diverged, including diverged runs that logge
 left out. A run's variant is its config's `variant` (BN, NoNorm, SkipInit), its depth
 model.depth; the runs of one (variant, depth) are its seeds.
 
+Each (variant, depth) trains at a grid of learning rates (optim.lr, issue 26: one untuned
+rate decided which nets "train"), 3 seeds each; it is judged at its best rate.
+
 Definitions (also in the JSON and the claims file):
 - Accuracy of a run: test/acc of its evaluation with the highest val/acc among those that
-  scored the test set (validation selects, test reports; the CPU profile scores the test set
-  at step 0 and at the end only, so this is in practice the final evaluation). A diverged run
-  is a failure: it scores CHANCE whatever it logged before. Per (variant, depth): mean and
-  min..max over seeds, and the number diverged.
-- A run "trains" when it did not diverge and its accuracy exceeds CHANCE + CHANCE_MARGIN.
-- Ratio at initialisation: resid/b{l}/var_ratio of a run's step-0 evaluation, block l from 1
-  (Var of the branch term alpha_l f(x_l) / Var of the skip term; bnrepro.measures.evaluation).
-- Slope of a run: least-squares slope of log(var_ratio_l) on log(l) over its blocks at step 0
-  (-1: the ratio falls like 1/l, De & Smith's BN prediction; 0: flat). Claims about the slope
-  use the depths with at least MIN_BLOCKS blocks (a fit over fewer says little).
+  scored the test set (validation selects, test reports); its validation score: that
+  evaluation's val/acc. A diverged run is a failure: it scores CHANCE on both.
+- Best rate of a (variant, depth): the rate with the highest seed-mean validation score (ties:
+  the smaller rate). The table, the figure's panel (a) and the training claims use its seeds.
+- A run "trains" when it did not diverge and its accuracy exceeds CHANCE + CHANCE_MARGIN; a
+  (variant, depth) trains ("yes") when every seed at its best rate trains, fails ("no") when
+  none does, else "undecided".
+- Ratio at initialisation (`init_sweep`): fresh nets of every depth in INIT_DEPTHS (up to
+  110; forward passes only, no training), each variant and seed of the runs, built from the
+  runs' own config and measured on the probe images a run's step-0 evaluation uses
+  (bnrepro.measures.evaluation): per block l, Var(branch alpha_l f(x_l)) / Var(skip), both
+  pooled (resid/b{l}/var_ratio) and per channel (var_ratio_channel, De & Smith's:
+  bnrepro.models.residual_variance).
+- Slope: least-squares slope of log(ratio_l) on log(l) over a net's blocks (-1: the ratio
+  falls like 1/l, De & Smith's BN prediction; 0: flat), per seed and depth with at least
+  MIN_BLOCKS blocks (a fit over fewer says little).
 - Ratio over training (figure panel c): resid/b{l}/var_ratio at each evaluated step of the
-  deepest depth, mean over the seeds that logged that step.
+  deepest trained depth at its best rate, mean over the seeds that logged that step.
 
-Claims (results/depth_<dataset>_claims.md), verdicts by VERDICT_RULE:
-  1. BN: slope within [SLOPE_LOW, SLOPE_HIGH] at every depth with >= MIN_BLOCKS blocks.
-  2. NoNorm: slope above FLAT_SLOPE (the branch is not downscaled) at those depths.
-  3. SkipInit trains the deepest net: every seed trains.
-  4. NoNorm fails at the deepest depth: every seed fails (diverged or at chance).
-  5. BN's largest trainable depth exceeds NoNorm's (largest depth at which every seed trains;
-     0 when none does).
-For 1-2 "every seed" means every seed at every such depth, "the means" the seed-mean slope at
-each depth; for 3-5 the means are seed-mean accuracies (for 5: the largest depth whose
-seed-mean accuracy exceeds CHANCE + CHANCE_MARGIN).
+Claims (results/depth_<dataset>_claims.md) and their rules (each row's "evidence" holds the
+numbers and the rule):
+  1. BN: slope within [SLOPE_LOW, SLOPE_HIGH]. 2. NoNorm: slope above FLAT_SLOPE. Over every
+     seed and depth of the init sweep with >= MIN_BLOCKS blocks, for each of the two measures:
+     holds when every slope is in the range, does not hold when none is; the verdict holds
+     (does not hold) only when both measures say so (the measure's definition must not decide
+     it), else inconclusive.
+  3. SkipInit trains the deepest trained net at its best rate: holds when every seed trains,
+     does not hold when none does, else inconclusive; not measured when BN does not train at
+     that depth (the grid then trains no deep net at all) or the grid is incomplete.
+  4. NoNorm fails at the deepest depth at the rates at which BN trains there: holds when no
+     NoNorm seed trains at any such rate, does not hold when every NoNorm seed trains at one of
+     them, else inconclusive; not measured when BN trains at none of the rates.
+  5. BN's largest trainable depth exceeds NoNorm's: holds when there is a depth at which BN
+     trains and NoNorm fails at it and at every deeper depth tried; does not hold when NoNorm
+     trains at every depth at which BN trains and BN fails at the deepest depth; not measured
+     when both train at the deepest depth tried (both largest trainable depths lie beyond the
+     grid: capped) or a grid is incomplete; else inconclusive.
 
-Writes to --out: depth_<dataset>.png/.pdf (a: accuracy vs depth; b: ratio at initialisation
-vs block, one panel per depth, with the 1/l line; c: ratio over training, deepest net),
+Writes to --out: depth_<dataset>.png/.pdf (a: accuracy vs depth at the best rate; b: ratio at
+initialisation vs block, one panel per init-sweep depth, per channel (solid) and pooled
+(dashed), with the 1/l line; c: ratio over training, deepest net),
 depth_<dataset>.csv (one row per variant and depth), depth_<dataset>.json (every number),
 depth_<dataset>_claims.md and _claims.json (bnrepro.claims, read by bnrepro.analysis.report). With
 --wandb (or BNREPRO_WANDB_FIGURES=1) the figure and claims also go to the runs' wandb group.
@@ -59,12 +77,18 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
+from omegaconf import OmegaConf
 
 from bnrepro.analysis import command, wandb_figures
 from bnrepro.analysis.seeds import differing_keys, flat_config, spread, spread_text
 from bnrepro.atomic import atomic_write_json, atomic_write_text
-from bnrepro.claims import verdict, write_claims
+from bnrepro.claims import to_markdown, write_claims
+from bnrepro.data.datasets import InputTransform, load_dataset
+from bnrepro.data.sampling import validation_split
+from bnrepro.measures.evaluation import Evaluator
+from bnrepro.models import build_model
 from bnrepro.run.runs import find_runs
 
 EXPERIMENT = "depth_cifar"
@@ -77,12 +101,15 @@ CHANCE_MARGIN = 0.05  # "trains" = not diverged and accuracy > CHANCE + CHANCE_M
 MIN_BLOCKS = 6  # slope claims use depths with at least this many blocks (depth >= 14)
 SLOPE_LOW, SLOPE_HIGH = -1.5, -0.5  # "falls like 1/l": slope of log ratio on log l in here
 FLAT_SLOPE = -0.5  # "not downscaled": slope above this
+INIT_DEPTHS = (8, 14, 20, 32, 56, 110)  # the init sweep (forward passes only)
+MEASURES = {"channel": "_channel", "pooled": ""}  # the ratio's two forms: key suffixes
 RATIO = re.compile(r"resid/b(\d+)/var_ratio")
 # Keys that never change a trajectory, and those the sweep varies: the rest must agree.
 IGNORED_KEYS = ("name", "seed", "fresh", "variant", "model.depth", "model.norm",
                 "model.residual_scale", "trainer.progress", "trainer.resume",
                 "trainer.test_every", "trainer.checkpoint_every", "trainer.device",
                 "trainer.threads", "trainer.eval_memory_mb", "dataset.root", "dataset.mirror",
+                "optim.lr",
                 "probe.residual_variance", "logger.", "hydra.")
 PAPER = {
     "bn_downscales": '"at initialization, batch normalization downscales the residual branch '
@@ -98,9 +125,10 @@ PAPER = {
     "bn_depth": '"Batch normalization dramatically increases the largest trainable depth of '
                 'residual networks" (abstract)'}
 VERDICT_RULE = (
-    "holds: the claim holds for the seed means AND for every seed; mixed: it holds for the "
-    "means but not for every seed; does not hold: it fails for the means; not measured: the "
-    "runs it needs are missing.")
+    "each claim's own rule, stated in its evidence: holds only when every seed (at every depth "
+    "it covers) says so, does not hold only when every seed says the opposite, else "
+    "inconclusive; not measured when a precondition is unmet (runs or rates missing, the "
+    "comparison capped by the depths tried), with the reason.")
 
 
 class DepthError(command.AnalysisError):
@@ -114,7 +142,9 @@ class Result:
     runs: list[dict[str, Any]]  # every run analysed (`load_runs`)
     dataset: str
     depths: list[int]  # sorted
-    table: dict[str, dict[int, dict[str, Any]]]  # variant -> depth -> cell (`describe`)
+    table: dict[str, dict[int, dict[str, Any]]]  # variant -> depth -> cell at the best rate
+    rates: list[float]  # the grid
+    init: dict[str, dict[int, dict[str, Any]]]  # variant -> depth -> `init_sweep` cell
     curves: dict[str, dict[str, dict[int, float]]]  # variant -> deepest net's ratio curves
     claims: list[dict[str, str]]
     rule: str  # the claims' verdict rule in words, with this experiment's numbers
@@ -130,9 +160,10 @@ def load_runs(root: Path) -> list[dict[str, Any]]:
             continue
         metrics = run.metrics.sort_values("step").reset_index(drop=True) \
             if "step" in run.metrics else run.metrics
-        runs.append({"dir": run.dir, "config": config, "summary": run.summary,
-                     "metrics": metrics, "variant": config.get("variant"),
-                     "depth": int(config["model.depth"]), "seed": config.get("seed"),
+        runs.append({"dir": run.dir, "config": config, "cfg": run.config,
+                     "summary": run.summary, "metrics": metrics,
+                     "variant": config.get("variant"), "depth": int(config["model.depth"]),
+                     "lr": float(config["optim.lr"]), "seed": config.get("seed"),
                      "status": run.summary["status"]})
     return runs
 
@@ -144,16 +175,20 @@ def check_same_setup(runs: list[dict[str, Any]]) -> None:
                          "give one experiment's folder")
 
 
-def accuracy(run: dict[str, Any]) -> float:
-    """Test accuracy at the best-validation evaluation among those that scored the test set;
-    CHANCE for a diverged run (module docstring)."""
+def selected(run: dict[str, Any], key: str) -> float:
+    """`key` (test/acc or val/acc) at the best-validation evaluation among those that scored
+    the test set; CHANCE for a diverged run (module docstring)."""
     if run["status"] == "diverged":
         return CHANCE
     m = run["metrics"]
     if "test/acc" not in m or "val/acc" not in m:
         return math.nan
     tested = m.dropna(subset=["test/acc", "val/acc"])
-    return float(tested.loc[tested["val/acc"].idxmax(), "test/acc"]) if len(tested) else math.nan
+    return float(tested.loc[tested["val/acc"].idxmax(), key]) if len(tested) else math.nan
+
+
+def accuracy(run: dict[str, Any]) -> float:
+    return selected(run, "test/acc")
 
 
 def trains(run: dict[str, Any]) -> bool:
@@ -161,7 +196,7 @@ def trains(run: dict[str, Any]) -> bool:
 
 
 def ratios_at(metrics: pd.DataFrame, step: int) -> np.ndarray | None:
-    """var_ratio per block (index 0 = block 1) of the evaluation at `step`, or None."""
+    """var_ratio (pooled) per block (index 0 = block 1) of the evaluation at `step`, or None."""
     if metrics.empty or "step" not in metrics:
         return None
     rows = metrics[metrics["step"] == step]
@@ -188,7 +223,8 @@ def describe(runs: list[dict[str, Any]]) -> dict[str, Any]:
         init = ratios_at(r["metrics"], 0)
         per_seed.append({"seed": r["seed"], "status": r["status"], "run_dir": str(r["dir"]),
                          "diverged_at_step": r["summary"].get("diverged_at_step"),
-                         "accuracy": accuracy(r), "trains": trains(r),
+                         "accuracy": accuracy(r), "validation": selected(r, "val/acc"),
+                         "trains": trains(r),
                          "ratio_at_init": None if init is None else init.tolist(),
                          "slope_at_init": math.nan if init is None else slope(init)})
     acc = np.array([s["accuracy"] for s in per_seed], dtype=float)
@@ -198,6 +234,7 @@ def describe(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "seeds": len(per_seed), "diverged": sum(s["status"] == "diverged" for s in per_seed),
         "trained": sum(s["trains"] for s in per_seed), **spread(acc, "accuracy"),
+        **spread([s["validation"] for s in per_seed], "validation"),
         "seeds_with_ratio_at_init": len(inits),
         "ratio_at_init_mean": None if stack is None else stack.mean(0).tolist(),
         "ratio_at_init_min": None if stack is None else stack.min(0).tolist(),
@@ -205,88 +242,171 @@ def describe(runs: list[dict[str, Any]]) -> dict[str, Any]:
         **spread(slopes, "slope"), "per_seed": per_seed}
 
 
-def trains_on_mean(cell: dict[str, Any]) -> bool:
-    """The seed-mean accuracy of a (variant, depth) exceeds CHANCE + CHANCE_MARGIN."""
-    return cell["accuracy_mean"] > CHANCE + CHANCE_MARGIN
+def decided(cell: dict[str, Any] | None) -> str:
+    """Whether a (variant, depth) trains at its best rate: "yes" when every seed trains, "no"
+    when none does, "undecided" otherwise, "missing" without runs."""
+    if cell is None or not cell["seeds"]:
+        return "missing"
+    return "yes" if cell["trained"] == cell["seeds"] else "no" if cell["trained"] == 0 else \
+        "undecided"
 
 
-def claims(table: dict[str, dict[int, dict[str, Any]]], depths: list[int],
-           dataset: str) -> list[dict[str, str]]:
-    """The claims of the module docstring, each with its verdict (bnrepro.claims.verdict)."""
-    rows: list[dict[str, str]] = []
+def all_or_none(flags: list[bool]) -> str:
+    """holds when every flag is set, does not hold when none is, else inconclusive."""
+    return "holds" if all(flags) else "does not hold" if not any(flags) else "inconclusive"
+
+
+def slope_verdict(init: dict[int, dict[str, Any]], ok: Callable[[float], bool]
+                  ) -> tuple[str, dict[str, Any]]:
+    """Claims 1-2 (module docstring): every seed's slope at every depth of the init sweep with
+    >= MIN_BLOCKS blocks, per measure; the verdict only where both measures agree."""
+    depths = [d for d in sorted(init) if (d - 2) // 2 >= MIN_BLOCKS]
+    per_measure = {}
+    for measure in MEASURES:
+        slopes = [x for d in depths for x in init[d][f"slope_{measure}"]]
+        per_measure[measure] = {
+            "slopes": {str(d): init[d][f"slope_{measure}"] for d in depths},
+            "verdict": all_or_none([not math.isnan(x) and ok(x) for x in slopes])
+            if slopes else "not measured"}
+    found = {m["verdict"] for m in per_measure.values()}
+    result = "not measured" if not depths or "not measured" in found else \
+        found.pop() if len(found) == 1 else "inconclusive"
+    return result, {"rule": "per measure: holds when every seed's slope at every depth with "
+                            f">= {MIN_BLOCKS} blocks passes, does not hold when none does; the "
+                            "verdict where the per-channel and pooled measures agree, else "
+                            "inconclusive", "depths": depths, "measures": per_measure,
+                    "preconditions": [{"check": f"init-sweep depths with >= {MIN_BLOCKS} "
+                                                "blocks", "met": bool(depths)}]}
+
+
+def claims(table: dict[str, dict[int, dict[str, Any]]], depths: list[int], dataset: str,
+           init: dict[str, dict[int, dict[str, Any]]],
+           grid: dict[str, dict[int, dict[float, dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """The claims of the module docstring, each with its verdict and evidence."""
+    rows: list[dict[str, Any]] = []
     deepest = depths[-1]
-    slope_depths = [d for d in depths if (d - 2) // 2 >= MIN_BLOCKS]
 
-    def add(key: str, claim: str, ours: str, result: str) -> None:
+    def add(key: str, claim: str, ours: str, result: str, evidence: dict[str, Any]) -> None:
         rows.append({"key": key, "claim": claim, "paper": PAPER[key],
                      "ours": f"{dataset}: {ours}", "verdict": result, "dataset": dataset,
-                     "source": SOURCE})
+                     "source": SOURCE, "evidence": evidence})
 
     def slope_claim(key: str, claim: str, variant: str, ok: Callable[[float], bool]) -> None:
-        """Over the depths with >= MIN_BLOCKS blocks whose runs logged step 0 (a run that
-        diverged at its first evaluation has no ratios: named, not counted)."""
-        cells = {d: table.get(variant, {}).get(d) for d in slope_depths}
-        measured = {d: c for d, c in cells.items()
-                    if c is not None and c["seeds_with_ratio_at_init"] > 0}
-        missing = [str(d) for d in slope_depths if d not in measured]
-        if not measured:
-            add(key, claim, f"no step-0 ratios of {variant} at depths with >= {MIN_BLOCKS} "
-                            "blocks", "not measured")
-            return
-        means = all(ok(c["slope_mean"]) for c in measured.values())
-        every = all(ok(s["slope_at_init"]) for c in measured.values() for s in c["per_seed"]
-                    if s["ratio_at_init"] is not None)
-        parts = []
-        for d, c in measured.items():
-            init = c["ratio_at_init_mean"]
-            ratio = "" if init is None else \
-                f", ratio block 1 -> {len(init)}: {init[0]:.3g} -> {init[-1]:.3g}"
-            parts.append(f"depth {d}: slope {spread_text(c, 'slope', '{:.2f}'.format)}{ratio}, "
-                         f"n = {c['seeds_with_ratio_at_init']}")
-        if missing:
-            parts.append(f"no step-0 ratios at depth {', '.join(missing)}")
-        add(key, claim, "; ".join(parts), verdict(means, every))
+        cells = init.get(variant, {})
+        result, evidence = slope_verdict(cells, ok)
+        parts = [f"depth {d}: slope per channel {fmt_slopes(cells[d]['slope_channel'])}, "
+                 f"pooled {fmt_slopes(cells[d]['slope_pooled'])}" for d in evidence["depths"]]
+        add(key, claim, "; ".join(parts) or f"no init-sweep depth with >= {MIN_BLOCKS} blocks",
+            result, evidence)
 
     slope_claim("bn_downscales", "BN: the branch/skip variance ratio at initialisation falls "
                 f"like 1/l (log-log slope in [{SLOPE_LOW}, {SLOPE_HIGH}])", "BN",
-                lambda s: SLOPE_LOW <= s <= SLOPE_HIGH)
+                lambda x: SLOPE_LOW <= x <= SLOPE_HIGH)
     slope_claim("none_not_downscaled", "No norm: the ratio at initialisation does not fall "
-                f"with l (slope > {FLAT_SLOPE})", "NoNorm", lambda s: s > FLAT_SLOPE)
+                f"with l (slope > {FLAT_SLOPE})", "NoNorm", lambda x: x > FLAT_SLOPE)
 
-    def deepest_claim(key: str, claim: str, variant: str,
-                      judge: Callable[[dict[str, Any]], str]) -> None:
-        """A claim about `variant`'s seeds at the deepest depth: judge(its cell)."""
-        c = table.get(variant, {}).get(deepest)
-        if c is None:
-            add(key, claim, f"no {variant} runs at depth {deepest}", "not measured")
-            return
-        add(key, claim, f"accuracy {spread_text(c, 'accuracy', '{:.4f}'.format)}, "
-                        f"{c['diverged']} of {c['seeds']} diverged, {c['trained']} of "
-                        f"{c['seeds']} train", judge(c))
+    complete = {v: all(c["grid_complete"] for c in table.get(v, {}).values()) for v in VARIANTS}
+    bn_deep = decided(table.get("BN", {}).get(deepest))
 
-    deepest_claim("skipinit_trains", f"SkipInit (no norm) trains the deepest net (depth "
-                  f"{deepest})", "SkipInit",
-                  lambda c: verdict(trains_on_mean(c), c["trained"] == c["seeds"]))
-    deepest_claim("none_fails", f"No norm, no SkipInit: the deepest net (depth {deepest}) "
-                  "fails to train", "NoNorm",
-                  lambda c: verdict(not trains_on_mean(c), c["trained"] == 0))
+    def state(variant: str, d: int) -> str:
+        cell = table.get(variant, {}).get(d)
+        return "missing" if cell is None else \
+            f"{decided(cell)} (best rate {cell['rate']:g}: {cell['trained']}/{cell['seeds']} " \
+            f"train, accuracy {spread_text(cell, 'accuracy', '{:.3f}'.format)})"
+
+    pre_grid = [("every rate of the grid ran for every seed", complete["SkipInit"]
+                 and complete["BN"] and "SkipInit" in table),
+                (f"BN trains at depth {deepest} at its best rate (else the grid trains no deep "
+                 "net)", bn_deep == "yes")]
+    cell = table.get("SkipInit", {}).get(deepest)
+    result = "not measured" if cell is None or not all(m for _, m in pre_grid) else \
+        all_or_none([s["trains"] for s in cell["per_seed"]])
+    add("skipinit_trains", f"SkipInit (no norm) trains the deepest net (depth {deepest}) at its "
+        "best rate", f"SkipInit {state('SkipInit', deepest)}; BN {state('BN', deepest)}", result,
+        {"rule": "holds when every seed at the best rate trains, does not hold when none does",
+         "trains": None if cell is None else [s["trains"] for s in cell["per_seed"]],
+         "preconditions": [{"check": c, "met": bool(m)} for c, m in pre_grid]})
+
+    bn_rates = [lr for lr, c in grid.get("BN", {}).get(deepest, {}).items()
+                if c["trained"] == c["seeds"] > 0]
+    nonorm = grid.get("NoNorm", {}).get(deepest, {})
+    at = {lr: nonorm[lr]["trained"] for lr in bn_rates if lr in nonorm}
+    pre = [("NoNorm ran at every rate of the grid", complete["NoNorm"] and "NoNorm" in table),
+           (f"BN trains (every seed) at some rate at depth {deepest}", bool(bn_rates))]
+    result = "not measured" if not all(m for _, m in pre) else \
+        "holds" if not any(at.values()) else \
+        "does not hold" if any(k == nonorm[lr]["seeds"] for lr, k in at.items()) else \
+        "inconclusive"
+    add("none_fails", f"No norm, no SkipInit: the deepest net (depth {deepest}) fails to train "
+        "at the rates at which BN trains it", "NoNorm seeds that train per rate where BN trains: "
+        + (", ".join(f"lr {lr:g}: {k}/{nonorm[lr]['seeds']}" for lr, k in at.items()) or "-")
+        + f"; at its best rate NoNorm {state('NoNorm', deepest)}", result,
+        {"rule": "holds when no NoNorm seed trains at any rate at which every BN seed trains, "
+                 "does not hold when every NoNorm seed trains at one of them",
+         "bn_rates": bn_rates, "nonorm_trained_at_bn_rates": {str(k): v for k, v in at.items()},
+         "preconditions": [{"check": c, "met": bool(m)} for c, m in pre]})
 
     claim = "BN's largest trainable depth exceeds that of the net without norm"
-    if any(v not in table for v in ("BN", "NoNorm")):
-        add("bn_depth", claim, "no runs of BN or NoNorm", "not measured")
-    else:
-        def largest(variant: str, every_seed: bool) -> int:
-            ok = [d for d, c in table[variant].items()
-                  if (c["trained"] == c["seeds"] if every_seed else trains_on_mean(c))]
-            return max(ok, default=0)
-
-        strict = [largest(v, True) for v in ("BN", "NoNorm")]
-        loose = [largest(v, False) for v in ("BN", "NoNorm")]
-        add("bn_depth", claim, f"largest depth at which every seed trains: BN {strict[0]}, "
-                               f"NoNorm {strict[1]} (by seed-mean accuracy: BN {loose[0]}, "
-                               f"NoNorm {loose[1]}; 0 = none of {depths})",
-            verdict(loose[0] > loose[1], strict[0] > strict[1]))
+    states = {v: {d: decided(table.get(v, {}).get(d)) for d in depths} for v in ("BN", "NoNorm")}
+    bn, no = states["BN"], states["NoNorm"]
+    capped = bn[deepest] == no[deepest] == "yes"
+    pre = [("BN and NoNorm ran every rate of the grid at every depth",
+            complete["BN"] and complete["NoNorm"] and "missing" not in {*bn.values(),
+                                                                        *no.values()}),
+           (f"not both train at the deepest depth tried ({deepest}): else both largest "
+            "trainable depths lie beyond the grid (capped)", not capped)]
+    apart = any(bn[d] == "yes" and all(no[e] == "no" for e in depths if e >= d) for d in depths)
+    reversed_ = bn[deepest] == "no" and no[deepest] == "yes"
+    result = "not measured" if not all(m for _, m in pre) else "holds" if apart else \
+        "does not hold" if reversed_ else "inconclusive"
+    add("bn_depth", claim, "trains at its best rate (every seed / none / undecided): "
+        + "; ".join(f"{v} " + ", ".join(f"{d}: {x}" for d, x in states[v].items())
+                    for v in states), result,
+        {"rule": "holds when BN trains at a depth where NoNorm fails, and NoNorm fails at every "
+                 "deeper depth tried; does not hold when BN fails at the deepest depth tried "
+                 "while NoNorm trains there",
+         "trains": states, "preconditions": [{"check": c, "met": bool(m)} for c, m in pre]})
     return rows
+
+
+def fmt_slopes(slopes: list[float]) -> str:
+    finite = [x for x in slopes if not math.isnan(x)]
+    if not finite:
+        return "-"
+    return f"{np.mean(finite):.2f} ({min(finite):.2f}..{max(finite):.2f})" + \
+        (f", {len(slopes) - len(finite)} undefined" if len(finite) < len(slopes) else "")
+
+
+@torch.no_grad()
+def init_sweep(runs: list[dict[str, Any]], depths: tuple[int, ...] = INIT_DEPTHS
+               ) -> dict[str, dict[int, dict[str, Any]]]:
+    """Per variant and depth: the branch/skip variance ratios of fresh nets (module docstring),
+    one per seed of the runs, from a run's own config with model.depth replaced, measured by
+    the evaluation's own probe (Evaluator.residual_variances: the probe images of step 0)."""
+    seeds = sorted({r["seed"] for r in runs})
+    configs = {}
+    for r in runs:
+        configs.setdefault(r["variant"], r["cfg"])
+    cfg = next(iter(configs.values()))
+    ds = load_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.mirror)
+    transform = InputTransform(ds, cfg.dataset.binarize, cfg.dataset.standardize)
+    train_index, val_index = validation_split(len(ds.train_labels), cfg.dataset.val_size)
+    probe = Evaluator(cfg, ds, transform, train_index, val_index, seeds)
+    result: dict[str, dict[int, dict[str, Any]]] = {}
+    for variant in [v for v in VARIANTS if v in configs]:
+        for depth in depths:
+            cfgs = [OmegaConf.merge(configs[variant], {"seed": s, "model": {"depth": depth}})
+                    for s in seeds]
+            rows = probe.residual_variances(build_model(cfgs, ds.image_shape).eval())
+            cell: dict[str, Any] = {"seeds": seeds}
+            for measure, suffix in MEASURES.items():
+                ratios = [np.array([row[f"resid/b{b}/var_ratio{suffix}"]
+                                    for b in range(1, (depth - 2) // 2 + 1)]) for row in rows]
+                cell[f"ratio_{measure}"] = [x.tolist() for x in ratios]
+                cell[f"ratio_{measure}_mean"] = np.mean(ratios, 0).tolist()
+                cell[f"slope_{measure}"] = [slope(x) for x in ratios]
+            result.setdefault(variant, {})[depth] = cell
+    return result
 
 
 def training_curves(runs: list[dict[str, Any]]) -> dict[str, dict[int, list[float]]]:
@@ -304,16 +424,20 @@ def training_curves(runs: list[dict[str, Any]]) -> dict[str, dict[int, list[floa
 def figures(result: Result) -> dict[str, Figure]:
     """depth_<dataset> -> its figure (`figure`)."""
     return {f"depth_{result.dataset}": figure(result.table, result.curves, result.depths,
-                                              result.dataset)}
+                                              result.dataset, result.init)}
 
 
 def figure(table: dict[str, dict[int, dict[str, Any]]], curves: dict[str, dict],
-           depths: list[int], dataset: str) -> Figure:
-    """(a) accuracy vs depth per variant (mean, band min..max, x = diverged seeds at chance);
-    (b) per depth, the ratio at initialisation vs block for BN and NoNorm with the 1/l line
-    (SkipInit's is 0); (c) per variant, the ratio over training of each block, deepest net."""
+           depths: list[int], dataset: str, init: dict[str, dict[int, dict[str, Any]]]
+           ) -> Figure:
+    """(a) accuracy vs depth per variant at its best rate (mean, band min..max, x = diverged
+    seeds at chance, the best rate written by each point); (b) per init-sweep depth, the ratio
+    at initialisation vs block for BN and NoNorm, per channel (solid) and pooled (dashed), with
+    the 1/l line (SkipInit's is 0); (c) per variant, the ratio over training of each block,
+    deepest net at its best rate."""
     variants = [v for v in VARIANTS if v in table]
-    fig = plt.figure(figsize=(4 * max(len(depths), 1 + len(variants)), 9))
+    init_depths = sorted({d for cells in init.values() for d in cells})
+    fig = plt.figure(figsize=(4 * max(len(init_depths), 1 + len(variants)), 9))
     top, bottom = fig.subfigures(2, 1)
     for sub in (top, bottom):  # fixed margins: constrained layout doubled the drawing time
         sub.subplots_adjust(left=0.06, right=0.98, bottom=0.13, top=0.86, wspace=0.3)
@@ -326,13 +450,16 @@ def figure(table: dict[str, dict[int, dict[str, Any]]], curves: dict[str, dict],
         ax.fill_between(ds, [table[v][d]["accuracy_min"] for d in ds],
                         [table[v][d]["accuracy_max"] for d in ds], color=COLORS[v], alpha=0.15)
         for d in ds:
+            ax.annotate(f"{table[v][d]['rate']:g}", (d, table[v][d]["accuracy_mean"]),
+                        fontsize=7, color=COLORS[v], textcoords="offset points", xytext=(4, -9))
             if (k := table[v][d]["diverged"]):
                 ax.plot(d, CHANCE, "x", color=COLORS[v], ms=9, mew=2)
                 ax.annotate(f"{k}/{table[v][d]['seeds']} div.", (d, CHANCE), fontsize=7,
                             color=COLORS[v], textcoords="offset points", xytext=(3, 4))
     ax.axhline(CHANCE, color="0.5", ls=":", lw=1)
     ax.set(xlabel="depth (weight layers)", ylabel="test accuracy at best val evaluation",
-           title=f"(a) accuracy vs depth on {dataset}", xticks=depths)
+           title=f"(a) accuracy vs depth on {dataset},\nat each one's best rate (written)",
+           xticks=depths)
     ax.legend(fontsize=8, title="mean, band min..max;\nx = diverged (scores chance)",
               title_fontsize=7)
     ax.grid(alpha=0.3)
@@ -357,33 +484,35 @@ def figure(table: dict[str, dict[int, dict[str, Any]]], curves: dict[str, dict],
                title=f"(c) {v}, depth {deepest}, over training\n"
                      f"blocks 1 (dark) .. {len(series)} (light)")
         ax.grid(alpha=0.3)
-    axes_bottom = np.atleast_1d(bottom.subplots(1, len(depths)))
-    for ax, d in zip(axes_bottom, depths, strict=True):
-        for v in ("BN", "NoNorm"):
-            cell = table.get(v, {}).get(d)
-            if cell is None or cell["ratio_at_init_mean"] is None:
-                continue
-            blocks = np.arange(1, len(cell["ratio_at_init_mean"]) + 1)
-            ax.plot(blocks, cell["ratio_at_init_mean"], "o-", color=COLORS[v], ms=3,
-                    label=f"{v} (slope {cell['slope_mean']:.2f})")
-            ax.fill_between(blocks, cell["ratio_at_init_min"], cell["ratio_at_init_max"],
-                            color=COLORS[v], alpha=0.15)
-            if v == "BN":
-                ax.plot(blocks, cell["ratio_at_init_mean"][0] / blocks, "--", color="0.3",
-                        lw=1, label="1/l (from BN's block 1)")
-        skip = table.get("SkipInit", {}).get(d)
-        if skip is not None and skip["ratio_at_init_max"] is not None:
-            ax.text(0.02, 0.02, f"SkipInit: max ratio at init {max(skip['ratio_at_init_max']):g}"
-                    " (alpha = 0)", transform=ax.transAxes, fontsize=7, color=COLORS["SkipInit"])
+    axes_bottom = np.atleast_1d(bottom.subplots(1, len(init_depths)))
+    for ax, d in zip(axes_bottom, init_depths, strict=True):
         blocks = np.arange(1, (d - 2) // 2 + 1)
+        for v in ("BN", "NoNorm"):
+            cell = init.get(v, {}).get(d)
+            if cell is None:
+                continue
+            for measure, style in (("channel", "o-"), ("pooled", "--")):
+                slopes = [x for x in cell[f"slope_{measure}"] if not math.isnan(x)]
+                ax.plot(blocks, cell[f"ratio_{measure}_mean"], style, color=COLORS[v], ms=2,
+                        lw=1.2 if measure == "channel" else 0.8,
+                        label=f"{v} {measure} (slope {np.mean(slopes):.2f})" if slopes else
+                        f"{v} {measure}")
+            if v == "BN":
+                ax.plot(blocks, cell["ratio_channel_mean"][0] / blocks, ":", color="0.3",
+                        lw=1, label="1/l (from BN's block 1)")
+        skip = init.get("SkipInit", {}).get(d)
+        if skip is not None:
+            ax.text(0.02, 0.02, f"SkipInit: max ratio at init "
+                    f"{max(max(r) for r in skip['ratio_channel']):g} (alpha = 0)",
+                    transform=ax.transAxes, fontsize=7, color=COLORS["SkipInit"])
         ax.set(xscale="log", yscale="log", xlabel="block l",
-               title=f"(b) at initialisation, depth {d}")
+               title=f"(b) fresh nets, depth {d}")
         ax.set_xticks(blocks if len(blocks) <= 10 else blocks[::len(blocks) // 8 + 1])
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    axes_bottom[0].set_ylabel("Var(branch) / Var(skip), mean over seeds")
+        ax.legend(fontsize=6)
+    axes_bottom[0].set_ylabel("Var(branch) / Var(skip) at init, mean over seeds")
     return fig
 
 
@@ -391,11 +520,13 @@ def csv_table(table: dict[str, dict[int, dict[str, Any]]]) -> pd.DataFrame:
     rows = []
     for v, by_depth in table.items():
         for d, c in sorted(by_depth.items()):
-            row = {"variant": v, "depth": d, "blocks": (d - 2) // 2, "seeds": c["seeds"],
-                   "diverged": c["diverged"], "trained": c["trained"]}
+            row = {"variant": v, "depth": d, "blocks": (d - 2) // 2, "best_rate": c["rate"],
+                   "seeds": c["seeds"], "diverged": c["diverged"], "trained": c["trained"]}
             row |= {k: round(c[k], 4) for k in ("accuracy_mean", "accuracy_min",
                                                  "accuracy_max", "slope_mean", "slope_min",
                                                  "slope_max")}
+            row |= {f"validation_mean_lr{lr:g}": round(x["validation_mean"], 4)
+                    for lr, x in c["rates"].items()}
             row |= {f"accuracy_seed{s['seed']}": round(s["accuracy"], 4) for s in c["per_seed"]}
             init = c["ratio_at_init_mean"]
             row["ratio_at_init_first"] = "" if init is None else round(init[0], 4)
@@ -404,9 +535,21 @@ def csv_table(table: dict[str, dict[int, dict[str, Any]]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarise(root: Path) -> tuple[list[dict[str, Any]], str, list[int], dict, dict]:
-    """The runs under `root`, their dataset and depths, the table (variant -> depth -> numbers,
-    `describe`) and the training curves of the deepest nets (`training_curves`)."""
+def best_rate(by_rate: dict[float, dict[str, Any]]) -> float:
+    """The rate with the highest seed-mean validation score (NaN: the worst; ties: the
+    smaller rate)."""
+    def score(lr: float) -> float:
+        value = by_rate[lr]["validation_mean"]
+        return -math.inf if math.isnan(value) else value
+    return max(sorted(by_rate), key=score)
+
+
+def summarise(root: Path) -> tuple[list[dict[str, Any]], str, list[int], list[float], dict,
+                                   dict, dict]:
+    """The runs under `root`, their dataset, depths and rates, the grid (variant -> depth ->
+    rate -> `describe`), the table (variant -> depth -> the cell at its best rate, with
+    "rate", "grid_complete" and "rates": the grid's numbers) and the training curves of the
+    deepest nets at their best rate (`training_curves`)."""
     runs = load_runs(root)
     if not runs:
         raise DepthError(f"no {EXPERIMENT} runs (completed or diverged) under {root}; train "
@@ -416,22 +559,42 @@ def summarise(root: Path) -> tuple[list[dict[str, Any]], str, list[int], dict, d
     check_same_setup(runs)
     dataset = runs[0]["config"]["dataset.name"]
     depths = sorted({r["depth"] for r in runs})
-    table = {v: {d: describe([r for r in runs if r["variant"] == v and r["depth"] == d])
-                 for d in depths if any(r["variant"] == v and r["depth"] == d for r in runs)}
-             for v in VARIANTS if any(r["variant"] == v for r in runs)}
+    rates = sorted({r["lr"] for r in runs})
+    seeds = {r["seed"] for r in runs}
+    grid: dict[str, dict[int, dict[float, dict[str, Any]]]] = {}
+    for r in runs:
+        grid.setdefault(r["variant"], {}).setdefault(r["depth"], {}).setdefault(r["lr"], [])
+        grid[r["variant"]][r["depth"]][r["lr"]].append(r)
+    grid = {v: {d: {lr: describe(grid[v][d][lr]) for lr in sorted(grid[v][d])}
+                for d in sorted(grid[v])} for v in VARIANTS if v in grid}
+    table = {}
+    for v, by_depth in grid.items():
+        table[v] = {}
+        for d, by_rate in by_depth.items():
+            lr = best_rate(by_rate)
+            table[v][d] = by_rate[lr] | {
+                "rate": lr, "grid_complete": set(by_rate) == set(rates) and all(
+                    {s["seed"] for s in c["per_seed"]} == seeds for c in by_rate.values()),
+                "rates": {rate: {k: c[k] for k in ("validation_mean", "accuracy_mean",
+                                                   "trained", "diverged", "seeds")}
+                          for rate, c in by_rate.items()}}
     curves = {v: training_curves([r for r in runs if r["variant"] == v
-                                  and r["depth"] == depths[-1]]) for v in table}
-    return runs, dataset, depths, table, curves
+                                  and r["depth"] == depths[-1]
+                                  and r["lr"] == table[v].get(depths[-1], {}).get("rate")])
+              for v in table}
+    return runs, dataset, depths, rates, grid, table, curves
 
 
-def verdict_rule(depths: list[int]) -> str:
+def verdict_rule(rates: list[float], init_depths: list[int]) -> str:
     """VERDICT_RULE with what "trains" and "slope" mean here, for the claims files."""
-    return (f"{VERDICT_RULE} A run trains when it did not diverge and its test accuracy (at "
-            f"its best-validation evaluation among those that scored the test set) exceeds "
+    return (f"{VERDICT_RULE} Each variant and depth trains at the rates "
+            f"{', '.join(f'{r:g}' for r in rates)} and is judged at its best rate on "
+            f"validation. A run trains when it did not diverge and its test accuracy (at its "
+            f"best-validation evaluation among those that scored the test set) exceeds "
             f"{CHANCE:g} + {CHANCE_MARGIN:g}; a diverged run scores {CHANCE:g}. Slope: "
-            f"least-squares slope of log(var_ratio_l) on log(l) over the blocks at step 0, at "
-            f"the depths with >= {MIN_BLOCKS} blocks "
-            f"({', '.join(str(d) for d in depths if (d - 2) // 2 >= MIN_BLOCKS) or 'none'}).")
+            f"least-squares slope of log(ratio_l) on log(l) over the blocks of fresh nets "
+            f"(init sweep, depths {', '.join(map(str, init_depths))}), at the depths with >= "
+            f"{MIN_BLOCKS} blocks, per channel (De & Smith's) and pooled.")
 
 
 def clean(x: Any) -> Any:
@@ -445,11 +608,12 @@ def clean(x: Any) -> Any:
     return x
 
 
-def analyse(root: Path) -> Result:
-    """Every number, table and claim of the module docstring from the runs under `root`;
-    writes nothing (`write` does)."""
-    runs, dataset, depths, table, curves = summarise(root)
-    claim_rows = claims(table, depths, dataset)
+def analyse(root: Path, init_depths: tuple[int, ...] = INIT_DEPTHS) -> Result:
+    """Every number, table and claim of the module docstring from the runs under `root` (and
+    the init sweep's fresh nets of `init_depths`); writes nothing (`write` does)."""
+    runs, dataset, depths, rates, grid, table, curves = summarise(root)
+    init = init_sweep(runs, tuple(init_depths))
+    claim_rows = claims(table, depths, dataset, init, grid)
     numbers = clean({
         "dataset": dataset, "depths": depths,
         "max_steps": int(runs[0]["config"]["trainer.max_steps"]),
@@ -458,18 +622,18 @@ def analyse(root: Path) -> Result:
                         "chance": CHANCE, "chance_margin": CHANCE_MARGIN,
                         "min_blocks": MIN_BLOCKS, "slope_range_bn": [SLOPE_LOW, SLOPE_HIGH],
                         "flat_slope": FLAT_SLOPE, "verdict_rule": VERDICT_RULE},
-        "variants": table, "ratio_over_training_deepest": curves, "claims": claim_rows})
+        "rates": rates, "init_depths": list(init_depths),
+        "variants": table, "grid": grid, "init_sweep": init,
+        "ratio_over_training_deepest": curves, "claims": claim_rows})
     return Result(root=root, runs=runs, dataset=dataset, depths=depths, table=table,
-                  curves=curves, claims=claim_rows, rule=verdict_rule(depths), numbers=numbers)
+                  rates=rates, init=init, curves=curves, claims=claim_rows,
+                  rule=verdict_rule(rates, list(init_depths)), numbers=numbers)
 
 
 def claims_markdown(result: Result) -> str:
-    """depth_<dataset>_claims.md: the claims table and the verdict rule."""
-    lines = [f"# De & Smith (2020) claims checked on {result.dataset}", "",
-             "| claim | paper | ours | verdict |", "|---|---|---|---|"]
-    lines += [f"| {c['claim']} | {c['paper']} | {c['ours']} | {c['verdict']} |"
-              for c in result.claims]
-    return "\n".join([*lines, "", f"Verdict rule: {result.rule}", ""])
+    """depth_<dataset>_claims.md: the claims table, its tests and the verdict rule."""
+    return to_markdown(f"De & Smith (2020) claims checked on {result.dataset}", result.claims,
+                       result.rule)
 
 
 def write(result: Result, out: Path, wandb: bool = False) -> None:
@@ -490,7 +654,9 @@ def write(result: Result, out: Path, wandb: bool = False) -> None:
         setup=f"{dataset}, pre-activation ResNets of depth {', '.join(map(str, depths))}, width "
               f"multiplier {config.get('model.width_multiplier')}, "
               f"{config.get('trainer.max_steps')} steps of batch "
-              f"{config.get('trainer.batch_size')}, lr {config.get('optim.lr')}, "
+              f"{config.get('trainer.batch_size')}, lr {', '.join(f'{r:g}' for r in result.rates)}"
+              f" (each judged at its best on validation), init sweep of fresh nets at depths "
+              f"{', '.join(map(str, sorted({d for c in result.init.values() for d in c})))}, "
               f"{'/'.join(map(str, seeds))} seeds per variant and depth",
         figures=[f"depth_{dataset}.png"], verdict_rule=result.rule,
         summaries=[r["summary"] for r in result.runs])
@@ -503,11 +669,13 @@ def main(argv: list[str] | None = None) -> int:
     """`python -m bnrepro.analyse depth runs/depth_<dataset> [--out results]`."""
     parser = command.parser("depth", __doc__)
     parser.add_argument("run_dir", type=Path, help="the depth run store, runs/depth_<dataset>")
+    parser.add_argument("--init-depths", default=",".join(map(str, INIT_DEPTHS)),
+                        help="depths of the init sweep's fresh nets, comma-separated")
     args = command.parse(parser, argv)
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         try:
-            result = analyse(args.run_dir)
+            result = analyse(args.run_dir, tuple(int(d) for d in args.init_depths.split(",")))
         except DepthError as err:
             return command.refuse(err)
         write(result, args.out, wandb=args.wandb)
@@ -517,8 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     for v, by_depth in numbers["variants"].items():
         for depth, c in by_depth.items():
             acc, fit = c["accuracy_mean"], c["slope_mean"]
-            print(f"  {v:<9} depth {depth:>4}: n={c['seeds']} diverged={c['diverged']} "
-                  f"accuracy {'-' if acc is None else f'{acc:.4f}'} slope at init "
-                  f"{'-' if fit is None else f'{fit:.2f}'}")
+            print(f"  {v:<9} depth {depth:>4}: best lr {c['rate']:g} n={c['seeds']} "
+                  f"diverged={c['diverged']} accuracy {'-' if acc is None else f'{acc:.4f}'} "
+                  f"slope at init {'-' if fit is None else f'{fit:.2f}'}")
     command.print_claims(numbers["claims"])
     return 0

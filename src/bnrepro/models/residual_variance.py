@@ -14,7 +14,11 @@ their values and squares per member. `result` gives per member and block i (from
   resid/b{i}/var_skip   = variance of all values of s_l(x_l) over the examples, channels and
                           positions (one pooled population variance, E[v^2] - E[v]^2);
   resid/b{i}/var_branch = the same for alpha_l * f_l(x_l);
-  resid/b{i}/var_ratio  = var_branch / var_skip.
+  resid/b{i}/var_ratio  = var_branch / var_skip;
+and the per-channel form (our reading of De & Smith's Fig. 2, whose text we do not hold: the
+variance of each channel over the examples and positions, averaged over the channels; it
+leaves out the spread of the channel means, which the pooled form counts):
+  resid/b{i}/var_skip_channel, var_branch_channel, var_ratio_channel (their ratio).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class ResidualMoments:
     def __init__(self) -> None:
         self._block = 0  # index of the next block within the current forward pass
         self.sums: list[torch.Tensor] = []  # per block [2 (skip, branch), 3 (n, sum, sum sq), P]
+        # per block [2 (skip, branch), 3 (n, sum, sum sq), P, C]: per channel
+        self.channel_sums: list[torch.Tensor] = []
 
     def start_pass(self) -> None:
         """Call before each forward pass: the model reports its blocks in order, from 0."""
@@ -42,32 +48,52 @@ class ResidualMoments:
             # On the activations' device: no host copy (and wait) per block and chunk.
             self.sums.append(torch.zeros(2, 3, skip.shape[0], dtype=torch.float64,
                                          device=skip.device))
-        stats = []
-        for term in (skip, branch):
-            flat = term.detach().reshape(term.shape[0], -1).double()
-            count = torch.full((flat.shape[0],), float(flat.shape[1]), dtype=torch.float64,
-                               device=flat.device)
-            stats.append(torch.stack([count, flat.sum(1), flat.square().sum(1)]))
-        self.sums[self._block] += torch.stack(stats)
+            self.channel_sums.append(torch.zeros(2, 3, *skip.shape[:1], skip.shape[2],
+                                                 dtype=torch.float64, device=skip.device))
+        self.sums[self._block] += torch.stack([_moments(t.reshape(t.shape[0], -1))
+                                               for t in (skip, branch)])
+        self.channel_sums[self._block] += torch.stack([
+            _moments(t.transpose(1, 2).reshape(t.shape[0], t.shape[2], -1))
+            for t in (skip, branch)])
         self._block += 1
 
     def variances(self) -> torch.Tensor:
         """[blocks, 2 (skip, branch), P] pooled population variances."""
-        sums = torch.stack(self.sums)
-        n, total, squares = sums.unbind(2)
-        mean = total / n
-        return (squares / n - mean.square()).clamp_min(0)
+        return _variance(torch.stack(self.sums), 2)  # [blocks, 2, 3, P]
+
+    def channel_variances(self) -> torch.Tensor:
+        """[blocks, 2 (skip, branch), P]: each channel's population variance over the examples
+        and positions, averaged over the channels (blocks differ in width: one at a time)."""
+        return torch.stack([_variance(sums, 1).mean(-1) for sums in self.channel_sums])
 
     def result(self) -> list[dict[str, float]]:
         """Per member: {"resid/b{i}/var_skip", ".../var_branch", ".../var_ratio"}."""
         if not self.sums:
             return []
-        var = self.variances().tolist()  # one copy to the host
-        rows: list[dict[str, float]] = [{} for _ in range(len(var[0][0]))]
-        for i, (skip, branch) in enumerate(var):
-            for k, row in enumerate(rows):
-                key = f"{PREFIX}/b{i + 1}/"
-                ratio = branch[k] / skip[k] if skip[k] > 0 else float("nan")
-                row |= {key + "var_skip": skip[k], key + "var_branch": branch[k],
-                        key + "var_ratio": ratio}
+        # one copy to the host
+        both = torch.stack([self.variances(), self.channel_variances()]).tolist()
+        rows: list[dict[str, float]] = [{} for _ in range(len(both[0][0][0]))]
+        for var, suffix in zip(both, ("", "_channel"), strict=True):
+            for i, (skip, branch) in enumerate(var):
+                for k, row in enumerate(rows):
+                    key = f"{PREFIX}/b{i + 1}/"
+                    ratio = branch[k] / skip[k] if skip[k] > 0 else float("nan")
+                    row |= {f"{key}var_skip{suffix}": skip[k],
+                            f"{key}var_branch{suffix}": branch[k],
+                            f"{key}var_ratio{suffix}": ratio}
         return rows
+
+
+def _moments(flat: torch.Tensor) -> torch.Tensor:
+    """[3 (n, sum, sum of squares), ...] over the last dimension of `flat`, in float64."""
+    flat = flat.detach().double()
+    count = torch.full(flat.shape[:-1], float(flat.shape[-1]), dtype=torch.float64,
+                       device=flat.device)
+    return torch.stack([count, flat.sum(-1), flat.square().sum(-1)])
+
+
+def _variance(sums: torch.Tensor, dim: int) -> torch.Tensor:
+    """Population variances from moments (n, sum, sum of squares) along `dim` of `sums`."""
+    n, total, squares = sums.unbind(dim)
+    mean = total / n
+    return (squares / n - mean.square()).clamp_min(0)
