@@ -108,7 +108,7 @@ sweep-cifar: setup  ## CPU-sized CIFAR grid (cnn quick profile), aggregated into
 		--where model.width_multiplier=0.5 --where trainer.max_steps=400
 
 report: setup  ## results/REPORT.md: every figure and claim in results/, with its verdict
-	$(PY) -m bnrepro.analysis.report --results results
+	$(PY) -m bnrepro.report --results results
 
 # The wandb workspace (sections per experiment) defined in src/bnrepro/analysis/wandb_workspace.py. Needs a
 # wandb login; WANDB_ENTITY / WANDB_PROJECT or ARGS="--entity E --project P". Without a server:

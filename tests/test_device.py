@@ -1,4 +1,4 @@
-"""trainer.device, trainer.precision and trainer.deterministic (run/device.py), tested on the
+"""trainer.device, trainer.precision and trainer.deterministic (device.py), tested on the
 CPU: CUDA's answers are monkeypatched where a test needs a GPU that is not there."""
 
 import os
@@ -9,9 +9,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from bnrepro import device
 from bnrepro.config import CONF_DIR, compose_config, register_resolvers
-from bnrepro.run import device
-from bnrepro.run.device import DeviceError, resolve_device
+from bnrepro.device import DeviceError, resolve_device
 from bnrepro.run.store import read_metrics, read_summary
 from bnrepro.train import train_population
 from bnrepro.validation import config_problems

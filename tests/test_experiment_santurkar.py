@@ -406,7 +406,7 @@ def test_the_successive_step_measure_does_not_change_training(successive_stores)
             (pt,) = d.rglob("*.pt")
             state = torch.load(pt, map_location="cpu", weights_only=False)
             weights[name, config(d)["model"]["norm"]] = state
-    def same(x, y) -> bool:  # nested dicts and lists of tensors (run/state.py's states)
+    def same(x, y) -> bool:  # nested dicts and lists of tensors (state.py's states)
         if isinstance(x, dict):
             return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
         if isinstance(x, list | tuple):

@@ -189,7 +189,7 @@ def test_a_member_without_dropout_keeps_a_cpu_stream_it_never_draws_from(monkeyp
     import torch
 
     from bnrepro.models import build_model, move_step_streams
-    from bnrepro.run.state import SubmoduleStates
+    from bnrepro.state import SubmoduleStates
 
     class GpuLikeGenerator:
         """A stream moved to a GPU, as a checkpoint sees it: a generator on another device

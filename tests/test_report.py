@@ -1,4 +1,4 @@
-"""bnrepro.analysis.report: REPORT.md gathers the analyses' claims and figures, its verdicts come
+"""bnrepro.report: REPORT.md gathers the analyses' claims and figures, its verdicts come
 from the runs (change a run's numbers, rerun the analysis and the report, and the verdict
 changes), its headline counts the claims, and experiments without results are named as not
 run. The run store is a tiny hand-written fig2 store (config.yaml, metrics.jsonl,
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bnrepro.analysis import report
+from bnrepro import report
 from bnrepro.claims import ClaimsError, read_claims, write_claims
 from bnrepro.experiments import fig2
 

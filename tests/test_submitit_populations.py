@@ -88,7 +88,7 @@ def test_a_preempted_job_is_requeued_and_ends_as_an_uninterrupted_run(run_train,
 
 def test_a_bad_job_and_a_failed_population_fail_alone(run_train, tmp_path, mirror):
     """`tpu` is refused by the launcher's check (one `error:` line); `cuda` passes it but its
-    population's job fails (no usable CUDA in the job: run/device.py refuses it): both fail
+    population's job fails (no usable CUDA in the job: device.py refuses it): both fail
     their own jobs only, the cpu job completes, and the sweep exits non-zero."""
     result = run_train("-m", "experiment=fig1_mnist", "debug=smoke", "model.norm=bn", "seed=0",
                        "trainer.threads=1", "trainer.device=cpu,cuda,tpu", LOCAL,

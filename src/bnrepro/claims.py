@@ -1,5 +1,5 @@
 """Claims files: how an experiment's analysis (bnrepro.experiments) hands its computed verdicts
-to the report (bnrepro.analysis.report).
+to the report (bnrepro.report).
 
 Each experiment that checks claims writes results/<name>_claims.json next to its figures:
 

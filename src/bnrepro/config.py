@@ -66,9 +66,9 @@ def floor_divided(value: float, divisor: float) -> int:
 
 
 def visible_gpus() -> int:
-    """${bnrepro.visible_gpus:}: the GPUs this process sees (run/device.py; torch is imported
+    """${bnrepro.visible_gpus:}: the GPUs this process sees (device.py; torch is imported
     only when a config asks)."""
-    from bnrepro.run import device
+    from bnrepro import device
 
     return device.visible_gpus()
 

@@ -209,8 +209,8 @@ def tail(text: str, lines: int = 5) -> str:
 def versions(ctx: Context) -> None:
     import torch
 
+    from bnrepro.device import PRECISIONS, configure, resolve_device
     from bnrepro.run import machine
-    from bnrepro.run.device import PRECISIONS, configure, resolve_device
 
     ctx.say(f"- torch {torch.__version__}, built for CUDA {torch.version.cuda}, cuDNN "
             f"{torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}"

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
-from bnrepro.run.state import cpu_copy
+from bnrepro.state import cpu_copy
 
 
 def per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -130,7 +130,7 @@ class PopulationSGD:
             buf.copy_(saved)
 
     def member_states(self) -> list[dict]:
-        """Each member's momentum buffers, in `params` order (run.state.MemberState); none
+        """Each member's momentum buffers, in `params` order (bnrepro.state.MemberState); none
         where no member of the population has momentum."""
         return [{"momentum": [cpu_copy(b[k]) for b in self.buffers]}
                 for k in range(len(self.base_lr))]

@@ -65,7 +65,7 @@ def load_state(g: torch.Generator, state: torch.Tensor) -> None:
 
 
 def stream_states(generators: Sequence[torch.Generator]) -> list[dict]:
-    """Each member's stream as its checkpoint dict (run.state.MemberState)."""
+    """Each member's stream as its checkpoint dict (bnrepro.state.MemberState)."""
     return [{"rng": g.get_state()} for g in generators]
 
 

@@ -30,16 +30,16 @@ from bnrepro.config import flatten, register_resolvers, resolved_without
 from bnrepro.data.augment import BatchAugment
 from bnrepro.data.datasets import Dataset, InputTransform, load_dataset, rows
 from bnrepro.data.sampling import EpochSampler, validation_split
+from bnrepro.device import DeviceError, autocast, configure, resolve_device
 from bnrepro.measures.evaluation import Evaluator
 from bnrepro.measures.hook import StepMeasures
 from bnrepro.models import build_model, move_step_streams
 from bnrepro.norms import norm_step_setter
 from bnrepro.optim import PopulationSGD
 from bnrepro.run import checkpoint, machine, runlock
-from bnrepro.run.device import DeviceError, autocast, configure, resolve_device
 from bnrepro.run.loggers import make_sink
-from bnrepro.run.state import MemberState, ModuleState, SubmoduleStates
 from bnrepro.run.store import RunStore, read_summary
+from bnrepro.state import MemberState, ModuleState, SubmoduleStates
 from bnrepro.validation import ConfigError, validate
 
 register_resolvers()  # before Hydra composes a config: hydra.run.dir uses them
@@ -201,7 +201,7 @@ class Population:
     measures: StepMeasures
     sampler: EpochSampler
     augment: BatchAugment
-    numerics: dict  # how the device computes (run/device.py), recorded in each summary
+    numerics: dict  # how the device computes (device.py), recorded in each summary
 
     def run_state(self) -> dict[str, MemberState]:
         """What a checkpoint of this population holds (run_state below)."""
@@ -219,7 +219,7 @@ def run_state(model: nn.Module, optimizer: PopulationSGD, sampler: EpochSampler,
               augment: BatchAugment, extras: Mapping[str, MemberState] | None = None
               ) -> dict[str, MemberState]:
     """The parts of a population a checkpoint saves and restores, by name: the one place
-    they are listed (run/state.py). `extras`: the evaluation's (Evaluator.resumable)."""
+    they are listed (state.py). `extras`: the evaluation's (Evaluator.resumable)."""
     return {"model": ModuleState(model),
             "streams": SubmoduleStates(model, len(sampler.generators)),  # dropout, norm noise
             "optimizer": optimizer, "sampler": sampler, "augment": augment, **(extras or {})}
@@ -267,7 +267,7 @@ def start_or_resume(population: Population, saved: Sequence[dict | None]
         start_step = checkpoint.restore(saved, population.run_state())
         summaries = [dict(s["summary"], population_size=P, resumed_from_step=start_step)
                      for s in saved]
-    # this (re)start's: floats depend on it (machine.py) and on the numerics (run/device.py)
+    # this (re)start's: floats depend on it (machine.py) and on the numerics (device.py)
     recorded = machine.describe(population.device) | population.numerics
     for summary in summaries:
         summary["machine"] = recorded

@@ -22,12 +22,12 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from bnrepro.device import configure, resolve_device
 from bnrepro.measures.hook import StepMeasures
 from bnrepro.measures.probes import sigmoid_input_quantiles
 from bnrepro.models.deep_linear import DeepLinearNet, squared_error
 from bnrepro.optim import PopulationSGD
 from bnrepro.run import machine
-from bnrepro.run.device import configure, resolve_device
 from bnrepro.run.store import RunStore, read_config, read_summary
 
 DATASET = "gaussian-linear"  # how results name this synthetic problem

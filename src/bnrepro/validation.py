@@ -9,6 +9,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from bnrepro.data.datasets import SPECS
+from bnrepro.device import DEVICE_PATTERN, PRECISIONS
 from bnrepro.measures import measure_problems
 from bnrepro.measures.evaluation import PROBE_NETWORKS
 from bnrepro.models import ACTIVATIONS, CONV_EXECUTIONS, MODELS
@@ -16,7 +17,6 @@ from bnrepro.norms import NORMS
 from bnrepro.norms.batch import INFERENCE
 from bnrepro.norms.lp import NORM_OF
 from bnrepro.norms.noisy import SIGMA_PARAMS, WHERE
-from bnrepro.run.device import DEVICE_PATTERN, PRECISIONS
 
 LOGGERS = ("none", "wandb")
 

@@ -21,8 +21,8 @@ from bnrepro.bench.measures_cost import measures_cost
 from bnrepro.bench.ours import our_trainer
 from bnrepro.bench.timing import Row, run_rounds
 from bnrepro.bench.workloads import Workload, cnn_workload, mlp_workload
+from bnrepro.device import configure, resolve_device
 from bnrepro.run import machine
-from bnrepro.run.device import configure, resolve_device
 
 SECTIONS = ("mlp", "cnn", "roofline", "conv", "pool", "eval", "measures")
 

@@ -64,7 +64,7 @@ class BatchAugment:
         return out.permute(0, 3, 1, 2).reshape(P, B, C, H, W).contiguous()
 
     def member_states(self) -> list[dict]:
-        """Each member's stream (run.state.MemberState)."""
+        """Each member's stream (bnrepro.state.MemberState)."""
         return stream_states(self.generators)
 
     def load_member_states(self, states: Sequence[dict | None]) -> None:

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
-from bnrepro.run.state import cpu_copy
 from bnrepro.seeding import generator
+from bnrepro.state import cpu_copy
 
 
 def fixed_subset(num_examples: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -61,7 +61,7 @@ class EpochSampler:
         return self.order[:, position * self.batch_size:(position + 1) * self.batch_size]
 
     def member_states(self) -> list[dict]:
-        """Each member's stream and epoch order (run.state.MemberState)."""
+        """Each member's stream and epoch order (bnrepro.state.MemberState)."""
         return [{"step": self.step, "rng": g.get_state(),
                  "order": cpu_copy(self.order[k]) if self.order.numel() else None}
                 for k, g in enumerate(self.generators)]

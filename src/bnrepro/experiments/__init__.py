@@ -1,5 +1,5 @@
 """Which experiments exist: one registry that the command line (`python -m bnrepro.analyse`),
-the report (bnrepro.analysis.report), the Makefile's checks and the tests read.
+the report (bnrepro.report), the Makefile's checks and the tests read.
 
 An experiment is one unit:
 - a config, conf/experiment/<config>.yaml (what trains; `python -m bnrepro.train -m

@@ -55,7 +55,7 @@ Writes to --out: depth_<dataset>.png/.pdf (a: accuracy vs depth at the best rate
 initialisation vs block, one panel per init-sweep depth, per channel (solid) and pooled
 (dashed), with the 1/l line; c: ratio over training, deepest net),
 depth_<dataset>.csv (one row per variant and depth), depth_<dataset>.json (every number),
-depth_<dataset>_claims.md and _claims.json (bnrepro.claims, read by bnrepro.analysis.report). With
+depth_<dataset>_claims.md and _claims.json (bnrepro.claims, read by bnrepro.report). With
 --wandb (or BNREPRO_WANDB_FIGURES=1) the figure and claims also go to the runs' wandb group.
 Bad input prints one `error:` line and exits with 2.
 

@@ -34,7 +34,7 @@ Definitions (also in the JSON):
 - Fig. 2 analog: per net and layer, the logged quantiles (act_train/h{i}/q05..q95) of the
   tracked unit ("a random input", Sec. 2) of the lowest seed, over training: shaded fans.
 
-Claims (results/santurkar_claims.md, and .json for the report, bnrepro.analysis.report, in
+Claims (results/santurkar_claims.md, and .json for the report, bnrepro.report, in
 the format of bnrepro.claims: each claim with its dataset and source): one block per dataset
 and learning rate (the rate is named in the claim), verdicts by bnrepro.claims.compare
 (VERDICT_RULE, with the margins and preconditions of claims_rule()); each row carries its

@@ -27,7 +27,7 @@ probe.shift). The training network's probes of a noisy norm
 (noisy_bn, noise_only) include its noise (probe.train_noise), drawn for this evaluation from
 the probe stream (norms/noisy.py: ProbeNoise): that is the network that trains.
 Forward passes run in chunks sized from `trainer.eval_memory_mb` (scaled up on a GPU:
-run/device.py) and the model's widest layer, so a wide CNN population never materialises
+device.py) and the model's widest layer, so a wide CNN population never materialises
 thousands of examples' activations at once. Everything stays on the training device until the
 per-member numbers are read back.
 
@@ -75,6 +75,7 @@ from torch import nn
 
 from bnrepro.data.datasets import Dataset, InputTransform
 from bnrepro.data.sampling import fixed_subset
+from bnrepro.device import eval_memory_mb
 from bnrepro.measures.probes import ProbeCollector
 from bnrepro.measures.shift import LayerSketch, ShiftTracker, UnitValues, successive_shift
 from bnrepro.models import MODELS
@@ -82,7 +83,6 @@ from bnrepro.models.residual_variance import ResidualMoments
 from bnrepro.norms import norm_spec
 from bnrepro.norms.batch import bn_inference, bn_mode, estimate_population_statistics
 from bnrepro.norms.noisy import probe_noise
-from bnrepro.run.device import eval_memory_mb
 
 PROBE_NETWORKS = {"inference": "act", "training": "act_train"}  # probe.networks -> key prefix
 SHIFT_PREFIX = {"act_train": "shift", "act": "shift_inference"}  # probe prefix -> shift keys
@@ -220,7 +220,7 @@ class Evaluator:
                     "test/loss_running": running[0][k], "test/acc_running": running[1][k]}
 
     def resumable(self) -> dict:
-        """The parts of the run state (run.state.MemberState) a checkpoint must carry for a
+        """The parts of the run state (bnrepro.state.MemberState) a checkpoint must carry for a
         resumed run to log what an uninterrupted one does, by name (train.run_state)."""
         return {"shift": self.shift} if self.shift is not None else {}
 

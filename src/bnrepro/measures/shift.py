@@ -151,7 +151,7 @@ class ShiftTracker:
         self.fresh = False
 
     def member_states(self) -> list[dict]:
-        """Each member's references, for its checkpoint (run.state.MemberState)."""
+        """Each member's references, for its checkpoint (bnrepro.state.MemberState)."""
         return [{"levels": self.levels,
                  "init": {p: members[k] for p, members in self.init.items()},
                  "prev": {p: members[k] for p, members in self.prev.items()}}

@@ -87,7 +87,7 @@ class PopulationDropout(nn.Module):
         on_device(self.generators, device, self.drops)
 
     def member_states(self) -> list[dict]:
-        """Each member's stream (run.state.MemberState)."""
+        """Each member's stream (bnrepro.state.MemberState)."""
         return stream_states(self.generators)
 
     def load_member_states(self, states: Sequence[dict | None]) -> None:

@@ -68,7 +68,7 @@ class SanturkarNoise(nn.Module):
         self.probe: ProbeNoise | None = None  # set inside probe_noise(): draw from it instead
 
     def member_states(self) -> list[dict]:
-        """Each member's stream (run.state.MemberState). Every noisy layer of a model holds
+        """Each member's stream (bnrepro.state.MemberState). Every noisy layer of a model holds
         the same list, so each saves and restores the same states: any one of them would do."""
         return stream_states(self.generators)
 

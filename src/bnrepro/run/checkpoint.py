@@ -1,7 +1,7 @@
 """Per-run checkpoints: a killed run resumes where it was and ends bit-identical (CPU).
 
 Each run directory holds its member's slice of the population state in `checkpoint-<step>.pt`:
-the member's dict of each part the trainer registers (run/state.py: weights and BN statistics,
+the member's dict of each part the trainer registers (state.py: weights and BN statistics,
 optimizer buffers, data order, every random stream, ...), by name, all on the CPU. This module
 knows no kind of part. A run resumes whatever population it is regrouped into. Checkpoints are
 taken right after an evaluation, where the running train-loss sums are empty.
@@ -29,11 +29,11 @@ from omegaconf import DictConfig
 from bnrepro.atomic import atomic_torch_save, remove_stale_temporaries
 from bnrepro.config import resolved_without
 from bnrepro.norms import unused_knobs
-from bnrepro.run.state import MemberState, on_cpu
 from bnrepro.seeding import StreamDeviceError
+from bnrepro.state import MemberState, on_cpu
 
 FILE_PATTERN = re.compile(r"checkpoint-(\d+)\.pt")
-# What a checkpoint holds: 2 = the registered run state by name ("state"; run/state.py). A
+# What a checkpoint holds: 2 = the registered run state by name ("state"; state.py). A
 # finished run's checkpoint of any format still marks it finished (its summary is all a rerun
 # reads); an unfinished one of another format is refused by load.
 FORMAT = 2

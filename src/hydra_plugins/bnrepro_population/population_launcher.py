@@ -200,7 +200,7 @@ class PopulationLauncher(Launcher):
         executor.update_parameters(**self.submitit_parameters)
         gpus = self.submitit_parameters["gpus_per_node"]
         if self.executor == "local" and gpus:
-            from bnrepro.run.device import visible_gpu_ids  # torch: only here
+            from bnrepro.device import visible_gpu_ids  # torch: only here
 
             # The GPUs this process was given (CUDA_VISIBLE_DEVICES), not submitit's default
             # 0..n-1; AutoExecutor takes no visible_gpus, its local executor does.

@@ -1,6 +1,6 @@
 """Gather every figure and every checked claim in results/ into one page, results/REPORT.md.
 
-    python -m bnrepro.analysis.report [--results results] [--out results/REPORT.md]
+    python -m bnrepro.report [--results results] [--out results/REPORT.md]
 
 Reads only what the experiments' analyses (bnrepro.experiments) wrote: the claims files
 <results>/*_claims.json (format: bnrepro.claims; each claim with the paper's number, ours with
@@ -185,7 +185,7 @@ def render(results: Path, out: Path) -> tuple[str, dict[str, Any]]:
         sections += figure_lines(other_figures, link_prefix)
 
     head = ["# Report: Batch Normalization's claims, checked on our runs", "",
-            "Written by `python -m bnrepro.analysis.report` (`make report`) from the claims "
+            "Written by `python -m bnrepro.report` (`make report`) from the claims "
             f"files and figures in `{results}`, which the experiments' analyses compute from "
             "the run store. Every verdict is computed from the runs by the analysis of the "
             "experiment named in its section, with "
