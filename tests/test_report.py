@@ -83,7 +83,7 @@ def test_headline_counts_every_claim_and_missing_experiments_are_named(tmp_path)
 
     paper = [c for c in claims if c["source"] == "Ioffe & Szegedy (2015)"]
     counts = [sum(c["verdict"] == v for c in paper)
-              for v in ("holds", "mixed", "does not hold", "not measured")]
+              for v in ("holds", "inconclusive", "does not hold", "not measured")]
     assert f"| Ioffe & Szegedy (2015) | {len(paper)} | {' | '.join(map(str, counts))} |" in text
     assert counts[3] >= 3  # BN-x5, BN-x30, ... have no runs here: "not measured", not dropped
     assert sum(line.startswith("| fig2 | ") for line in text.splitlines()) == len(claims)
@@ -100,7 +100,7 @@ def test_links_are_relative_to_the_report_and_stray_files_are_not_dropped(tmp_pa
     results.mkdir()
     (results / "extra_plot.png").write_bytes(b"\x89PNG")
     write_claims(results / "custom_claims.json",
-                 [{"claim": "c", "paper": "p", "ours": "o | x", "verdict": "mixed",
+                 [{"claim": "c", "paper": "p", "ours": "o | x", "verdict": "inconclusive",
                    "dataset": "mnist", "source": "Wu & He (2018)"}],
                  experiment="custom", title="A custom check", make="make custom", setup="s",
                  figures=[], verdict_rule="r",
@@ -111,7 +111,8 @@ def test_links_are_relative_to_the_report_and_stray_files_are_not_dropped(tmp_pa
     assert ("Trained on: CPU A (AVX2), 1 thread of 2 cores, torch 2.15.0: 1 run; "
             "not recorded: 1 run.") in text
     assert "![extra_plot.png](../results/extra_plot.png)" in text
-    assert "| custom_claims.json | c | Wu & He (2018) | p | o \\| x | mnist | **mixed** |" in text
+    assert ("| custom_claims.json | c | Wu & He (2018) | p | o \\| x | mnist | **inconclusive** |"
+            in text)
     assert "| Wu & He (2018) | 1 | 0 | 1 | 0 | 0 |" in text
 
 
@@ -125,3 +126,29 @@ def test_a_claim_with_a_typed_or_unknown_verdict_is_refused(tmp_path):
                                                                "source": "a blog"}]))
     with pytest.raises(ClaimsError, match="source 'a blog'"):
         read_claims(tmp_path / "x_claims.json")
+
+
+def test_the_report_shows_each_verdicts_test_and_how_many_chance_would_decide(tmp_path):
+    """A claim with evidence shows its p-values and its unmet preconditions beside the verdict;
+    the headline says how many decisive verdicts chance alone would give (3 vs 3 seeds: 1/20
+    in each direction, so 0.1 a claim), from the evidence, not typed."""
+    from bnrepro.claims import compare
+
+    results = tmp_path / "results"
+    results.mkdir()
+    decided = compare(("BN", [0.9, 0.91, 0.92]), ("none", [0.8, 0.81, 0.82]), "higher")
+    null = compare(("BN", [0.80, 0.85, 0.90]), ("none", [0.82, 0.84, 0.88]), "higher")
+    gated = compare(("BN", [0.9, 0.91, 0.92]), ("none", [0.8, 0.81, 0.82]), "higher",
+                    preconditions=[("the baseline plateaued", False)])
+    rows = [{"claim": f"claim {k}", "paper": "p", "ours": "o", "verdict": v, "evidence": e,
+             "dataset": "mnist", "source": "Ioffe & Szegedy (2015)"}
+            for k, (v, e) in enumerate((decided, null, gated))]
+    assert [r["verdict"] for r in rows] == ["holds", "inconclusive", "not measured"]
+    write_claims(results / "t_claims.json", rows, experiment="t", title="T", make="m",
+                 setup="s", figures=[], verdict_rule="r", summaries=[])
+    report.main(["--results", str(results)])
+    text = (results / "REPORT.md").read_text()
+    assert "p = 0.05 for, 1 against (3 vs 3 seeds) | **holds** |" in text
+    assert "unmet: the baseline plateaued | **not measured** |" in text
+    assert ("Of the 2 claims decided by the permutation test, 1 came out decisive (holds or "
+            "does not hold); with no effect at all, chance alone would give 0.2") in text

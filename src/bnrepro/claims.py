@@ -46,7 +46,7 @@ from typing import Any, Literal
 from bnrepro.atomic import atomic_write_json
 from bnrepro.run.machine import trained_on
 
-VERDICTS = ("holds", "mixed", "does not hold", "not measured")
+VERDICTS = ("holds", "inconclusive", "does not hold", "not measured")
 # Worst last: the verdict of a claim checked in several places (layers, rates) is its worst.
 RANK = {verdict: rank for rank, verdict in enumerate(VERDICTS)}
 # Where a claim comes from. "ours": a check of our own setup (e.g. the baseline plateaued),
@@ -59,8 +59,11 @@ FIELDS = ("claim", "paper", "ours", "verdict", "dataset", "source")
 def verdict(means_hold: bool, decisive: bool) -> str:
     """The one verdict rule every experiment uses: "holds" when the comparison holds for the
     seed means (or medians) and `decisive` (the seed ranges do not overlap, or the claim's own
-    stricter test passes); "mixed" when only the means hold; "does not hold" otherwise."""
-    return "holds" if means_hold and decisive else "mixed" if means_hold else "does not hold"
+    stricter test passes); "inconclusive" when only the means hold; "does not hold" otherwise.
+    Being replaced by `compare` (issue 26): it calls a null effect "does not hold" whenever the
+    mean difference has the wrong sign."""
+    return "holds" if means_hold and decisive else "inconclusive" if means_hold else \
+        "does not hold"
 
 
 def worst(*verdicts: str) -> str:

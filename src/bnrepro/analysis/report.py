@@ -9,7 +9,7 @@ figures <results>/*.png. Nothing here computes a verdict: rerun the analyses (`p
 bnrepro.analyse <experiment>`, or `make reproduce`) to refresh them.
 
 The page: the machine it was written on; a headline table (per source paper, how many of its
-claims hold, are mixed, do not hold, were not measured); every claim, one line each; then one
+claims hold, are inconclusive, do not hold, were not measured); every claim, one line each; then one
 section per experiment in the order of bnrepro.experiments.EXPERIMENTS, with its command, its
 setup (as its analysis states it), its figures and its claims with the rule their verdicts
 follow. An experiment with no claims file and no figure is not left out: it is listed as "not
