@@ -6,6 +6,7 @@ each case sets; the per-seed values are recomputed here from the metrics directl
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,13 @@ import yaml
 
 from bnrepro import analyse
 from bnrepro.claims import read_claims
+from bnrepro.config import compose_config
 from bnrepro.experiments import fig1
+from bnrepro.run.checkpoint import fingerprint
 from bnrepro.run.runs import find_runs
+from bnrepro.run.store import read_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 STEPS = [0, 100, 200, 300]
 HIGHER, FASTER, STABLE = (
@@ -158,3 +164,23 @@ def test_without_runs_of_one_net_every_claim_is_not_measured(tmp_path):
     claims = run(tmp_path, bn_acc=[[0.1, 0.85, 0.9, 0.9]], bn_q50=[[0, 0.1, 0.1, 0]])
     assert {c["verdict"] for c in claims.values()} == {"not measured"}
     assert all("runs with and without BN are present" in c["ours"] for c in claims.values())
+
+
+def test_the_one_thread_pin_is_make_fig1s_and_keeps_its_run_directories(run_train, mirror,
+                                                                       tmp_path):
+    # the experiment config leaves torch's threads alone: a user's multirun of it (through
+    # any launcher) is not held to one thread
+    assert compose_config(["experiment=fig1_mnist"]).trainer.threads is None
+    # make fig1's command lines pin one thread (its two populations side by side)
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "fig1-norm-bn"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    (line,) = [x for x in dry.splitlines() if "bnrepro.train" in x]
+    assert "experiment=fig1_mnist model.norm=bn trainer.threads=1" in line
+    # ... without changing its run directories (so its runs resume as done), while the pin
+    # stays in the checkpoint fingerprint (a run of other threads is refused, not resumed)
+    store = tmp_path / "store"
+    run_train("-m", "experiment=fig1_mnist", "debug=smoke", "model.norm=bn", "seed=0",
+              "trainer.threads=1", f"hydra.sweep.dir={store}")
+    (summary,) = store.rglob("summary.json")
+    assert summary.parent.name == "debug=smoke,model.norm=bn,seed=0"
+    assert fingerprint(read_config(summary.parent))["trainer"]["threads"] == 1
