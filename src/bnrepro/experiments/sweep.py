@@ -650,9 +650,9 @@ def main(argv: list[str] | None = None) -> int:
         paths = write_dataset(sweep, result, args.out)
         print(f"{sweep.dataset}: {len(sweep.runs)} runs ({status_counts(sweep.runs)})")
         print(best_table_text(sweep.best, sweep.cell))
+        print("wrote " + ", ".join(map(str, paths)))
         for claim in sweep.claims:
             print(f"[{claim['verdict']}] {claim['claim']}: {claim['ours']}")
-        print("wrote " + ", ".join(map(str, paths)))
         wandb_figures.publish(args.wandb, result.configs[sweep.runs["run_dir"].iloc[0]],
                               [p for p in paths if p.suffix == ".png"],
                               tables={"runs": sweep.runs.drop(columns="run_dir")},
