@@ -75,6 +75,19 @@ for dataset, (cell, _, best) in tables.items():
                 f"{none['test']:.4f}.")
 
 # %% [markdown]
+# ## Fig. 1's claim at each net's best rate
+#
+# Fig. 1 runs both nets at lr 0.1; here each of Fig. 1's nets (sigmoid, no dropout) gets its
+# own rate, chosen on validation, and the chosen cells' per-seed test accuracies are compared
+# by the one rule (`bnrepro.claims.compare`; the same as `results/sweep_mnist_claims.md`).
+
+# %%
+for dataset, (cell, cells, _) in tables.items():
+    for claim in sweep.best_rate_claims(datasets[dataset][0], cells, cell, dataset):
+        say(f"{dataset}: **{claim['verdict']}**: {claim['claim']}. {claim['ours']}")
+say(f"Rule: {sweep.BEST_RATE_RULE}")
+
+# %% [markdown]
 # ## Which learning rates train at all?
 #
 # Per norm and activation, the largest learning rate at which some cell trained: every seed

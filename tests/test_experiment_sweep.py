@@ -17,6 +17,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from bnrepro import analyse
+from bnrepro.claims import read_claims
 from bnrepro.config import compose_config
 from bnrepro.experiments import sweep
 from bnrepro.run.store import read_metrics, read_summary
@@ -359,3 +360,76 @@ def test_wandb_flag_logs_the_figures_and_runs_table_to_the_sweeps_group(tmp_path
                                               "sweep_mnist_heatmap.png"]
     assert all(p.is_file() for p in images) and kwargs["wandb_dir"] == store
     assert sorted(kwargs["tables"]["runs"]["seed"]) == [0, 1]
+
+
+SIGMOID = [*MNIST, "model.activation=sigmoid"]  # Fig. 1's net: sigmoid, no dropout
+
+
+def fig1_net_cells(store: Path, cells: dict[tuple[str, str], dict[int, tuple]]) -> None:
+    """{(norm, lr): {seed: (status, final val acc, final test acc)}} of Fig. 1's net."""
+    for (norm, lr), seeds in cells.items():
+        run_cell(store / f"{norm}_lr{lr}", [*SIGMOID, f"model.norm={norm}", f"optim.lr={lr}"],
+                 {s: (status, curve([0.1, val], [0.1, test]))
+                  for s, (status, val, test) in seeds.items()})
+
+
+def test_fig1_net_at_each_nets_best_rate_chosen_on_validation_compared_on_test(tmp_path,
+                                                                              capsys):
+    store, out = tmp_path / "store", tmp_path / "results"
+    fig1_net_cells(store, {
+        # BN: lr 0.1 best on validation; lr 1.0 would win on test (it must not be chosen)
+        ("bn", "0.01"): {s: ("completed", 0.5, 0.5) for s in range(3)},
+        ("bn", "0.1"): {s: ("completed", 0.95, 0.90 + s / 100) for s in range(3)},
+        ("bn", "1.0"): {s: ("completed", 0.93, 0.99) for s in range(3)},
+        ("bn", "10.0"): {s: ("completed", 0.6, 0.6) for s in range(3)},
+        # without BN: lr 1.0 chosen although seed 2 diverged ((0.95 + 0.95 + 0.1) / 3 > 0.6)
+        ("none", "0.01"): {s: ("completed", 0.2, 0.2) for s in range(3)},
+        ("none", "0.1"): {s: ("completed", 0.6, 0.95) for s in range(3)},
+        ("none", "1.0"): {0: ("completed", 0.95, 0.85), 1: ("completed", 0.95, 0.86),
+                          2: ("diverged", 0.95, 0.99)},
+        ("none", "10.0"): {s: ("diverged", 0.1, 0.1) for s in range(3)}})
+    # another net in the same sweep takes no part in the claim
+    run_cell(store, [*MNIST, "model.activation=relu", "model.norm=none", "optim.lr=1.0"],
+             {s: ("completed", curve([0.1, 0.99])) for s in range(3)})
+    assert analyse.main(["sweep-mnist", str(store), "--out", str(out)]) == 0
+    data = read_claims(out / "sweep_mnist_claims.json")
+    assert data["experiment"] == "sweep_mnist" and data["make"] == "make sweep-mnist"
+    (claim,) = data["claims"]
+    evidence = claim["evidence"]
+    assert [side["label"] for side in evidence["sides"]] == ["with BN (lr 0.1)",
+                                                           "without BN (lr 1)"]
+    assert evidence["sides"][0]["seeds"] == pytest.approx([0.90, 0.91, 0.92])  # test, per seed
+    assert evidence["sides"][1]["seeds"][:2] == pytest.approx([0.85, 0.86])
+    assert evidence["sides"][1]["seeds"][2] is None  # diverged: the worst value, not dropped
+    assert claim["verdict"] == "holds" and evidence["p_value"] == pytest.approx(1 / 20)
+    assert all(p["met"] for p in evidence["preconditions"])
+    assert evidence["lead_by_rate"]["0.1"] == pytest.approx(0.91 - 0.95)
+    assert evidence["lead_by_rate"]["1"] == pytest.approx(0.99 - 0.855)
+    assert claim["dataset"] == "mnist" and claim["source"] == "Ioffe & Szegedy (2015)"
+    assert f"[holds] {sweep.BEST_RATE_CLAIM}" in capsys.readouterr().out
+    assert (out / "sweep_mnist_claims.md").read_text().count("| BN's net beats") == 1
+
+
+def test_a_best_rate_at_an_end_of_the_grid_is_not_measured(tmp_path):
+    # BN's validation peaks at the largest rate swept: a larger one might be better still
+    store, out = tmp_path / "store", tmp_path / "results"
+    fig1_net_cells(store, {
+        **{("bn", lr): {s: ("completed", val, val) for s in range(3)}
+           for lr, val in (("0.1", 0.8), ("1.0", 0.9), ("10.0", 0.95))},
+        **{("none", lr): {s: ("completed", val, val) for s in range(3)}
+           for lr, val in (("0.1", 0.8), ("1.0", 0.9), ("10.0", 0.5))}})
+    sweep.main([str(store), "--out", str(out)])
+    (claim,) = read_claims(out / "sweep_mnist_claims.json")["claims"]
+    assert claim["verdict"] == "not measured"
+    unmet = [p["check"] for p in claim["evidence"]["preconditions"] if not p["met"]]
+    assert unmet == ["the rate chosen with BN (10) is inside the swept rates (0.1, 1, 10), "
+                     "not at an end"]
+
+
+def test_a_sweep_without_fig1s_net_writes_no_claims(tmp_path):
+    store, out = tmp_path / "store", tmp_path / "results"
+    run_cell(store, [*MNIST, "model.activation=relu", "model.norm=bn", "optim.lr=0.1"],
+             {s: ("completed", curve([0.1, 0.9])) for s in range(3)})
+    sweep.main([str(store), "--out", str(out)])
+    assert (out / "sweep_mnist.csv").is_file()
+    assert not list(out.glob("*claims*"))

@@ -14,13 +14,14 @@ from the runs (fig1_mnist_claims.md, and .json for the report):
   evaluation; with BN vs without.
 - "BN helps the network train faster": target = the final value of the seed-mean test
   accuracy curve WITHOUT BN; per seed the first evaluated step whose test accuracy >= target
-  (never = slower than any step); medians and seed ranges compared.
+  (never = slower than any step: the worst value).
 - "BN makes the distribution (of the input to a sigmoid) more stable": per seed the drift of
   the tracked unit of the last hidden layer (inference network, the figure's solid lines) =
   the mean over its logged 15/50/85th percentiles of (max - min over all evaluations); the
   drift of the 50th percentile alone is reported beside it.
-Verdicts follow VERDICT_RULE (bnrepro.claims.verdict): the comparison of seed means (medians
-for steps) decides, the seed ranges say whether it is clear-cut.
+Verdicts follow VERDICT_RULE: bnrepro.claims.compare on the per-seed values (a diverged seed,
+or one that never reaches the target, is the worst value), after the preconditions (both nets
+on the same seeds, every run ended).
 
     python -m bnrepro.analyse fig1 runs/fig1_mnist [--out results] [--wandb]
 """
@@ -40,7 +41,7 @@ import pandas as pd
 
 from bnrepro.analysis import wandb_figures
 from bnrepro.atomic import atomic_save_figure, atomic_write_json, atomic_write_text
-from bnrepro.claims import to_markdown, verdict, write_claims
+from bnrepro.claims import compare, to_markdown, write_claims
 from bnrepro.measures.evaluation import SHIFT_PREFIX
 from bnrepro.run.runs import Run, find_runs
 
@@ -56,11 +57,15 @@ SHIFT_NETWORKS = {SHIFT_PREFIX[probe]: label for probe, (label, *_) in NETWORKS.
 SHIFT_MEASURES = {"w1_init": "W1 to step 0", "w1_prev": "W1 to the previous evaluation",
                   "w1_init_rel": "W1 to step 0 / spread", "w1_prev_rel": "W1 to previous / spread"}
 SOURCE = "Ioffe & Szegedy (2015)"  # bnrepro.claims.SOURCES
+ENDED = ("completed", "diverged")  # a run that ended: a diverged seed is the worst, not absent
+TARGET_ABOVE_CHANCE = 0.2  # "train faster" needs a target above chance (0.1) + 0.1
 VERDICT_RULE = (
-    "holds: the comparison holds for the seed means (medians for steps) AND the seed ranges "
-    "do not overlap; mixed: it holds for the means but the ranges overlap; does not hold: it "
-    "fails for the means; not measured: runs with or without BN are missing. A seed that never "
-    "reaches the target counts as infinitely many steps.")
+    "bnrepro.claims.compare on per-seed values, with BN vs without: holds when the exact "
+    "one-sided permutation test of rank sums decides for BN at 0.05 (with 3 seeds a side: only "
+    "when the seed ranges do not overlap), does not hold when it decides against BN, else "
+    "inconclusive; not measured when runs with or without BN are missing, the two nets ran "
+    "other seeds, a run did not end, or (train faster) the target does not leave chance. A seed "
+    "that never reaches the target (stored as null) or diverged counts as the worst value.")
 
 
 def metric_table(runs: list[Run], column: str) -> pd.DataFrame:
@@ -113,6 +118,12 @@ def seed_table(runs: list[Run], target: float) -> pd.DataFrame:
     tracked unit (all its percentiles, and the 50th alone)."""
     rows = []
     for run in runs:
+        if run.summary.get("status") != "completed":  # diverged: the worst value (NaN)
+            reached = first_step_at(run, target) if "test/acc" in run.metrics else math.inf
+            rows.append({"norm": run.config.model.norm, "seed": run.config.seed,
+                         "final_test_acc": math.nan, "steps_to_target": reached,
+                         "drift": math.nan, "median_drift": math.nan})
+            continue
         columns = last_layer_quantiles(run)[1]
         ordered = run.metrics.sort_values("step")
         rows.append({"norm": run.config.model.norm, "seed": run.config.seed,
@@ -120,11 +131,15 @@ def seed_table(runs: list[Run], target: float) -> pd.DataFrame:
                      "steps_to_target": first_step_at(run, target),
                      "drift": drift(run, columns),
                      "median_drift": drift(run, [c for c in columns if c.endswith("q50")])})
-    return pd.DataFrame(rows).sort_values(["norm", "seed"], ignore_index=True)
+    columns = ["norm", "seed", "final_test_acc", "steps_to_target", "drift", "median_drift"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["norm", "seed"], ignore_index=True)
 
 
 def spread(values: pd.Series, fmt: str = ".4f") -> str:
-    return f"{values.mean():{fmt}} ({values.min():{fmt}}..{values.max():{fmt}})"
+    """Mean (min..max) over the seeds with a value; how many have none (diverged)."""
+    lost = int(values.isna().sum())
+    return (f"{values.mean():{fmt}} ({values.min():{fmt}}..{values.max():{fmt}})"
+            + (f"; {lost} of {len(values)} diverged" if lost else ""))
 
 
 def steps_text(values: pd.Series) -> str:
@@ -137,9 +152,22 @@ def steps_text(values: pd.Series) -> str:
     return text + (f"; {never} of {len(values)} never" if never else "")
 
 
+def preconditions(runs: list[Run]) -> list[tuple[str, bool]]:
+    """The checks every claim of Sec. 4.1 needs before its runs can decide it: both nets
+    trained, on the same seeds, each run to its end (completed, or diverged: a diverged seed
+    counts as the worst value, never as absent)."""
+    seeds = {norm: sorted(r.config.seed for r in runs if r.config.model.norm == norm)
+             for norm in ("bn", "none")}
+    ended = [r for r in runs if r.summary.get("status") in ENDED]
+    return [("runs with and without BN are present", all(seeds.values())),
+            (f"the same seeds with and without BN (with: {seeds['bn']}, without: "
+             f"{seeds['none']}), each run to its end", seeds["bn"] == seeds["none"]
+             and len(ended) == len(runs))]
+
+
 def claims(runs: list[Run], acc: pd.DataFrame) -> list[dict[str, Any]]:
-    """The three claims of Sec. 4.1 / Fig. 1 with verdicts computed from the runs (rules in
-    the module docstring and VERDICT_RULE)."""
+    """The three claims of Sec. 4.1 with verdicts computed from the runs by the one rule
+    (bnrepro.claims.compare on per-seed values; module docstring and VERDICT_RULE)."""
     papers = [("BN helps the network achieve higher test accuracy",
                "Fig. 1(a): \"the batch-normalized network enjoys the higher test accuracy\" "
                "(curves only, no number)"),
@@ -148,37 +176,42 @@ def claims(runs: list[Run], acc: pd.DataFrame) -> list[dict[str, Any]]:
               ("BN makes the distribution of a sigmoid's input more stable",
                "Fig. 1(b,c): without BN it \"changes significantly over time, both in mean and "
                "variance\"; with BN \"much more stable\" (plots only)")]
-    norms = set(acc.index.get_level_values(0))
     dataset = str(runs[0].config.dataset.name)
-    if not {"bn", "none"} <= norms:
-        missing = ", ".join(sorted({"bn", "none"} - norms))
-        return [{"claim": c, "paper": p, "ours": f"no runs with model.norm={missing}",
-                 "verdict": "not measured", "dataset": dataset, "source": SOURCE}
-                for c, p in papers]
-    target = float(acc.loc["none"].mean(axis=1).iloc[-1])
+    checks = preconditions(runs)
+    norms = set(acc.index.get_level_values(0))
+    target = float(acc.loc["none"].mean(axis=1).iloc[-1]) if "none" in norms else math.nan
     table = seed_table(runs, target)
     bn, none = table[table["norm"] == "bn"], table[table["norm"] == "none"]
     rows = []
 
-    def add(index: int, ours: str, result: str) -> None:
+    def add(index: int, column: str, better: str, ours: str,
+            extra: tuple[tuple[str, bool], ...] = ()) -> None:
         claim, paper = papers[index]
+        def seeds(side: pd.DataFrame) -> list[float]:  # never reached: null, the worst
+            return side[column].replace([np.inf, -np.inf], np.nan).tolist()
+
+        result, evidence = compare(("with BN", seeds(bn)), ("without BN", seeds(none)),
+                                   better=better,
+                                   preconditions=[*checks, *extra])
+        if not all(met for _, met in checks):
+            ours = "; ".join(check for check, met in checks if not met) + " (unmet)"
         rows.append({"claim": claim, "paper": paper, "ours": ours, "verdict": result,
-                     "dataset": dataset, "source": SOURCE})
+                     "dataset": dataset, "source": SOURCE, "evidence": evidence})
 
     a, b = bn["final_test_acc"], none["final_test_acc"]
-    add(0, f"final test acc, mean (min..max over seeds): with BN {spread(a)} vs without "
-        f"{spread(b)}", verdict(a.mean() > b.mean(), a.min() > b.max()))
+    add(0, "final_test_acc", "higher", f"final test acc, mean (min..max over seeds): with BN "
+        f"{spread(a)} vs without {spread(b)}")
     a, b = bn["steps_to_target"], none["steps_to_target"]
-    ma, mb = float(np.median(a)), float(np.median(b))
-    add(1, f"steps to {target:.4f} (the final seed-mean test acc without BN), median "
-        f"(min..max over seeds): with BN {steps_text(a)} vs without {steps_text(b)}",
-        verdict(math.isfinite(ma) and ma < mb, bool(np.isfinite(a).all() and a.max() < b.min())))
+    add(1, "steps_to_target", "lower", f"steps to {target:.4f} (the final seed-mean test acc "
+        f"without BN), median (min..max over seeds): with BN {steps_text(a)} vs without "
+        f"{steps_text(b)}", ((f"the target leaves chance ({target:.4f} >= "
+                              f"{TARGET_ABOVE_CHANCE:g})", target >= TARGET_ABOVE_CHANCE),))
     a, b = bn["drift"], none["drift"]
-    add(2, f"drift of the tracked unit, last hidden layer (mean over its 15/50/85th "
-        f"percentiles of max - min over training), mean (min..max over seeds): with BN "
-        f"{spread(a, '.3f')} vs without {spread(b, '.3f')}; 50th percentile alone: with BN "
-        f"{spread(bn['median_drift'], '.3f')} vs without {spread(none['median_drift'], '.3f')}",
-        verdict(a.mean() < b.mean(), a.max() < b.min()))
+    add(2, "drift", "lower", f"drift of the tracked unit, last hidden layer (mean over its "
+        f"15/50/85th percentiles of max - min over training), mean (min..max over seeds): "
+        f"with BN {spread(a, '.3f')} vs without {spread(b, '.3f')}; 50th percentile alone: "
+        f"with BN {spread(bn['median_drift'], '.3f')} vs without "
+        f"{spread(none['median_drift'], '.3f')}")
     return rows
 
 
@@ -369,10 +402,13 @@ class Fig1Result:
 
 
 def analyse(runs: list[Run]) -> Fig1Result:
-    """The numbers, shift measures and claims of the fig1_mnist runs `runs`."""
-    acc = accuracy_table(runs)
-    shift = pd.concat([shift_table(runs, p) for p in SHIFT_NETWORKS], ignore_index=True)
-    return Fig1Result(runs, acc, fig1_numbers(runs), shift, claims(runs, acc))
+    """The numbers, shift measures and claims of the fig1_mnist runs `runs` (completed or
+    diverged: the figures and numbers show the completed ones, the claims count a diverged
+    seed as the worst value)."""
+    completed = [r for r in runs if r.summary.get("status") == "completed"]
+    acc = accuracy_table(completed)
+    shift = pd.concat([shift_table(completed, p) for p in SHIFT_NETWORKS], ignore_index=True)
+    return Fig1Result(completed, acc, fig1_numbers(completed), shift, claims(runs, acc))
 
 
 def figures(result: Fig1Result) -> dict[str, plt.Figure]:
@@ -428,8 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     wandb_figures.add_flag(parser)
     args = parser.parse_args(argv)
     matplotlib.use("Agg")  # files only: no window, whatever backend the environment names
-    runs = [r for r in find_runs(args.run_dirs) if r.config.name == "fig1_mnist"]
-    if not runs:
+    runs = [r for r in find_runs(args.run_dirs, statuses=ENDED, keep_empty=True)
+            if r.config.name == "fig1_mnist"]
+    if not any(r.summary.get("status") == "completed" for r in runs):
         raise SystemExit(f"no completed fig1_mnist runs under {', '.join(map(str, args.run_dirs))}"
                          "; train them with `python -m bnrepro.train -m experiment=fig1_mnist`")
     result = analyse(runs)

@@ -59,7 +59,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bnrepro.analysis import wandb_figures
-from bnrepro.atomic import atomic_save_figure, atomic_write
+from bnrepro.atomic import atomic_save_figure, atomic_write, atomic_write_text
+from bnrepro.claims import compare, to_markdown, write_claims
 from bnrepro.config import flatten
 from bnrepro.run.store import evaluation_rows, read_config, read_metrics, read_summary
 
@@ -87,6 +88,21 @@ THRESHOLDS = (0.9, 0.95, 0.97)  # the steps_to_val_acc_<t> columns (--thresholds
 UNIT_QUANTILE = re.compile(r"act/h(\d+)/q\d+$")  # the tracked unit's quantiles, not all_q*
 UNREADABLE = (OSError, ValueError, KeyError, yaml.YAMLError, OmegaConfBaseException)
 ABSENT = "(absent)"  # how a config key missing from a run is shown
+# Fig. 1's net among the sweep's cells (Ioffe & Szegedy Sec. 4.1: sigmoid units, no dropout):
+# its claim at each net's best rate (issue 26) is checked where a sweep holds such cells.
+FIG1_NET = {"activation": "sigmoid", "dropout": 0.0}
+FIG1_SOURCE = "Ioffe & Szegedy (2015)"  # bnrepro.claims.SOURCES
+ENDED = ("completed", "diverged")  # a diverged seed is the worst value; others did not end
+BEST_RATE_CLAIM = "BN's net beats the no-BN net in test accuracy, each at its best rate"
+BEST_RATE_RULE = (
+    "each net's rate (and any other tuned optim.* value) is chosen on validation among Fig. "
+    "1's net's cells (sigmoid, no dropout) by the selection rule of the heatmap; the chosen "
+    "cells' per-seed final TEST accuracies are compared by bnrepro.claims.compare (exact "
+    "one-sided permutation test at 0.05; with 3 seeds a side holds only when the ranges do "
+    "not overlap; else inconclusive); a diverged seed counts as the worst value. Not measured "
+    "when a net has no completed cell, the chosen cells ran other seeds or a seed did not "
+    "end, or a chosen rate is at an end of the swept rates (a rate outside the grid could be "
+    "better: the grid, not the runs, would decide).")
 SELECTION_RULE = (f"chosen on select_val = mean final val acc over all n seeds of the cell, "
                   f"a diverged/failed/unfinished seed scoring chance ({CHANCE:g}); val_acc, "
                   f"test_acc = means over completed seeds")
@@ -447,6 +463,7 @@ class DatasetSweep:
     extra: list[str]
     cells: pd.DataFrame
     best: pd.DataFrame
+    claims: list[dict[str, Any]]
 
     @property
     def cell(self) -> list[str]:
@@ -463,12 +480,73 @@ class SweepResult:
     no_learn_below: float
 
 
+def chosen_seeds(runs: pd.DataFrame, chosen: pd.DataFrame, cell: list[str]) -> pd.DataFrame:
+    """The runs of the chosen cell (one row of best_cells), in seed order."""
+    return runs.merge(chosen[cell], on=cell).sort_values("seed", ignore_index=True)
+
+
+def best_rate_claims(runs: pd.DataFrame, cells: pd.DataFrame, cell: list[str], dataset: str
+                     ) -> list[dict[str, Any]]:
+    """Fig. 1's claim "BN beats no BN" with each net at its own best rate, chosen on
+    validation and reported on test (BEST_RATE_RULE); [] when the sweep has no cell of Fig.
+    1's net (FIG1_NET)."""
+    mine = cells[(cells["activation"] == FIG1_NET["activation"])
+                 & (cells["dropout"] == FIG1_NET["dropout"])]
+    if mine.empty:
+        return []
+    best = best_cells(mine).set_index("norm")
+    rates = sorted(mine["lr"].unique())
+    sides, seeds, checks, words = {}, {}, [], []
+    for norm, label in (("bn", "with BN"), ("none", "without BN")):
+        found = norm in best.index and not pd.isna(best.loc[norm, "score"])
+        checks.append((f"the net {label} has a cell with a completed seed", found))
+        if not found:
+            sides[norm], seeds[norm] = (label, []), []
+            continue
+        chosen = best.loc[[norm]].reset_index()
+        members = chosen_seeds(runs, chosen, cell)
+        ended = members["status"].isin(ENDED).all()
+        checks.append((f"every seed of the chosen cell {label} ended", bool(ended)))
+        lr = float(chosen["lr"].iloc[0])
+        checks.append((f"the rate chosen {label} ({lr:g}) is inside the swept rates "
+                       f"({', '.join(f'{r:g}' for r in rates)}), not at an end",
+                       rates[0] < lr < rates[-1]))
+        tuned = ", ".join(f"{k} {chosen[k].iloc[0]}" for k in cell[len(BASE_CELL):])
+        test = members["final_test_acc"].where(members["status"] == "completed")
+        sides[norm] = (f"{label} (lr {lr:g}{', ' + tuned if tuned else ''})", test.tolist())
+        seeds[norm] = members["seed"].tolist()
+        lost = int(test.isna().sum())
+        words.append(f"{label} lr {lr:g}{' (' + tuned + ')' if tuned else ''}: val "
+                     f"{chosen['val'].iloc[0]:.4f}, test {test.mean():.4f} ({test.min():.4f}.."
+                     f"{test.max():.4f})" + (f", {lost} of {len(test)} diverged" if lost else ""))
+    checks.append((f"the same seeds at both chosen cells ({seeds['bn']} and {seeds['none']})",
+                   seeds["bn"] == seeds["none"]))
+    result, evidence = compare(sides["bn"], sides["none"], better="higher",
+                               preconditions=checks)
+    lead = {}  # BN's lead at each rate, the cells at that rate chosen on validation as well
+    for lr in rates:
+        test = best_cells(mine[mine["lr"] == lr]).set_index("norm")["test"]
+        if {"bn", "none"} <= set(test.dropna().index):
+            lead[f"{lr:g}"] = round(float(test["bn"] - test["none"]), 4)
+    evidence["lead_by_rate"] = lead
+    steps = int(runs["max_steps"].max())
+    ours = (f"final test acc at step {steps}, chosen on validation, mean (min..max over "
+            f"seeds): {'; '.join(words) or 'no cell'}. BN's lead in mean test acc at each "
+            f"rate: {', '.join(f'{r}: {v:+.4f}' for r, v in lead.items())}")
+    return [{"claim": BEST_RATE_CLAIM, "paper": "Sec. 4.1, Fig. 1(a): \"the batch-normalized "
+             "network enjoys the higher test accuracy\" (both nets at one rate, not stated)",
+             "ours": ours, "verdict": result, "dataset": dataset, "source": FIG1_SOURCE,
+             "evidence": evidence}]
+
+
 def dataset_sweep(runs: pd.DataFrame, extra: list[str], dataset: str, stem: str
                   ) -> DatasetSweep:
-    """One dataset's cells and chosen cells (selection rule: module docstring)."""
+    """One dataset's cells, chosen cells (selection rule: module docstring) and claims."""
     runs = runs.sort_values([*BASE_CELL, *extra, "seed"], ignore_index=True)
-    cells = cell_table(runs, [*BASE_CELL, *extra])
-    return DatasetSweep(dataset, stem, runs, extra, cells, best_cells(cells))
+    cell = [*BASE_CELL, *extra]
+    cells = cell_table(runs, cell)
+    return DatasetSweep(dataset, stem, runs, extra, cells, best_cells(cells),
+                        best_rate_claims(runs, cells, cell, dataset))
 
 
 def analyse(sweep_dirs: list[Path], thresholds: Iterable[float] = THRESHOLDS,
@@ -522,7 +600,28 @@ def write_dataset(sweep: DatasetSweep, result: SweepResult, out: Path) -> list[P
     for stem, fig in dataset_figures(sweep, result).items():
         paths += atomic_save_figure(fig, out / stem)
         plt.close(fig)
+    if sweep.claims:
+        paths += write_sweep_claims(sweep, result, out)
     return paths
+
+
+def write_sweep_claims(sweep: DatasetSweep, result: SweepResult, out: Path) -> list[Path]:
+    """<stem>_claims.md and .json: the claims of Fig. 1's net at each net's best rate."""
+    name = result.configs[sweep.runs["run_dir"].iloc[0]]["name"]
+    mine = sweep.runs[(sweep.runs["activation"] == FIG1_NET["activation"])
+                      & (sweep.runs["dropout"] == FIG1_NET["dropout"])]
+    rates = ", ".join(f"{lr:g}" for lr in sorted(mine["lr"].unique()))
+    setup = (f"{sweep.dataset}, Fig. 1's net (sigmoid, no dropout) in the sweep: "
+             f"{int(mine['max_steps'].max())} steps, rates {rates}, "
+             f"{mine.groupby(BASE_CELL)['seed'].nunique().max()} seeds per cell")
+    title = f"Fig. 1's claim at each net's best rate, checked on {sweep.dataset}"
+    md = out / f"{sweep.stem}_claims.md"
+    atomic_write_text(md, to_markdown(title, sweep.claims, BEST_RATE_RULE))
+    pngs = [f"{sweep.stem}_heatmap.png", f"{sweep.stem}_best_curves.png"]
+    return [md, write_claims(out / f"{sweep.stem}_claims.json", sweep.claims, experiment=name,
+                             title=title, make=f"make {name.replace('_', '-')}", setup=setup,
+                             figures=pngs, verdict_rule=BEST_RATE_RULE,
+                             summaries=[read_summary(d) for d in mine["run_dir"]])]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -552,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{sweep.dataset}: {len(sweep.runs)} runs ({status_counts(sweep.runs)})")
         print(best_table_text(sweep.best, sweep.cell))
         print("wrote " + ", ".join(map(str, paths)))
+        for claim in sweep.claims:
+            print(f"[{claim['verdict']}] {claim['claim']}: {claim['ours']}")
         wandb_figures.publish(args.wandb, result.configs[sweep.runs["run_dir"].iloc[0]],
                               [p for p in paths if p.suffix == ".png"],
                               tables={"runs": sweep.runs.drop(columns="run_dir")},
