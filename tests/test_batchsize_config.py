@@ -6,7 +6,6 @@ import pytest
 import yaml
 
 from bnrepro.config import CONF_DIR, compose_config, floor_divided
-from bnrepro.norms import NORMS
 from bnrepro.validation import config_problems
 from hydra_plugins.bnrepro_population.population_launcher import population_key
 
