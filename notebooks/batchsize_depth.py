@@ -14,10 +14,11 @@
 # Two things about BN that the original paper does not show, checked on our runs:
 #
 # 1. **Batch size** (Wu & He 2018, Fig. 1; Batch Renorm, Ioffe 2017): BN normalises with the
-#    statistics of the mini-batch, so with few examples per batch its statistics are noisy and
-#    its error rises; Group and Layer Norm do not look across the batch and should not care.
-#    BN's train/inference discrepancy (batch statistics in training, fixed ones at test time)
-#    grows as the batch shrinks. `make batchsize`.
+#    statistics of the examples it sees together (per GPU in Wu & He), so with few of them its
+#    statistics are noisy and its error rises; Group and Layer Norm do not look across the
+#    batch and should not care. Batch Renorm (Ioffe 2017) makes training and inference agree
+#    and should do better with small minibatches. Here the SGD batch is fixed (32, one rate) and
+#    BN/Batch Renorm take statistics over ghost batches of b examples. `make batchsize`.
 # 2. **Residual depth** (De & Smith 2020): in a residual net BN divides each branch by the
 #    spread of the growing skip path, so block l's branch contributes ~1/l of its output: BN
 #    biases deep residual blocks towards the identity, and a learnable scalar initialised to 0
@@ -53,10 +54,12 @@ say(f"Batch-size runs: `{BATCHSIZE_RUNS or 'none'}`; depth runs: `{DEPTH_RUNS or
 # %% [markdown]
 # ## 1. Error against batch size
 #
-# Per dataset: (a) final test error per norm against the batch size (mean over seeds, band
-# min..max; the learning rate scales with the batch, every run sees the same number of
-# examples); (b) BN's error three ways: Alg. 2's fixed statistics, the moving averages, and the
-# training network's own batch statistics; (c) Wu & He's ImageNet numbers, labelled as theirs.
+# Per dataset: (a) final test error per norm against the statistics batch b (mean over seeds,
+# band min..max; SGD batch 32 and one rate for every run; GN, LN and no norm run once and are
+# flat by construction, dashed); (b) BN's error three ways: Alg. 2's fixed statistics, the
+# moving averages, and the training network on test ghost batches of b; (c) Wu & He's ImageNet
+# numbers, labelled as theirs. MNIST's MLP is the fully-connected arm (BN over b values per
+# unit), where Wu & He's claims are not measured.
 
 # %%
 batch_claims = []

@@ -181,11 +181,15 @@ BATCHSIZE_TINY = ["model.hidden=[20]", "batch_scaling.examples=64",
 
 @pytest.fixture(scope="session")
 def batchsize_store(tmp_path_factory, mnist, run_train) -> Path:
-    """Real runs: BN, Batch Renorm and GN at batch 2 (32 steps) and 32 (2 steps), seeds 0, 1."""
+    """Real runs at SGD batch 32 (2 steps), seeds 0, 1, 2: BN and Batch Renorm with ghost
+    batches of 2 and 32, GN once."""
     sweep = tmp_path_factory.mktemp("batchsize") / "batchsize_mnist"
-    run_train("-m", "experiment=batchsize_mnist", "model.norm=bn,brn,gn",
-              "trainer.batch_size=2,32", "seed=0,1", *BATCHSIZE_TINY, f"hydra.sweep.dir={sweep}")
-    assert len(list(sweep.rglob("summary.json"))) == 12
+    run_train("-m", "experiment=batchsize_mnist", "model.norm=bn,brn",
+              "model.bn_ghost_batch=2,32", "seed=0,1,2", *BATCHSIZE_TINY,
+              f"hydra.sweep.dir={sweep}")
+    run_train("-m", "experiment=batchsize_mnist", "model.norm=gn", "model.bn_ghost_batch=0",
+              "seed=0,1,2", *BATCHSIZE_TINY, f"hydra.sweep.dir={sweep}")
+    assert len(list(sweep.rglob("summary.json"))) == 15
     return sweep
 
 

@@ -102,7 +102,7 @@ def test_a_checkpoint_from_before_added_keys_resumes_only_at_their_old_values(tm
     saved = torch.load(file, weights_only=True)
     for dotted in checkpoint.ADDED_KEYS:
         section, leaf = dotted.split(".")
-        del saved["config"][section][leaf]
+        saved["config"][section].pop(leaf, None)  # a model-specific key may be absent
     del saved["config"]["augment"]  # the whole group is new
     torch.save(saved, file)
     assert checkpoint.load(tmp_path, cfgs[0])["step"] == 500

@@ -1,6 +1,8 @@
 """bnrepro.experiments.batchsize on a tiny real batchsize_mnist run store (trained once per
-session): cells are the seeds' final test errors read from metrics.jsonl, diverged seeds score
-chance, every verdict follows the numbers (edited COPIES of the real store flip them), the
+session; SGD batch 32, BN and Batch Renorm with ghost batches of 2 and 32, GN once): cells
+are the seeds' final test errors read from metrics.jsonl by statistics batch, diverged seeds
+score chance, every verdict comes from bnrepro.claims.compare and follows the numbers (edited
+COPIES of the real store flip them), Wu & He's claims are not measured on the MLP arm, the
 learning-rate check, and bad input refused with exit code 2."""
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from bnrepro.claims import VERDICTS, check_claim
 from bnrepro.experiments import batchsize
 from tests import store_edits
 from tests.conftest import copy_store
@@ -24,7 +27,9 @@ def store(batchsize_store) -> Path:
 
 
 def run_dirs(root: Path, norm: str | None = None, batch: int | None = None) -> list[Path]:
-    return store_edits.select_runs(root, model__norm=norm, trainer__batch_size=batch)
+    """The runs of `norm` at statistics batch `batch` (GN: its one cell, at the SGD batch)."""
+    ghost = None if batch is None else 0 if norm == "gn" else batch
+    return store_edits.select_runs(root, model__norm=norm, model__bn_ghost_batch=ghost)
 
 
 def edit(run_dir: Path, *, status: str | None = None, rows: int | None = None,
@@ -50,11 +55,14 @@ def run_command(root: Path, out: Path, *extra: str) -> dict:
     return json.loads((out / "batchsize_mnist.json").read_text())
 
 
-def verdict(numbers: dict | Path, starts: str) -> str:
+def verdict(numbers: dict | Path, starts: str, conv: bool = False) -> str:
     """The verdict of the claim starting with `starts`: from the command's JSON, or from
-    `analyse` on a run store (no figure, no files: fast)."""
+    `analyse` on a run store (no figure, no files: fast); with `conv` the store's numbers are
+    judged as the conv arm's (batchsize.claims(conv=True)), as CIFAR's are."""
     if isinstance(numbers, Path):
-        numbers = {"claims": batchsize.analyse([numbers]).claims}
+        result = batchsize.analyse([numbers])
+        numbers = {"claims": batchsize.claims("mnist", result.tables["mnist"], conv=True)
+                   if conv else result.claims}
     found = [c["verdict"] for c in numbers["claims"] if c["claim"].startswith(starts)]
     assert len(found) == 1, (starts, [c["claim"] for c in numbers["claims"]])
     return found[0]
@@ -64,22 +72,21 @@ def test_cells_are_the_seeds_final_test_errors(store, tmp_path):
     out = tmp_path / "results"
     numbers = run_command(store, out)
     table = pd.read_csv(out / "batchsize_mnist.csv").set_index(["norm", "batch_size"])
-    assert sorted(table.index) == [("bn", 2), ("bn", 32), ("brn", 2), ("brn", 32), ("gn", 2),
-                                   ("gn", 32)]
+    assert sorted(table.index) == [("bn", 2), ("bn", 32), ("brn", 2), ("brn", 32), ("gn", 32)]
     for (norm, batch), row in table.iterrows():
         finals = [metrics(d)[-1] for d in run_dirs(store, norm, batch)]
-        assert all(f["step"] == 64 // batch for f in finals)  # every run saw 64 examples
+        assert all(f["step"] == 2 for f in finals)  # SGD batch 32, 64 examples, every cell
         for column, key in (("err", "test/acc"), ("err_batch", "test/acc_batch"),
                             ("err_running", "test/acc_running")):
             if norm == "gn" and key != "test/acc":  # no batch statistics: no gap numbers
                 assert pd.isna(row[f"{column}_mean"])
                 continue
             errors = [1 - f[key] for f in finals]
-            assert row[f"{column}_mean"] == pytest.approx(sum(errors) / 2, abs=1e-6)
+            assert row[f"{column}_mean"] == pytest.approx(sum(errors) / 3, abs=1e-6)
             assert row[f"{column}_min"] == pytest.approx(min(errors), abs=1e-6)
             assert row[f"{column}_max"] == pytest.approx(max(errors), abs=1e-6)
         scaling = config(run_dirs(store, norm, batch)[0])["batch_scaling"]
-        assert row["lr"] == pytest.approx(scaling["base_lr"] * batch / 32) and row["seeds"] == 2
+        assert row["lr"] == pytest.approx(scaling["base_lr"]) and row["seeds"] == 3
     # Batch Renorm infers with its moving averages: its Alg. 2 column is its running one
     assert (table.loc["brn", "err_mean"] == table.loc["brn", "err_running_mean"]).all()
     for suffix in (".png", ".pdf", ".csv", ".json"):
@@ -89,11 +96,48 @@ def test_cells_are_the_seeds_final_test_errors(store, tmp_path):
     assert "34.7" in claims and numbers["wu_he_table2_imagenet_error_pct"]["GN"]["2"] == 24.1
 
 
-CLAIMS = {  # claim prefix -> (cells to set: (norm, batch, errors, key)), flipped by swapping
-    "BN's error rises": [("bn", 2, [0.30, 0.32]), ("bn", 32, [0.10, 0.12])],
-    "at the smallest batch (2) GN's error is below BN's": [("gn", 2, [0.10, 0.12]),
-                                                         ("bn", 2, [0.30, 0.32])],
-    "Batch Renorm recovers": [("brn", 2, [0.10, 0.12]), ("bn", 2, [0.30, 0.32])],
+def test_every_row_is_a_compare_verdict_with_evidence(store, tmp_path):
+    """Issue 26: no "mixed"; every row carries compare's evidence and passes check_claim."""
+    numbers = run_command(store, tmp_path / "out")
+    assert len(numbers["claims"]) == 6
+    for row in numbers["claims"]:
+        check_claim(row)
+        assert row["verdict"] in VERDICTS and row["verdict"] != "mixed"
+        assert {"sides", "better", "margin", "preconditions"} <= set(row["evidence"])
+    written = json.loads((tmp_path / "out" / "batchsize_claims.json").read_text())
+    assert all("evidence" in c for c in written["claims"])
+
+
+def test_wu_he_claims_are_not_measured_on_the_fully_connected_arm(store, tmp_path):
+    """The MLP's BN normalises each unit over b values (at b = 2: exactly +-gamma + beta): a
+    set-up choice, not Wu & He's conv BN, would decide their claims. Batch Renorm's (Ioffe's
+    small-minibatch claims) are still judged there. Old code judged every row on MNIST."""
+    root = copy_store(store, tmp_path / "store")
+    set_errors(root, "bn", 2, [0.60, 0.61, 0.62])
+    set_errors(root, "bn", 32, [0.10, 0.11, 0.12])
+    set_errors(root, "gn", 32, [0.05, 0.06, 0.07])
+    for starts in ("BN's error rises", "at the smallest statistics batch (b = 2) GN",
+                   "at b = 32 GN is comparable"):
+        assert verdict(root, starts) == "not measured"
+        assert verdict(root, starts, conv=True) == "holds"
+    rows = batchsize.analyse([root]).claims
+    reason = next(r["ours"] for r in rows if r["claim"].startswith("BN's error rises"))
+    assert "conv feature maps" in reason
+    set_errors(root, "brn", 2, [0.30, 0.31, 0.32])
+    assert verdict(root, "Batch Renorm is better") == "holds"
+
+
+def test_gn_variation_is_flat_by_construction_not_measured(store):
+    """GN never sees the statistics batch: its flat curve is not a measurement."""
+    assert verdict(store, "GN's error varies less", conv=True) == "not measured"
+
+
+CLAIMS = {  # claim prefix -> (cells to set: (norm, batch, errors)); A (claimed better) first
+    "BN's error rises": [("bn", 32, [0.10, 0.11, 0.12]), ("bn", 2, [0.30, 0.31, 0.32])],
+    "at the smallest statistics batch (b = 2) GN's error is below BN's":
+        [("gn", 32, [0.10, 0.11, 0.12]), ("bn", 2, [0.30, 0.31, 0.32])],
+    "Batch Renorm is better than BN": [("brn", 2, [0.10, 0.11, 0.12]),
+                                       ("bn", 2, [0.30, 0.31, 0.32])],
 }
 
 
@@ -104,65 +148,57 @@ def test_cell_comparisons_follow_the_numbers(store, tmp_path, claim, flip, expec
     (n1, b1, e1), (n2, b2, e2) = CLAIMS[claim]
     set_errors(root, n1, b1, e2 if flip else e1)
     set_errors(root, n2, b2, e1 if flip else e2)
-    assert verdict(root, claim) == expected
+    assert verdict(root, claim, conv=True) == expected
 
 
-def test_overlapping_seed_ranges_are_mixed(store, tmp_path):
+def test_overlapping_seed_ranges_are_inconclusive(store, tmp_path):
+    """Old rule: means apart -> "mixed" (a verdict); compare: the test cannot decide."""
     root = copy_store(store, tmp_path / "store")
-    set_errors(root, "bn", 2, [0.10, 0.40])  # mean 0.25: above batch 32's mean, ranges overlap
-    set_errors(root, "bn", 32, [0.15, 0.20])
-    assert verdict(root, "BN's error rises") == "mixed"
+    set_errors(root, "bn", 2, [0.10, 0.40, 0.41])  # mean above batch 32's, ranges overlap
+    set_errors(root, "bn", 32, [0.15, 0.20, 0.21])
+    assert verdict(root, "BN's error rises", conv=True) == "inconclusive"
 
 
-@pytest.mark.parametrize(("gn", "bn", "expected"), [
-    ((0.20, 0.20), (0.10, 0.40), "holds"),          # GN flat, BN varies by 30 points
-    ((0.10, 0.40), (0.20, 0.20), "does not hold"),  # the other way round
-    ((0.20, 0.22), (0.20, 0.25), "mixed")])         # smaller, but within the seeds' noise
-def test_gn_variation_follows_the_numbers(store, tmp_path, gn, bn, expected):
+def test_a_cell_at_chance_is_not_measured(store, tmp_path):
     root = copy_store(store, tmp_path / "store")
-    for norm, (at2, at32) in (("gn", gn), ("bn", bn)):
-        set_errors(root, norm, 2, [at2 - 0.02, at2 + 0.02])
-        set_errors(root, norm, 32, [at32 - 0.02, at32 + 0.02])
-    assert verdict(root, "GN's error varies less") == expected
+    set_errors(root, "bn", 2, [0.88, 0.89, 0.90])  # never left chance
+    set_errors(root, "bn", 32, [0.10, 0.11, 0.12])
+    assert verdict(root, "BN's error rises", conv=True) == "not measured"
 
 
-@pytest.mark.parametrize(("gn", "expected"), [(0.205, "holds"), (0.23, "mixed"),
+@pytest.mark.parametrize(("gn", "expected"), [(0.10, "holds"), (0.205, "inconclusive"),
                                               (0.40, "does not hold")])
-def test_comparable_at_32_follows_the_numbers(store, tmp_path, gn, expected):
+def test_comparable_at_32_is_non_inferiority(store, tmp_path, gn, expected):
     root = copy_store(store, tmp_path / "store")
-    set_errors(root, "bn", 32, [0.18, 0.22])
-    set_errors(root, "gn", 32, [gn - 0.02, gn + 0.02])
-    assert verdict(root, "at batch 32 GN is comparable") == expected
+    set_errors(root, "bn", 32, [0.19, 0.20, 0.21])
+    set_errors(root, "gn", 32, [gn - 0.01, gn, gn + 0.01])
+    assert verdict(root, "at b = 32 GN is comparable", conv=True) == expected
 
 
-@pytest.mark.parametrize(("inference", "batch_stats", "expected"), [
-    ((0.30, 0.35), (0.10, 0.12), "holds"), ((0.10, 0.12), (0.30, 0.35), "does not hold"),
-    ((0.30, 0.10), (0.15, 0.15), "mixed")])  # mean above, one seed below
-def test_gap_claims_follow_the_numbers(store, tmp_path, inference, batch_stats, expected):
+@pytest.mark.parametrize(("brn_gap", "bn_gap", "expected"), [
+    (0.0, 0.2, "holds"), (0.2, 0.0, "does not hold")])
+def test_train_inference_agreement_follows_the_numbers(store, tmp_path, brn_gap, bn_gap,
+                                                        expected):
+    """Ioffe (2017): Batch Renorm's training and inference networks give the same outputs."""
     root = copy_store(store, tmp_path / "store")
-    set_errors(root, "bn", 2, list(inference))
-    set_errors(root, "bn", 2, list(inference), "test/acc_running")
-    set_errors(root, "bn", 2, list(batch_stats), "test/acc_batch")
-    assert verdict(root, "BN's Alg. 2 inference errs more") == expected
-    assert verdict(root, "BN's moving-average inference errs more") == expected
-    # the gap at batch 32 is made zero: larger at 2 exactly when the gap at 2 is positive
-    for d in run_dirs(root, "bn", 32):
-        final = metrics(d)[-1]
-        edit(d, final={"test/acc_batch": final["test/acc"]})
-    assert verdict(root, "BN's train/inference gap") == expected
+    for norm, gap in (("brn", brn_gap), ("bn", bn_gap)):
+        base = [0.20, 0.21, 0.22]
+        set_errors(root, norm, 2, base, "test/acc_batch")
+        set_errors(root, norm, 2, [e + gap + 0.001 * k for k, e in enumerate(base)])
+    assert verdict(root, "Batch Renorm's training and inference") == expected
 
 
 def test_a_diverged_seed_scores_chance(store, tmp_path):
     root = copy_store(store, tmp_path / "store")
-    dead, alive = run_dirs(root, "bn", 2)
+    dead, *alive = run_dirs(root, "bn", 2)
     edit(dead, status="diverged", rows=1)
     cell = batchsize.analyse([root]).tables["mnist"]["bn"][2]
     assert cell["diverged"] == 1
     seeds = {s["seed"]: s for s in cell["per_seed"]}
     dead_seed = config(dead)["seed"]
     assert seeds[dead_seed]["err"] == seeds[dead_seed]["err_batch"] == 0.9
-    other = 1 - metrics(alive)[-1]["test/acc"]
-    assert cell["err_mean"] == pytest.approx((0.9 + other) / 2, abs=1e-6)
+    others = [1 - metrics(d)[-1]["test/acc"] for d in alive]
+    assert cell["err_mean"] == pytest.approx((0.9 + sum(others)) / 3, abs=1e-6)
 
 
 @pytest.mark.parametrize(("factor", "expected"), [(1, "holds"), (2, "does not hold")])
@@ -180,8 +216,8 @@ def test_the_base_rate_is_checked_against_the_best_candidate(store, tmp_path, fa
     assert verdict(numbers, "base lr is the best candidate") == expected
     assert numbers["lr_selection"]["best_lr"] == pytest.approx(best)
     lr_csv = pd.read_csv(out / "batchsize_lr_mnist.csv")
-    assert len(lr_csv) == 18 and set(lr_csv["norm"]) == {"bn", "brn", "gn"}
-    # lr candidates among the main runs are refused: they do not follow the scaling
+    assert len(lr_csv) == 18 and set(lr_csv["norm"]) == {"bn", "brn"}
+    # lr candidates among the main runs are refused: they do not follow the protocol's rate
     mixed = copy_store(store, tmp_path / "mixed")
     shutil.copytree(lr_root, mixed / "lr")
     assert batchsize.main([str(mixed), "--out", str(tmp_path / "o")]) == 2
@@ -189,7 +225,7 @@ def test_the_base_rate_is_checked_against_the_best_candidate(store, tmp_path, fa
 
 def test_mixed_setups_are_refused_naming_the_key(store, tmp_path, capsys):
     root = copy_store(store, tmp_path / "store")
-    edit(run_dirs(root, "gn", 2)[0], batch_scaling__examples=128)
+    edit(run_dirs(root, "gn", 32)[0], batch_scaling__examples=128)
     store_edits.assert_refuses(batchsize.main, root, tmp_path / "out", capsys,
                                "batch_scaling.examples")
 

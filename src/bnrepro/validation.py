@@ -73,6 +73,13 @@ def config_problems(cfg: DictConfig) -> list[str]:
     min_batch = 2 if spec is not None and spec.batch_statistics else 1
     check("trainer.batch_size", _integer(t.batch_size) and t.batch_size >= min_batch,
           f"must be an integer >= {min_batch}")
+    ghost = cfg.model.get("bn_ghost_batch", 0)
+    reads_ghost = spec is not None and "bn_ghost_batch" in spec.knobs
+    check("model.bn_ghost_batch", ghost == 0 or (
+        reads_ghost and _integer(ghost) and ghost >= 2 and _integer(t.batch_size)
+        and t.batch_size % ghost == 0),
+          "must be 0 (the whole mini-batch), or for bn, brn and lp* an integer >= 2 dividing "
+          "trainer.batch_size")
     check("trainer.max_steps", _integer(t.max_steps) and t.max_steps >= 1,
           "must be an integer >= 1")
     check("trainer.flush_denormal", isinstance(t.get("flush_denormal"), bool),

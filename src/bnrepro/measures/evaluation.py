@@ -165,6 +165,9 @@ class Evaluator:
         self.step_before: list[LayerSketch] | None = None
         self.train_noise = bool(cfg.probe.get("train_noise", False))
         self.batch_size = cfg.trainer.batch_size
+        # The mini-batch a training step normalises by: a ghost batch, else the SGD batch. The
+        # training network's probes and Alg. 2's collect pass use it (groups of norm_batch).
+        self.norm_batch = cfg.model.get("bn_ghost_batch", 0) or self.batch_size
         self.memory_mb = eval_memory_mb(cfg.trainer.eval_memory_mb, device)
 
         def images(index: torch.Tensor) -> torch.Tensor:
@@ -187,7 +190,7 @@ class Evaluator:
         train_probe = None  # the training network's probe images, made when first needed
         if "training" in cfg.probe.networks:
             train_probe = images(train_index[fixed_subset(len(train_index), size, seed=1)])
-            self.probe_sets["act_train"] = (train_probe, "batch", self.batch_size)
+            self.probe_sets["act_train"] = (train_probe, "batch", self.norm_batch)
         self.residual_x = None
         spec = MODELS.get(cfg.model.kind)
         if cfg.probe.get("residual_variance", True) and spec is not None and spec.residual:
@@ -209,7 +212,7 @@ class Evaluator:
         """Add test/{loss,acc}_batch and test/{loss,acc}_running to every member's row (see the
         module docstring); `test` is the configured inference's (losses, accuracies)."""
         batch = batch_statistics_loss_and_accuracy(model, self.test_x, self.test_y,
-                                                   self.batch_order, self.batch_size,
+                                                   self.batch_order, self.norm_batch,
                                                    self.memory_mb)
         running = test  # the configured inference already uses the moving averages
         if self.population_statistics:
@@ -245,7 +248,7 @@ class Evaluator:
             estimate_population_statistics(
                 model, self.alg2_x.split(examples_per_chunk(model, self.memory_mb,
                                                             self.batch_size)),
-                self.batch_size, lambda x: model(x, shared=True))
+                self.norm_batch, lambda x: model(x, shared=True))
 
     @torch.no_grad()
     def losses(self, model: nn.Module, with_test: bool = True) -> list[dict[str, float]]:
@@ -334,9 +337,9 @@ class Evaluator:
         """resid/b{i}/var_skip, var_branch, var_ratio per member (module docstring)."""
         moments = ResidualMoments()
         seeds = self.seeds or [self.cfg.seed] * model_population_size(model)
-        noise = probe_noise(model, seeds, step, self.batch_size) if self.train_noise \
+        noise = probe_noise(model, seeds, step, self.norm_batch) if self.train_noise \
             else nullcontext()
-        with bn_mode(model, "batch", self.batch_size), noise as draws:
+        with bn_mode(model, "batch", self.norm_batch), noise as draws:
             offset = 0
             for part in self.residual_x.split(examples_per_chunk(model, self.memory_mb,
                                                                  self.batch_size)):

@@ -84,7 +84,8 @@ def _resnet_checks(m: Mapping) -> list[tuple[str, bool, str]]:
 
 def _cnn_widths(m: Mapping) -> list[int]:
     widths = stage_widths(m.widths, m.width_multiplier)
-    if head_norm(m.norm) == m.norm:  # the hidden linear layer has the norm too
+    if head_norm(m.norm) == m.norm and m.get("classifier_norm", True):  # the hidden linear
+        # layer has the norm too
         widths.append(m.classifier_hidden)
     return widths
 

@@ -39,7 +39,8 @@ class NormSpec:
 
 def _build_batch_norm(site: Site) -> BatchNorm:
     return BatchNorm(site.population_size, site.num_features, **site.knobs(
-        eps="bn_eps", momentum="bn_momentum", inference="bn_inference"))
+        eps="bn_eps", momentum="bn_momentum", inference="bn_inference",
+        ghost_batch="bn_ghost_batch"))
 
 
 def _build_identity(site: Site) -> nn.Identity:
@@ -49,16 +50,20 @@ def _build_identity(site: Site) -> nn.Identity:
 NORMS: dict[str, NormSpec] = {
     "none": NormSpec(_build_identity, cancels_bias=False),
     "bn": NormSpec(_build_batch_norm, cancels_bias=True, batch_statistics=True,
-                   population_statistics=True),
+                   population_statistics=True, knobs=("bn_ghost_batch",)),
     "noisy_bn": NormSpec(build_noisy_batch_norm, cancels_bias=True, batch_statistics=True,
                          population_statistics=True, knobs=("noise",)),
     "noise_only": NormSpec(build_noise_only, cancels_bias=False, knobs=("noise",)),
+    # bn_ghost_batch: examples per statistics group in training (0: the whole mini-batch);
+    # noisy_bn does not read it, and validation refuses it there.
     "brn": NormSpec(build_batch_renorm, cancels_bias=True, batch_statistics=True,
-                    knobs=("brn",)),
-    "lp1": NormSpec(lp_builder(1), cancels_bias=True, batch_statistics=True, knobs=("lp",)),
-    "lp2": NormSpec(lp_builder(2), cancels_bias=True, batch_statistics=True, knobs=("lp",)),
+                    knobs=("brn", "bn_ghost_batch")),
+    "lp1": NormSpec(lp_builder(1), cancels_bias=True, batch_statistics=True,
+                    knobs=("lp", "bn_ghost_batch")),
+    "lp2": NormSpec(lp_builder(2), cancels_bias=True, batch_statistics=True,
+                    knobs=("lp", "bn_ghost_batch")),
     "lpinf": NormSpec(lp_builder(math.inf), cancels_bias=True, batch_statistics=True,
-                      knobs=("lp",)),
+                      knobs=("lp", "bn_ghost_batch")),
     # LN and GN subtract a mean over features, which a per-feature bias does not shift
     # uniformly: the bias stays. IN's mean over positions cancels a per-channel conv bias.
     "ln": NormSpec(build_layer_norm, cancels_bias=False),

@@ -17,7 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 # What a BN layer does on forward:
-#   train   - Alg. 1 with mini-batch statistics, and update the moving averages.
+#   train   - Alg. 1 with mini-batch statistics, and update the moving averages. With a ghost
+#             batch (train_ghost_batch = b > 0; model.bn_ghost_batch) each group of b examples
+#             of the SGD mini-batch is normalised by its own statistics, as per-GPU BN does
+#             (Wu & He 2018), and the moving averages take the mean of the groups' statistics.
 #   batch   - the training network N_BN^tr without side effects: each group of `ghost_batch`
 #             examples (the whole input when 0) is normalised by its own statistics, as a
 #             training mini-batch of that size would be; nothing is updated (for probes).
@@ -35,12 +38,14 @@ class ModalNorm(nn.Module):
 
     mode: str
     ghost_batch: int
+    train_ghost_batch: int = 0  # examples per statistics group in train mode (0: all of them)
 
 
 class BatchNorm(ModalNorm):
     def __init__(self, population_size: int, num_features: int, eps: float = 1e-5,
-                 momentum: float = 0.1, inference: str = "population"):
+                 momentum: float = 0.1, inference: str = "population", ghost_batch: int = 0):
         super().__init__()
+        check_ghost_batch(ghost_batch)
         if inference not in INFERENCE:
             raise ValueError(f"BN inference must be one of {INFERENCE}, got {inference!r}")
         shape = (population_size, num_features)
@@ -53,11 +58,12 @@ class BatchNorm(ModalNorm):
         self.register_buffer("population_var", torch.ones(shape))
         self.mode = "train"
         self.ghost_batch = 0
+        self.train_ghost_batch = ghost_batch
         self._sums: list | None = None
         self._values_per_batch = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode in ("batch", "collect"):
+        if self.mode in ("batch", "collect") or (self.mode == "train" and self.train_ghost_batch):
             return self._normalize_groups(x, accumulate=self.mode == "collect")
         # Fold the population into channels so torch's fused kernel normalises every
         # (member, feature) pair on its own: [P, B, F, ...] -> [B, P*F, ...].
@@ -81,8 +87,8 @@ class BatchNorm(ModalNorm):
         """Per member, this layer on that member's input alone ([B, F, ...]): the floats its
         slice of `forward` gets (torch's kernel normalises each feature on its own), its moving
         averages updated in place through views. None in the batch and collect modes, whose
-        grouped statistics only `forward` computes."""
-        if self.mode not in ("train", "eval"):
+        grouped statistics only `forward` computes, and in train mode with a ghost batch."""
+        if self.mode not in ("train", "eval") or (self.mode == "train" and self.train_ghost_batch):
             return None
         mean, var, use_batch = self._statistics()
         return [partial(F.batch_norm, running_mean=m, running_var=v, weight=w, bias=b,
@@ -91,18 +97,27 @@ class BatchNorm(ModalNorm):
                                       self.bias.unbind(0), strict=True)]
 
     def _normalize_groups(self, x: torch.Tensor, accumulate: bool) -> torch.Tensor:
-        """Normalise each group of `ghost_batch` examples by its own statistics (Alg. 1), and
-        with `accumulate` add them to the Alg. 2 sums (line 10)."""
+        """Normalise each group of examples by its own statistics (Alg. 1): `ghost_batch`
+        of them in the batch and collect modes, `train_ghost_batch` in train mode (0: the whole
+        input). With `accumulate` add them to the Alg. 2 sums (line 10); in train mode update
+        the moving averages with the mean over groups of the groups' statistics (torch's
+        update: rate `momentum`, unbiased variance)."""
         P, N, C = x.shape[:3]
-        m = self.ghost_batch or N
+        m = (self.train_ghost_batch if self.mode == "train" else self.ghost_batch) or N
         if m < 2 or N % m:
             raise ValueError(f"BN mode {self.mode!r} needs a batch that is a multiple of "
                              f"ghost_batch={m} >= 2, got {N}")
         groups = x.reshape(P, N // m, m, C, -1)  # [P, batches, m, C, spatial]
         mean = groups.mean(dim=(2, 4), keepdim=True)
         var = groups.var(dim=(2, 4), unbiased=False, keepdim=True)  # sigma_B^2, biased (Alg. 1)
+        values = m * groups.shape[4]
         if accumulate:
-            self._accumulate(mean, var, m * groups.shape[4])
+            self._accumulate(mean, var, values)
+        if self.mode == "train":
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.mean(dim=1).view(P, C), self.momentum)
+                self.running_var.lerp_(var.mean(dim=1).view(P, C) * values / (values - 1),
+                                       self.momentum)
         y = (groups - mean) * torch.rsqrt(var + self.eps)
         y = y * self.weight.view(P, 1, 1, C, 1) + self.bias.view(P, 1, 1, C, 1)
         return y.view_as(x)
@@ -123,6 +138,14 @@ class BatchNorm(ModalNorm):
         self.population_mean.copy_(sum_mean / batches)
         self.population_var.copy_(sum_var / batches * m / (m - 1))
         self._sums = None
+
+
+def check_ghost_batch(ghost_batch: int) -> None:
+    """A ghost batch (examples per statistics group in training) is 0 (off) or >= 2."""
+    if not isinstance(ghost_batch, int) or isinstance(ghost_batch, bool) or ghost_batch < 0 \
+            or ghost_batch == 1:
+        raise ValueError(f"model.bn_ghost_batch must be 0 (the whole mini-batch) or an "
+                         f"integer >= 2, got {ghost_batch!r}")
 
 
 def batch_norms(model: nn.Module) -> list[BatchNorm]:

@@ -32,8 +32,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from bnrepro.norms.batch import ModalNorm
-from bnrepro.norms.minibatch import minibatches, per_feature
+from bnrepro.norms.batch import ModalNorm, check_ghost_batch
+from bnrepro.norms.minibatch import group_mean, minibatches, per_feature
 from bnrepro.norms.site import Site
 
 NORM_OF = ("raw", "centered")
@@ -50,8 +50,9 @@ def mean_lp_norm(v: torch.Tensor, p: float, dim: tuple[int, ...]) -> torch.Tenso
 
 class LpNorm(ModalNorm):
     def __init__(self, population_size: int, num_features: int, p: float, eps: float = 1e-5,
-                 momentum: float = 0.1, norm_of: str = "raw"):
+                 momentum: float = 0.1, norm_of: str = "raw", ghost_batch: int = 0):
         super().__init__()
+        check_ghost_batch(ghost_batch)
         if norm_of not in NORM_OF:
             raise ValueError(f"model.lp.norm_of must be one of {NORM_OF}, got {norm_of!r}")
         shape = (population_size, num_features)
@@ -60,7 +61,7 @@ class LpNorm(ModalNorm):
         self.bias = nn.Parameter(torch.zeros(shape))  # beta
         self.register_buffer("running_mean", torch.zeros(shape))
         self.register_buffer("running_norm", torch.ones(shape))
-        self.mode, self.ghost_batch = "train", 0
+        self.mode, self.ghost_batch, self.train_ghost_batch = "train", 0, ghost_batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "eval":
@@ -76,8 +77,8 @@ class LpNorm(ModalNorm):
         y = y * self.weight.view(P, 1, 1, C, 1) + self.bias.view(P, 1, 1, C, 1)
         if self.mode == "train":
             with torch.no_grad():
-                self.running_mean.lerp_(mean.view(P, C), self.momentum)
-                self.running_norm.lerp_(norm.view(P, C), self.momentum)
+                self.running_mean.lerp_(group_mean(mean), self.momentum)
+                self.running_norm.lerp_(group_mean(norm), self.momentum)
         return y.reshape(x.shape)
 
 
@@ -86,6 +87,7 @@ def lp_builder(p: float) -> Callable[[Site], LpNorm]:
 
     def build(site: Site) -> LpNorm:
         return LpNorm(site.population_size, site.num_features, p, **site.knobs(
-            eps="bn_eps", momentum="bn_momentum", norm_of="lp.norm_of"))
+            eps="bn_eps", momentum="bn_momentum", norm_of="lp.norm_of",
+            ghost_batch="bn_ghost_batch"))
 
     return build

@@ -19,16 +19,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bnrepro.norms.batch import ModalNorm
-from bnrepro.norms.minibatch import minibatches, per_feature
+from bnrepro.norms.batch import ModalNorm, check_ghost_batch
+from bnrepro.norms.minibatch import group_mean, minibatches, per_feature
 from bnrepro.norms.site import Site
 
 
 class BatchRenorm(ModalNorm):
     def __init__(self, population_size: int, num_features: int, eps: float = 1e-5,
                  momentum: float = 0.1, r_max: float = 3.0, d_max: float = 5.0,
-                 warmup_steps: int = 500, relax_steps: int = 2000):
+                 warmup_steps: int = 500, relax_steps: int = 2000, ghost_batch: int = 0):
         super().__init__()
+        check_ghost_batch(ghost_batch)
         if r_max < 1 or d_max < 0 or warmup_steps < 0 or relax_steps < 0:
             raise ValueError(f"model.brn needs r_max >= 1, d_max >= 0 and steps >= 0, got "
                              f"r_max={r_max}, d_max={d_max}, warmup_steps={warmup_steps}, "
@@ -41,7 +42,7 @@ class BatchRenorm(ModalNorm):
         self.bias = nn.Parameter(torch.zeros(shape))  # beta
         self.register_buffer("running_mean", torch.zeros(shape))  # mu
         self.register_buffer("running_std", torch.ones(shape))  # sigma
-        self.mode, self.ghost_batch = "train", 0
+        self.mode, self.ghost_batch, self.train_ghost_batch = "train", 0, ghost_batch
         # A plain attribute, not a buffer: the trainer sets it before every step (set_step),
         # so a resumed run has it right without a checkpoint entry.
         self.step = 0
@@ -76,12 +77,13 @@ class BatchRenorm(ModalNorm):
         y = y * self.weight.view(P, 1, 1, C, 1) + self.bias.view(P, 1, 1, C, 1)
         if self.mode == "train":
             with torch.no_grad():
-                self.running_mean.lerp_(mean.view(P, C), self.momentum)
-                self.running_std.lerp_(std.view(P, C), self.momentum)
+                self.running_mean.lerp_(group_mean(mean), self.momentum)
+                self.running_std.lerp_(group_mean(std), self.momentum)
         return y.reshape(x.shape)
 
 
 def build_batch_renorm(site: Site) -> BatchRenorm:
     return BatchRenorm(site.population_size, site.num_features, **site.knobs(
         eps="bn_eps", momentum="bn_momentum", r_max="brn.r_max", d_max="brn.d_max",
-        warmup_steps="brn.warmup_steps", relax_steps="brn.relax_steps"))
+        warmup_steps="brn.warmup_steps", relax_steps="brn.relax_steps",
+        ghost_batch="bn_ghost_batch"))

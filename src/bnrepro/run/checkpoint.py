@@ -54,7 +54,9 @@ RESUME_INSENSITIVE = ("fresh", "trainer.progress", "trainer.resume", "trainer.ch
 ADDED_KEYS = {"optim.lr_decay": 1.0, "optim.lr_decay_steps": None, "augment.crop_padding": 0,
               "augment.flip": False, "trainer.flush_denormal": False,
               # issue 27: on the CPU these two compute the floats older runs were trained with
-              "trainer.precision": "ieee", "trainer.deterministic": True}
+              "trainer.precision": "ieee", "trainer.deterministic": True,
+              # issue 26: ghost batches (0 = the whole mini-batch) and the CNN's FC-layer norm
+              "model.bn_ghost_batch": 0, "model.classifier_norm": True}
 
 
 class ResumeMismatchError(ValueError):
