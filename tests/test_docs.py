@@ -22,7 +22,8 @@ CODE_SPAN = re.compile(r"`[^`\n]*`")
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*<?([^)\s>]*)>?(?:\s+\"[^\"]*\")?\s*\)")
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 EXTERNAL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")  # https:, mailto:, ...
-HEADLINE_HEADER = "| source | claims | " + " | ".join(VERDICTS) + " |"  # the report's
+# the report's (and a "mixed" column while a claims file of the old rule is left: bnrepro.report)
+HEADLINE_HEADER = "| source | claims | " + " | ".join(VERDICTS)
 
 
 def prose(text: str) -> str:
@@ -100,7 +101,7 @@ def orphan_pages(root: Path) -> list[Path]:
 def headline_table(page: Path) -> list[str]:
     """The rows of a page's verdict-count table (header, separator and one row per source)."""
     lines = page.read_text().splitlines()
-    start = lines.index(HEADLINE_HEADER)
+    start = next(i for i, line in enumerate(lines) if line.startswith(HEADLINE_HEADER))
     rows = []
     for line in lines[start:]:
         if not line.startswith("|"):
@@ -187,7 +188,7 @@ def test_a_page_linked_only_from_code_is_an_orphan(repo: Path) -> None:
 
 
 def test_differing_verdict_counts_are_caught(repo: Path) -> None:
-    table = f"{HEADLINE_HEADER}\n|---|---|---|---|---|---|\n| Paper (2015) | 3 | 2 | 1 | 0 | 0 |\n"
+    table = f"{HEADLINE_HEADER} |\n|---|---|---|---|---|---|\n| Paper (2015) | 3 | 2 | 1 | 0 | 0 |\n"
     write(repo / "a.md", "# A\n\n" + table)
     write(repo / "b.md", "# B\n\n" + table.replace("| 2 | 1 |", "| 1 | 2 |") + "\nafter\n")
     assert headline_table(repo / "a.md") != headline_table(repo / "b.md")

@@ -150,7 +150,7 @@ def test_the_report_shows_each_verdicts_test_and_how_many_chance_would_decide(tm
     text = (results / "REPORT.md").read_text()
     assert "p = 0.05 for, 1 against (3 vs 3 seeds) | **holds** |" in text
     assert "unmet: the baseline plateaued | **not measured** |" in text
-    assert ("Of the 2 claims decided by the permutation test, 1 came out decisive (holds or "
+    assert ("Of the 2 claims put to the permutation test, 1 came out decisive (holds or "
             "does not hold); with no effect at all, chance alone would give 0.2") in text
 
 

@@ -61,16 +61,6 @@ SOURCES = ("Ioffe & Szegedy (2015)", "Santurkar et al. (2018)", "Wu & He (2018)"
 FIELDS = ("claim", "paper", "ours", "verdict", "dataset", "source")
 
 
-def verdict(means_hold: bool, decisive: bool) -> str:
-    """The one verdict rule every experiment uses: "holds" when the comparison holds for the
-    seed means (or medians) and `decisive` (the seed ranges do not overlap, or the claim's own
-    stricter test passes); "inconclusive" when only the means hold; "does not hold" otherwise.
-    Being replaced by `compare` (issue 26): it calls a null effect "does not hold" whenever the
-    mean difference has the wrong sign."""
-    return "holds" if means_hold and decisive else "inconclusive" if means_hold else \
-        "does not hold"
-
-
 def worst(*verdicts: str) -> str:
     """The worst of several verdicts (RANK): a claim made for every layer or rate holds only
     where it holds for each."""

@@ -116,7 +116,7 @@ def chance_line(claims: list[dict[str, Any]]) -> list[str]:
     if not tested:
         return []
     decided = sum(c["verdict"] in ("holds", "does not hold") for c in tested)
-    return [f"Of the {len(tested)} claims decided by the permutation test, {decided} came out "
+    return [f"Of the {len(tested)} claims put to the permutation test, {decided} came out "
             f"decisive (holds or does not hold); with no effect at all, chance alone would give "
             f"{chance_decisions(tested):.1f} on average (each test at "
             "alpha 0.05 in either direction).", ""]

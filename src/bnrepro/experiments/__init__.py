@@ -5,7 +5,8 @@ An experiment is one unit:
 - a config, conf/experiment/<config>.yaml (what trains; `python -m bnrepro.train -m
   experiment=<config>`),
 - a module here, bnrepro/experiments/<module>.py, that turns finished runs into results:
-    `analyse(...) -> result`: tables, numbers and claims (verdicts by bnrepro.claims.verdict),
+    `analyse(...) -> result`: tables, numbers and claims (verdicts by the one rule,
+    bnrepro.claims.compare, each with its evidence),
     `figures(result) -> {file stem: matplotlib Figure}`,
     `main(argv) -> int`: the command line `python -m bnrepro.analyse <name> RUN_DIRS --out
     results [--wandb]`, which finds the runs, analyses them, writes the figures, tables and
