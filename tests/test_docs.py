@@ -188,7 +188,8 @@ def test_a_page_linked_only_from_code_is_an_orphan(repo: Path) -> None:
 
 
 def test_differing_verdict_counts_are_caught(repo: Path) -> None:
-    table = f"{HEADLINE_HEADER} |\n|---|---|---|---|---|---|\n| Paper (2015) | 3 | 2 | 1 | 0 | 0 |\n"
+    table = (f"{HEADLINE_HEADER} |\n|---|---|---|---|---|---|\n"
+             "| Paper (2015) | 3 | 2 | 1 | 0 | 0 |\n")
     write(repo / "a.md", "# A\n\n" + table)
     write(repo / "b.md", "# B\n\n" + table.replace("| 2 | 1 |", "| 1 | 2 |") + "\nafter\n")
     assert headline_table(repo / "a.md") != headline_table(repo / "b.md")
