@@ -178,7 +178,8 @@ def test_variance_measure_equals_a_hand_computation():
                                                                      rel=1e-4)
                 h = skip + branch
     assert set(rows[0]) == {f"resid/b{i}/{q}" for i in (1, 2, 3)
-                            for q in ("var_skip", "var_branch", "var_ratio")}
+                            for q in ("var_skip", "var_branch", "var_ratio", "var_skip_channel",
+                                      "var_branch_channel", "var_ratio_channel")}
 
 
 def test_moments_pool_over_chunks():

@@ -174,7 +174,7 @@ def weights(run_dir: Path) -> dict:
     from bnrepro.run import checkpoint
 
     return torch.load(checkpoint.path(run_dir, checkpoint.steps(run_dir)[0]),
-                      map_location="cpu", weights_only=True)["model"]
+                      map_location="cpu", weights_only=True)["state"]["model"]
 
 
 def same_weights(a: Path, b: Path) -> bool:
