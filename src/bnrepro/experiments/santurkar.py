@@ -362,21 +362,19 @@ def claims(group: Group, table: dict[str, dict]) -> list[dict[str, Any]]:
     if needs(claim, paper, "noisy_bn", "none"):
         add(claim, paper, acc_cell("noisy_bn", "none"), trains_better("noisy_bn", "none"))
 
-    claim = "noisy BN has less stable distributions (more shift) than standard"
-    paper = ('"the \'noisy\' BatchNorm network has qualitatively less stable distributions '
-             'than even the standard, non-BatchNorm network" (Sec. 2.1, Figs. 2, 8)')
-    if needs(claim, paper, "noisy_bn", "none", shift=True):
-        add(claim, paper, f"{SHIFT} per layer: " + shift_cells(("noisy_bn", "none"), table,
-                                                               shift_layers),
-            combine(shift_parts("noisy_bn", "none", table, shift_layers, "higher"), "layer"))
+    def shift_claim(claim: str, paper: str, a: str, b: str, better: str) -> None:
+        """`a`'s successive-step shift is `better` ("higher": more) than `b`'s, every layer."""
+        if needs(claim, paper, a, b, shift=True):
+            add(claim, paper, f"{SHIFT} per layer: " + shift_cells((a, b), table, shift_layers),
+                combine(shift_parts(a, b, table, shift_layers, better), "layer"))
 
-    claim = "BN reduces internal covariate shift (distributional shift) vs standard"
-    paper = ("Ioffe & Szegedy's premise (\"fixing the distribution of the layer inputs\"); "
-             "Santurkar et al. question it")
-    if needs(claim, paper, "bn", "none", shift=True):
-        add(claim, paper, f"{SHIFT} per layer: " + shift_cells(("bn", "none"), table,
-                                                               shift_layers),
-            combine(shift_parts("bn", "none", table, shift_layers, "lower"), "layer"))
+    shift_claim("noisy BN has less stable distributions (more shift) than standard",
+                '"the \'noisy\' BatchNorm network has qualitatively less stable distributions '
+                'than even the standard, non-BatchNorm network" (Sec. 2.1, Figs. 2, 8)',
+                "noisy_bn", "none", "higher")
+    shift_claim("BN reduces internal covariate shift (distributional shift) vs standard",
+                "Ioffe & Szegedy's premise (\"fixing the distribution of the layer inputs\"); "
+                "Santurkar et al. question it", "bn", "none", "lower")
 
     claim = "BN's distributional stability differs only marginally from standard's"
     paper = ('"the difference in distributional stability (change in the mean and variance) '
