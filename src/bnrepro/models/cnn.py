@@ -87,7 +87,7 @@ class CNN(nn.Module):
                 raise ValueError(f"image_size={image_size!r} is too small for "
                                  f"{len(stages)} pooling stages")
         conv_bias, fc_norm = not norm_spec(norm).cancels_bias, head_norm(norm)
-        if not norm_cfg.get("classifier_norm", True):
+        if not (norm_cfg or {}).get("classifier_norm", True):
             fc_norm = "none"  # the norm on the conv layers only (model.classifier_norm)
         self.convs = nn.ModuleList(PopulationConv2d(P, a, b, bias=conv_bias,
                                                     execution=conv_execution)
