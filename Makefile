@@ -11,7 +11,25 @@ PYTEST_ARGS ?= -m "not slow"
 # the suite in this process, as plain pytest does.
 TEST_WORKERS ?= auto
 
-.PHONY: help setup test test-all reproduce shift-trials norm-trials fig1 sweep-mnist fig2 fig2-lr depth sweep-cifar dln \
+# The tier (conf/scale/): cpu (default; `make reproduce`'s 45 minutes), long (`make
+# reproduce-long`: hours on this CPU) or paper (a GPU's). Each experiment target trains and
+# analyses its own tier: `make fig2 SCALE=long`. The cpu tier's runs and results are runs/ and
+# results/; another tier's are runs/<tier>/ and results/<tier>/ (RUNS, RESULTS: where).
+SCALE ?= cpu
+SCALES := cpu long paper
+$(if $(filter $(SCALE),$(SCALES)),,$(error SCALE=$(SCALE) is not a tier: choose one of $(SCALES)))
+TIER_DIR := $(if $(filter cpu,$(SCALE)),,/$(SCALE))
+RUNS ?= runs$(TIER_DIR)
+RESULTS ?= results$(TIER_DIR)
+# Extra overrides for every training command (e.g. TRAIN_ARGS="trainer.device=cuda").
+TRAIN_ARGS ?=
+TRAIN = $(PY) -m bnrepro.train -m scale=$(SCALE) scale.runs=$(RUNS) $(TRAIN_ARGS)
+# PLAN=<file>: the training commands append the runs they would train (with their steps) to
+# that file and train nothing; the analyses are skipped (bnrepro.reproduce, bnrepro.run.plan).
+ANALYSE = $(if $(PLAN),: plan only so no analysis:,$(PY) -m bnrepro.analyse)
+export BNREPRO_PLAN := $(PLAN)
+
+.PHONY: help setup test test-all reproduce reproduce-long shift-trials norm-trials fig1 sweep-mnist fig2 fig2-lr depth sweep-cifar dln \
 	santurkar batchsize batchsize-lr bench bench-profile gpu-check notebooks lint format clean report wandb-workspace
 
 help:  ## list the targets
@@ -50,6 +68,13 @@ reproduce: setup  ## every figure, claim and the report in results/ (trains what
 	echo "make reproduce: $$([ $$status = 0 ] && echo done || echo 'finished with errors, see above')" \
 		"in $$(( $$(date +%s) - start )) s; see results/REPORT.md"; exit $$status
 
+# `make reproduce-long`: every experiment that has a long profile (conf/profile/long/), one
+# after another on both threads, then the report of both tiers (bnrepro.reproduce). Hours on
+# this CPU (docs/costs.md); killed or stopped, the same command continues where it stopped. One
+# progress line a minute: model-steps done and left, runs finished, ETA. Logs: runs/long/logs/.
+reproduce-long: setup  ## every experiment at the long tier (hours; rerun to resume), then the report
+	$(PY) -m bnrepro.reproduce --scale long
+
 logged-%: setup
 	@start=$$(date +%s); log=runs/logs/$*.log; echo "  $* started (log: $$log)"; \
 	if $(MAKE) --no-print-directory -j1 $* > $$log 2>&1; then \
@@ -72,14 +97,14 @@ norm-trials: setup  ## norms vs batch size (make batchsize) and residual depth (
 FIG1_NORMS := bn none
 fig1: setup  ## Fig. 1: BN vs no-BN, 3 seeds x 50k steps, then the figure
 	@$(MAKE) --no-print-directory -j2 $(addprefix fig1-norm-,$(FIG1_NORMS))
-	$(PY) -m bnrepro.analyse fig1 runs/fig1_mnist --out results
+	$(ANALYSE) fig1 $(RUNS)/fig1_mnist --out $(RESULTS)
 
 fig1-norm-%: setup
-	$(PY) -m bnrepro.train -m experiment=fig1_mnist model.norm=$* trainer.threads=1
+	$(TRAIN) experiment=fig1_mnist model.norm=$* trainer.threads=1
 
 sweep-mnist: setup  ## the 144-run MNIST grid, aggregated into results/sweep_mnist*
-	$(PY) -m bnrepro.train -m experiment=sweep_mnist
-	$(PY) -m bnrepro.analyse sweep-mnist runs/sweep_mnist --out results
+	$(TRAIN) experiment=sweep_mnist
+	$(ANALYSE) sweep-mnist $(RUNS)/sweep_mnist --out $(RESULTS)
 
 # CIFAR runs use true CIFAR-10 when it can be loaded, else the JPEG mirror (labelled
 # cifar10-jpeg everywhere: those are not CIFAR-10 numbers).
@@ -87,16 +112,16 @@ CIFAR := $$($(PY) -m bnrepro.data cifar10 cifar10-jpeg)
 
 fig2: setup fig2-lr  ## Figs. 2-3: Baseline vs BN variants on CIFAR, 7 variants x 3 seeds (CPU)
 	@ds=$(CIFAR) && \
-	$(PY) -m bnrepro.train -m experiment=fig2_cifar dataset=$$ds && \
-	$(PY) -m bnrepro.analyse fig2 runs/fig2_$$ds --lr-runs runs/fig2_lr_$$ds --out results
+	$(TRAIN) experiment=fig2_cifar dataset=$$ds && \
+	$(ANALYSE) fig2 $(RUNS)/fig2_$$ds --lr-runs $(RUNS)/fig2_lr_$$ds --out $(RESULTS)
 
 fig2-lr: setup  ## fig2's base rate: the Baseline at 4 candidate rates, picked on validation
-	@ds=$(CIFAR) && $(PY) -m bnrepro.train -m experiment=fig2_cifar_lr dataset=$$ds
+	@ds=$(CIFAR) && $(TRAIN) experiment=fig2_cifar_lr dataset=$$ds
 
 depth: setup  ## De & Smith: ResNets of depth 8 and 32, BN / no norm / SkipInit x 3 rates x 3 seeds (CPU), init sweep to depth 110
 	@ds=$(CIFAR) && \
-	$(PY) -m bnrepro.train -m experiment=depth_cifar dataset=$$ds && \
-	$(PY) -m bnrepro.analyse depth runs/depth_$$ds --out results
+	$(TRAIN) experiment=depth_cifar dataset=$$ds && \
+	$(ANALYSE) depth $(RUNS)/depth_$$ds --out $(RESULTS)
 
 # CPU-sized slice of the CIFAR grid (not in `make reproduce` any more: fig2 replaces it): true CIFAR-10 when it can be loaded, else the JPEG mirror
 # (labelled cifar10-jpeg everywhere). The full grid: `python -m bnrepro.train -m
@@ -105,8 +130,8 @@ CIFAR_SLICE ?= seed=0 optim.lr=0.01,0.1,1.0 model.dropout=0.0,0.5 model.width_mu
 	trainer.max_steps=400 trainer.eval_every=200 trainer.checkpoint_every=400
 sweep-cifar: setup  ## CPU-sized CIFAR grid (cnn quick profile), aggregated into results/
 	@ds=$(CIFAR) && \
-	$(PY) -m bnrepro.train -m experiment=sweep_cifar dataset=$$ds $(CIFAR_SLICE) && \
-	$(PY) -m bnrepro.analyse sweep-cifar runs/sweep_$$ds --out results \
+	$(TRAIN) experiment=sweep_cifar dataset=$$ds $(CIFAR_SLICE) && \
+	$(ANALYSE) sweep-cifar $(RUNS)/sweep_$$ds --out $(RESULTS) \
 		--where model.width_multiplier=0.5 --where trainer.max_steps=400
 
 report: setup  ## results/REPORT.md: every figure and claim in results/, with its verdict
@@ -118,23 +143,23 @@ report: setup  ## results/REPORT.md: every figure and claim in results/, with it
 wandb-workspace: setup  ## save the wandb workspace defined in code, print its URL
 	$(PY) -m bnrepro.analysis.wandb_workspace $(ARGS)
 
-# CPU profile of Santurkar et al.'s deep linear net: 2,000 of the paper's 10,000 full-batch steps
-# (the rest as the paper: conf/dln.yaml). Full size: DLN_PROFILE= make dln
-DLN_PROFILE ?= steps=2000
+# Santurkar et al.'s deep linear net (conf/dln.yaml): its CPU profile is 2,000 of the paper's
+# 10,000 full-batch steps; SCALE=long and SCALE=paper train all 10,000 (conf/profile/*/dln.yaml).
+DLN_ARGS ?=
 dln: setup  ## Santurkar's deep linear net: ICS and landscape, standard vs BN, 2 rates x 5 seeds
-	$(PY) -m bnrepro.train_dln $(DLN_PROFILE)
-	$(PY) -m bnrepro.analyse dln runs/dln --out results
+	$(PY) -m bnrepro.train_dln scale=$(SCALE) scale.runs=$(RUNS) $(DLN_ARGS)
+	$(ANALYSE) dln $(RUNS)/dln --out $(RESULTS)
 
 # Santurkar et al. (2018) Sec. 2.1 and 3.3: standard vs BN vs noisy BN (and l_p norms on MNIST),
 # distributions of layer inputs and their shift; CPU-sized (about 2 + 4 minutes).
 santurkar: setup  ## Santurkar et al. Figs. 1-6 analogs: MNIST MLP + CIFAR CNN, 3 seeds, then the figures
-	$(PY) -m bnrepro.train -m experiment=santurkar_mnist
+	$(TRAIN) experiment=santurkar_mnist
 	@ds=$(CIFAR) && \
-	$(PY) -m bnrepro.train -m experiment=santurkar_cifar dataset=$$ds && \
-	$(PY) -m bnrepro.train -m experiment=santurkar_cifar dataset=$$ds optim.lr=0.1 \
+	$(TRAIN) experiment=santurkar_cifar dataset=$$ds && \
+	$(TRAIN) experiment=santurkar_cifar dataset=$$ds optim.lr=0.1 \
 		model.norm=noisy_bn,noise_only,lp1,lp2,lpinf measures.ics.every=0 \
 		measures.landscape.every=0 && \
-	$(PY) -m bnrepro.analyse santurkar runs/santurkar_mnist runs/santurkar_$$ds --out results
+	$(ANALYSE) santurkar $(RUNS)/santurkar_mnist $(RUNS)/santurkar_$$ds --out $(RESULTS)
 
 bench: setup  ## ms per model-step, ours vs the loops a PyTorch user writes, and the roofline
 	$(PY) -m bnrepro.bench
@@ -165,21 +190,21 @@ BATCHSIZE_FLAT := model.norm=gn,ln,none model.bn_ghost_batch=0
 # not part of `make reproduce`, for time): when its runs are here the plot checks that choice,
 # else the check is left out of its claims and the report.
 batchsize: setup  ## norms vs batch size on MNIST and CIFAR, 3 seeds, then the figures
-	$(PY) -m bnrepro.train -m experiment=batchsize_mnist
-	$(PY) -m bnrepro.train -m experiment=batchsize_mnist $(BATCHSIZE_FLAT)
+	$(TRAIN) experiment=batchsize_mnist
+	$(TRAIN) experiment=batchsize_mnist $(BATCHSIZE_FLAT)
 	@ds=$(CIFAR) && \
-	$(PY) -m bnrepro.train -m experiment=batchsize_cifar dataset=$$ds && \
-	$(PY) -m bnrepro.train -m experiment=batchsize_cifar dataset=$$ds $(BATCHSIZE_FLAT) && \
-	lr=$$(ls -d runs/batchsize_lr_mnist runs/batchsize_lr_$$ds 2>/dev/null || true) && \
-	$(PY) -m bnrepro.analyse batchsize runs/batchsize_mnist runs/batchsize_$$ds \
-		$${lr:+--lr-runs $$lr} --out results
+	$(TRAIN) experiment=batchsize_cifar dataset=$$ds && \
+	$(TRAIN) experiment=batchsize_cifar dataset=$$ds $(BATCHSIZE_FLAT) && \
+	lr=$$(ls -d $(RUNS)/batchsize_lr_mnist $(RUNS)/batchsize_lr_$$ds 2>/dev/null || true) && \
+	$(ANALYSE) batchsize $(RUNS)/batchsize_mnist $(RUNS)/batchsize_$$ds \
+		$${lr:+--lr-runs $$lr} --out $(RESULTS)
 
 batchsize-lr: setup  ## batchsize's base rates: 7 candidates x 5 norms at batch 32, seed 0
-	$(PY) -m bnrepro.train -m experiment=batchsize_mnist model.norm=bn,brn,gn,ln,none \
-		model.bn_ghost_batch=0 seed=0 optim.lr=$(BATCHSIZE_LRS) hydra.sweep.dir=runs/batchsize_lr_mnist
-	@ds=$(CIFAR) && $(PY) -m bnrepro.train -m experiment=batchsize_cifar dataset=$$ds \
+	$(TRAIN) experiment=batchsize_mnist model.norm=bn,brn,gn,ln,none \
+		model.bn_ghost_batch=0 seed=0 optim.lr=$(BATCHSIZE_LRS) hydra.sweep.dir=$(RUNS)/batchsize_lr_mnist
+	@ds=$(CIFAR) && $(TRAIN) experiment=batchsize_cifar dataset=$$ds \
 		model.norm=bn,brn,gn,ln,none model.bn_ghost_batch=0 seed=0 optim.lr=$(BATCHSIZE_LRS) \
-		hydra.sweep.dir=runs/batchsize_lr_$$ds
+		hydra.sweep.dir=$(RUNS)/batchsize_lr_$$ds
 
 lint: setup  ## ruff
 	$(PY) -m ruff check src scripts tests notebooks

@@ -46,7 +46,7 @@ def make_problem(seed: int, samples: int, dim: int) -> tuple[torch.Tensor, torch
 # Where and how a run trains, not what it is (summary.json's machine says where): not recorded
 # in its config, so that a finished run stays finished when they change, as train.py's resume
 # allows.
-HOW = ("device", "progress", "threads")
+HOW = ("device", "progress", "threads", "scale")  # scale: the tier (out_dir says where)
 
 
 def member_config(cfg: DictConfig, norm: str, lr: float, seed: int) -> DictConfig:

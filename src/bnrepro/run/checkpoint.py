@@ -39,8 +39,9 @@ FILE_PATTERN = re.compile(r"checkpoint-(\d+)\.pt")
 FORMAT = 2
 # Keys that may change between a run and its resumption without changing its trajectory.
 # probe.shift and probe.train_noise only measure (their streams are not the training ones).
-RESUME_INSENSITIVE = ("fresh", "trainer.progress", "trainer.resume", "trainer.checkpoint_every",
-                      "trainer.device", "trainer.eval_memory_mb", "trainer.test_every", "logger",
+# scale: the tier's label and run folder; what it changes is in the other keys.
+RESUME_INSENSITIVE = ("fresh", "scale", "trainer.progress", "trainer.resume",
+                      "trainer.checkpoint_every", "trainer.device", "trainer.eval_memory_mb", "trainer.test_every", "logger",
                       "trainer.divergence_check_every", "trainer.members_at_once",
                       "dataset.root", "dataset.mirror", "measures", "probe.shift",
                       "probe.train_noise", "model.conv_execution",

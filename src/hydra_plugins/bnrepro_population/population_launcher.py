@@ -122,6 +122,7 @@ class PopulationLauncher(Launcher):
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:
         from bnrepro.run import runlock
+        from bnrepro.run.plan import plan_file
         from bnrepro.train import JOB_ERRORS, prepare, train_population
 
         setup_globals()
@@ -133,6 +134,9 @@ class PopulationLauncher(Launcher):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
             task = partial(_prepare_job, resolve=self.executor != "inprocess")
             prepared[i] = self._run(overrides, idx, task, configure_logging=False)
+        plan = plan_file()
+        if plan is not None:  # BNREPRO_PLAN: say which runs would train, train none
+            return self._planned(prepared, plan)
         # 2. Check every job before training any; hold the good ones' directories meanwhile.
         results: dict[int, JobReturn] = {}
         held = []
@@ -167,6 +171,18 @@ class PopulationLauncher(Launcher):
                 results[i] = prepared[i]
                 results[i].status, results[i].return_value = status, value
         return [results[i] for i in range(len(job_overrides))]
+
+    @staticmethod
+    def _planned(prepared: dict[int, JobReturn], plan: Path) -> list[JobReturn]:
+        """Append every job's run directory and steps to the plan (bnrepro.run.plan)."""
+        from bnrepro.run.plan import add_to_plan
+
+        jobs = [prepared[i] for i in range(len(prepared))]
+        add_to_plan(plan, [ret.return_value[1] for ret in jobs],
+                    [ret.return_value[0].trainer.max_steps for ret in jobs])
+        for ret in jobs:
+            ret.status, ret.return_value = JobStatus.COMPLETED, None
+        return jobs
 
     @staticmethod
     def _failed(ret: JobReturn, err: Exception) -> JobReturn:

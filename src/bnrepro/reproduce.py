@@ -1,0 +1,185 @@
+"""Reproduce one tier, experiment after experiment, with one progress line; resumable.
+
+    python -m bnrepro.reproduce --scale long        # `make reproduce-long`
+    python -m bnrepro.reproduce --scale long --parts fig2 depth
+    python -m bnrepro.reproduce --scale cpu --parts sweep-mnist --make RUNS=/tmp/r/runs \\
+        RESULTS=/tmp/r/results TRAIN_ARGS="trainer.max_steps=300"
+
+The parts are the experiments of bnrepro.experiments.EXPERIMENTS that `make reproduce`
+includes and that have a profile at this tier (conf/profile/<scale>/<config>.yaml; at the cpu
+tier, every one). Each part is its own `make <part> SCALE=<scale>` (the same targets a user
+runs by hand), logged to <runs>/logs/<part>.log, one after another on the machine's threads.
+
+1. Plan: each part's training commands run with PLAN=<runs>/logs/plan.jsonl and append the
+   runs they would train, with their steps (bnrepro.run.plan), training nothing.
+2. Train and analyse each part. Every `--every` seconds one line says how many model-steps
+   are done and left, how many runs finished, and an ETA from the rate measured in this
+   invocation (steps of different experiments cost differently, so the ETA is a guide).
+3. The report (bnrepro.report) over every tier's results.
+
+Finished runs are not retrained (a run directory that holds a finished run resumes as done),
+so after a kill or the end of a working session the same command continues where it stopped,
+losing at most one checkpoint interval per run. A part that fails is reported with the end of
+its log; the others still run, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from bnrepro.config import CONF_DIR
+from bnrepro.experiments import EXPERIMENTS, Experiment
+from bnrepro.run.plan import Progress, progress, progress_line, read_plan
+
+CONF = CONF_DIR
+ROOT = CONF_DIR.parent  # the checkout: its Makefile
+SCALES = ("cpu", "long", "paper")
+RATE_WINDOW_S = 15 * 60  # the ETA's rate: model-steps over (at most) the last 15 minutes
+RATE_MIN_S = 60  # ... and over at least one minute
+
+
+def has_profile(experiment: Experiment, scale: str) -> bool:
+    """Whether `experiment` has a profile at `scale` (the cpu one is its own config)."""
+    return scale == "cpu" or any(
+        (CONF / "profile" / scale / Path(c).name).is_file() for c in experiment.configs)
+
+
+def parts_of(scale: str, chosen: list[str] | None) -> list[str]:
+    """The experiments this tier reproduces, in the registry's order (or `chosen`, checked)."""
+    tier = [name for name, e in EXPERIMENTS.items() if e.in_reproduce and has_profile(e, scale)]
+    if not chosen:
+        return tier
+    unknown = [p for p in chosen if p not in tier]
+    if unknown:
+        raise SystemExit(f"error: {', '.join(unknown)}: not an experiment of the {scale} tier; "
+                         f"its experiments are: {', '.join(tier)}")
+    return chosen
+
+
+def make_var(make_args: list[str], name: str, default: str) -> str:
+    """The value of `name` among the VAR=value arguments passed on to make, else `default`."""
+    for arg in make_args:
+        key, _, value = arg.partition("=")
+        if key == name:
+            return value
+    return default
+
+
+class RateMeter:
+    """Model-steps per second over a sliding window of this invocation's samples."""
+
+    def __init__(self) -> None:
+        self.samples: collections.deque[tuple[float, int]] = collections.deque()
+
+    def add(self, steps_done: int, now: float | None = None) -> float | None:
+        now = time.monotonic() if now is None else now
+        self.samples.append((now, steps_done))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= RATE_WINDOW_S:
+            self.samples.popleft()
+        t0, s0 = self.samples[0]
+        if now - t0 < RATE_MIN_S or steps_done <= s0:
+            return None
+        return (steps_done - s0) / (now - t0)
+
+
+class ProgressPrinter(threading.Thread):
+    """Prints the progress line every `every` seconds until stopped."""
+
+    def __init__(self, plan: Path, every: float) -> None:
+        super().__init__(daemon=True)
+        self.plan, self.every = read_plan(plan), every
+        self.meter, self.part = RateMeter(), "planning"
+        self.done = threading.Event()
+
+    def line(self) -> str:
+        p: Progress = progress(self.plan)
+        return progress_line(p, self.meter.add(p.steps_done), self.part)
+
+    def run(self) -> None:
+        while not self.done.wait(self.every):
+            print(f"  progress: {self.line()}", flush=True)
+
+
+def run_make(target: str, make_args: list[str], log: Path) -> int:
+    """`make <target> ARGS` with its output in `log`; its exit status."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        return subprocess.call(["make", "--no-print-directory", target, *make_args],
+                               stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def tail(log: Path, lines: int = 20) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def plan(parts: list[str], make_args: list[str], logs: Path) -> Path:
+    """Every part's runs and steps, in <logs>/plan.jsonl (rewritten each time)."""
+    plan_path = logs / "plan.jsonl"
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    plan_path.write_text("")
+    for part in parts:
+        log = logs / f"plan-{part}.log"
+        if run_make(part, [*make_args, f"PLAN={plan_path.resolve()}"], log):
+            raise SystemExit(f"error: planning {part} failed; the end of {log}:\n{tail(log)}")
+    return plan_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", choices=SCALES, default="long")
+    ap.add_argument("--parts", nargs="+", help="only these experiments (default: the tier's)")
+    ap.add_argument("--every", type=float, default=60.0, help="seconds between progress lines")
+    ap.add_argument("--make", nargs="*", default=[], metavar="VAR=VALUE",
+                    help="variables passed on to make (RUNS, RESULTS, TRAIN_ARGS, ...)")
+    ap.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    args = ap.parse_args(argv)
+    parts = parts_of(args.scale, args.parts)
+    make_args = [f"SCALE={args.scale}", *args.make]
+    tier_dir = "" if args.scale == "cpu" else f"/{args.scale}"
+    # make runs in the checkout: relative folders are the checkout's
+    runs = ROOT / make_var(make_args, "RUNS", f"runs{tier_dir}")
+    results = ROOT / make_var(make_args, "RESULTS", f"results{tier_dir}")
+    logs = runs / "logs"
+    # A kill of this process (SIGTERM at the end of a session) reaches the make it runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    start = time.time()
+    print(f"reproduce {args.scale}: {', '.join(parts)}, then the report (logs: {logs}/)",
+          flush=True)
+    printer = ProgressPrinter(plan(parts, make_args, logs), args.every)
+    print(f"  plan: {printer.line()}", flush=True)
+    printer.start()
+    failed = []
+    try:
+        for part in parts:
+            printer.part = part
+            t0, log = time.time(), logs / f"{part}.log"
+            print(f"  {part} started (log: {log})", flush=True)
+            if run_make(part, make_args, log):
+                failed.append(part)
+                print(f"error: {part} failed; the end of {log}:\n{tail(log)}", flush=True)
+            else:
+                print(f"  {part} done in {time.time() - t0:.0f} s", flush=True)
+    finally:
+        printer.done.set()
+    print(f"  progress: {printer.line()}", flush=True)
+    if not args.no_report:
+        report_root = results if args.scale == "cpu" else results.parent
+        subprocess.call([sys.executable, "-m", "bnrepro.report", "--results", str(report_root)],
+                        cwd=ROOT)
+    status = "done" if not failed else f"finished with errors in {', '.join(failed)}"
+    print(f"reproduce {args.scale}: {status} in {time.time() - start:.0f} s", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""A tier's plan, its progress line, and `python -m bnrepro.reproduce` killed and rerun."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bnrepro.experiments import EXPERIMENTS
+from bnrepro.reproduce import RATE_MIN_S, RateMeter, has_profile, parts_of
+from bnrepro.run.plan import (
+    PLAN_ENV,
+    Progress,
+    add_to_plan,
+    progress,
+    progress_line,
+    read_plan,
+)
+from tests.conftest import REPO
+
+
+def test_plan_mode_lists_every_job_with_its_steps_and_trains_none(run_train, tmp_path, mirror):
+    plan = tmp_path / "plan.jsonl"
+    sweep = tmp_path / "sweep"
+    run_train("-m", "experiment=fig1_mnist", "seed=0,1", "trainer.max_steps=123",
+              f"hydra.sweep.dir={sweep}", env={PLAN_ENV: str(plan)})
+    planned = read_plan(plan)
+    run_dirs = {p.parent.parent for p in sweep.rglob(".hydra/config.yaml")}
+    assert set(planned) == {d.resolve() for d in run_dirs} and len(planned) == 4
+    assert set(planned.values()) == {123}
+    trained = [p.name for d in run_dirs for p in d.iterdir()
+               if p.name in ("summary.json", "metrics.jsonl") or p.suffix == ".pt"]
+    assert trained == []
+
+
+def _run(root: Path, name: str, status: str | None, steps: list[int] | None,
+         cut_last_row: bool = False) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    if status is not None:
+        (d / "summary.json").write_text(json.dumps({"status": status}))
+    if steps is not None:
+        rows = "".join(json.dumps({"step": s, "val/acc": 0.5}) + "\n" for s in steps)
+        (d / "metrics.jsonl").write_text(rows + ('{"step": 9' if cut_last_row else ""))
+    return d
+
+
+def test_progress_counts_finished_runs_whole_and_running_ones_to_their_last_row(tmp_path):
+    runs = {_run(tmp_path, "done", "completed", [0, 50, 100]): 100,
+            _run(tmp_path, "diverged", "diverged", [0, 10]): 100,   # will train no more
+            _run(tmp_path, "killed", "interrupted", [0, 20, 30], cut_last_row=True): 100,
+            _run(tmp_path, "running", "running", [0, 40]): 60,
+            _run(tmp_path, "planned", None, None): 80}
+    plan = tmp_path / "plan.jsonl"
+    add_to_plan(plan, list(runs), list(runs.values()))
+    add_to_plan(plan, [tmp_path / "done"], [100])  # planned twice: counted once
+    assert read_plan(plan) == {d.resolve(): n for d, n in runs.items()}
+    p = progress(read_plan(plan))
+    assert p == Progress(steps_done=100 + 100 + 30 + 40 + 0, steps_total=440,
+                         runs_done=2, runs_total=5)
+    assert p.steps_left == 440 - 270
+
+
+def test_rate_is_measured_over_at_least_a_minute_of_this_invocation():
+    meter = RateMeter()
+    assert meter.add(1000, now=0.0) is None  # steps done before this invocation: not a rate
+    assert meter.add(1300, now=RATE_MIN_S / 2) is None  # too short to measure
+    assert meter.add(1000 + 600 * 3, now=600.0) == pytest.approx(3.0)
+    assert meter.add(1000 + 600 * 3, now=700.0) == pytest.approx(1800 / 700)
+
+
+def test_progress_line_says_done_left_and_an_eta_from_the_rate():
+    p = Progress(steps_done=1_000, steps_total=73_000, runs_done=3, runs_total=40)
+    line = progress_line(p, rate=10.0, part="fig2")
+    assert "1,000 of 73,000 model-steps" in line and "72,000 left" in line
+    assert "3 of 40 runs finished" in line and "now: fig2" in line
+    assert "ETA 2 h 00 min" in line  # 72,000 steps at 10 per second
+    assert "ETA after the first minute" in progress_line(p, rate=None, part="fig2")
+
+
+def test_the_long_tier_is_the_experiments_with_a_long_profile():
+    tier = parts_of("long", None)
+    assert tier == [n for n, e in EXPERIMENTS.items() if e.in_reproduce and has_profile(e, "long")]
+    for name in tier:
+        assert any((REPO / "conf" / "profile" / "long" / Path(c).name).is_file()
+                   for c in EXPERIMENTS[name].configs)
+    assert parts_of("cpu", None) == [n for n, e in EXPERIMENTS.items() if e.in_reproduce]
+    with pytest.raises(SystemExit, match="not an experiment of the long tier"):
+        parts_of("long", ["no-such-experiment"])
+
+
+# A tiny tier: Fig. 1's two populations (one seed each) for 300 steps, checkpointed every 50.
+TINY = ("seed=0 trainer.max_steps=300 trainer.eval_every=50 trainer.checkpoint_every=50 "
+        "trainer.progress=false dataset.root=data")
+
+
+def _reproduce(root: Path) -> subprocess.Popen:
+    args = ["--scale", "cpu", "--parts", "fig1", "--every", "1", "--no-report", "--make",
+            f"RUNS={root / 'runs'}", f"RESULTS={root / 'results'}", f"TRAIN_ARGS={TINY}"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.Popen([sys.executable, "-m", "bnrepro.reproduce", *args], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def _results(root: Path) -> dict[str, object]:
+    """Every result file but the PDFs (they carry their creation time)."""
+    files = sorted(p for p in (root / "results").iterdir() if p.suffix != ".pdf")
+    assert files, f"no results in {root / 'results'}"
+    return {p.name: p.read_bytes() for p in files}
+
+
+@pytest.mark.slow
+def test_a_reproduce_killed_midway_ends_with_the_results_of_an_uninterrupted_one(tmp_path,
+                                                                                  mirror):
+    whole = _reproduce(tmp_path / "whole")
+    out, _ = whole.communicate(timeout=600)
+    assert whole.returncode == 0, out
+
+    killed_root = tmp_path / "killed"
+    killed = _reproduce(killed_root)
+    deadline = time.time() + 300
+    while not list((killed_root / "runs").rglob("checkpoint-000000100.pt")):
+        assert killed.poll() is None and time.time() < deadline, "no checkpoint to resume from"
+        time.sleep(0.2)
+    os.killpg(killed.pid, signal.SIGKILL)  # the orchestrator, make and the trainers at once
+    killed.wait()
+    summaries = [json.loads(p.read_text()) for p in (killed_root / "runs").rglob("summary.json")]
+    assert summaries and any(s["status"] != "completed" for s in summaries), \
+        "the kill came after training had ended: nothing was interrupted"
+
+    rerun = _reproduce(killed_root)
+    out, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, out
+    assert "model-steps done" in out
+    assert _results(killed_root) == _results(tmp_path / "whole")
