@@ -98,8 +98,8 @@ def fingerprint(config: DictConfig) -> dict:
 
 
 # What a refused checkpoint's error line tells the user to do (checkpoint.load).
-REMEDY = ("delete its run directories (or their checkpoint-*.pt files) to train it over, or set "
-          "another out_dir")
+REMEDY = ("delete this norm's run directories under out_dir (or their checkpoint-*.pt files) "
+          "to train them over, or set another out_dir")
 
 
 @dataclass(frozen=True)
