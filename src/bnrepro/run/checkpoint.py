@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -64,6 +64,10 @@ class ResumeMismatchError(ValueError):
     """The run directory holds a run of another configuration."""
 
 
+# What a refused config is told to do (train.py's; train_dln.py has no trainer.resume).
+REMEDY = "use another run directory, or trainer.resume=false to start it over"
+
+
 def fingerprint(cfg: DictConfig) -> dict:
     """The part of a config that determines a run's trajectory (the knobs of norms other than
     its own do not: runs saved before a norm's knobs existed still resume)."""
@@ -101,10 +105,12 @@ def steps(run_dir: str | Path) -> list[int]:
 
 def save(run_dirs: Sequence[Path], cfgs: Sequence[DictConfig], step: int,
          parts: Mapping[str, MemberState], summaries: Sequence[dict],
-         finished: bool = False) -> None:
+         finished: bool = False,
+         fingerprint_of: Callable[[DictConfig], dict] = fingerprint) -> None:
     """Commit the population's state at `step` (see the module docstring): each of `parts`
     (name -> MemberState, train.run_state) by name, every tensor on the CPU. `finished`
-    marks the state at the end of training: a rerun then has nothing left to do."""
+    marks the state at the end of training: a rerun then has nothing left to do.
+    `fingerprint_of(cfg)`: what of a config a resume must match (train.py's by default)."""
     states = {name: part.member_states() for name, part in parts.items()}
     for name, members in states.items():
         if len(members) != len(run_dirs):
@@ -117,7 +123,7 @@ def save(run_dirs: Sequence[Path], cfgs: Sequence[DictConfig], step: int,
             "step": step,
             "finished": finished,
             "population": population,
-            "config": fingerprint(cfgs[k]),
+            "config": fingerprint_of(cfgs[k]),
             "state": on_cpu({name: members[k] for name, members in states.items()}),
             "summary": dict(summaries[k]),
         }, path(run_dir, step), durable=True)
@@ -133,12 +139,15 @@ def _complete(checkpoint: dict, step: int) -> bool:
                for d in checkpoint.get("population", []))
 
 
-def load(run_dir: str | Path, cfg: DictConfig) -> dict | None:
+def load(run_dir: str | Path, cfg: DictConfig,
+         fingerprint_of: Callable[[DictConfig], dict] = fingerprint,
+         remedy: str = REMEDY) -> dict | None:
     """The run's newest committed checkpoint, or None to start from step 0.
 
-    Refuses a checkpoint of another config (ResumeMismatchError). An unreadable checkpoint
-    is renamed to `*.corrupt`, named in a warning, and the next older one (or a fresh start)
-    is used instead, so a damaged file never turns into a crash on every rerun.
+    Refuses a checkpoint of another config (ResumeMismatchError, its message ending in
+    `remedy`; `fingerprint_of`, as given to `save`, says what must match). An unreadable
+    checkpoint is renamed to `*.corrupt`, named in a warning, and the next older one (or a
+    fresh start) is used instead, so a damaged file never turns into a crash on every rerun.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -164,13 +173,13 @@ def load(run_dir: str | Path, cfg: DictConfig) -> dict | None:
                 f"{run_dir} holds an unfinished run checkpointed in an older format (no "
                 f"format {FORMAT}); delete its checkpoint-*.pt files to start it over, or "
                 "finish it with the bnrepro version that trained it")
-        current = fingerprint(cfg)
+        current = fingerprint_of(cfg)
         saved = _with_added_keys(checkpoint["config"], current)
         if saved != current:
             diff = sorted(_differences(saved, current))
             raise ResumeMismatchError(
                 f"{run_dir} holds a run of another config (differs in {', '.join(diff[:5])}); "
-                "use another run directory, or trainer.resume=false to start it over")
+                f"{remedy}")
         return checkpoint
     return None
 
