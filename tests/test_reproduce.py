@@ -39,6 +39,17 @@ def test_plan_mode_lists_every_job_with_its_steps_and_trains_none(run_train, tmp
     assert trained == []
 
 
+def test_the_deep_linear_net_plans_every_member_and_trains_none(tmp_path):
+    plan, out = tmp_path / "plan.jsonl", tmp_path / "dln"
+    subprocess.run([sys.executable, "-m", "bnrepro.train_dln", f"out_dir={out}", "steps=77",
+                    "norms=[none,bn]", "lrs=[1e-6,1e-7]", "seeds=[0,1,2]"], cwd=REPO, check=True,
+                   env={**os.environ, PLAN_ENV: str(plan)}, capture_output=True)
+    planned = read_plan(plan)
+    assert len(planned) == 2 * 2 * 3 and set(planned.values()) == {77}
+    assert all(d.parent == out.resolve() for d in planned)
+    assert not out.exists() or not list(out.rglob("*.json*"))  # nothing trained
+
+
 def _run(root: Path, name: str, status: str | None, steps: list[int] | None,
          cut_last_row: bool = False) -> Path:
     d = root / name

@@ -44,6 +44,7 @@ from bnrepro.measures.probes import sigmoid_input_quantiles
 from bnrepro.models.deep_linear import DeepLinearNet, squared_error
 from bnrepro.optim import PopulationSGD
 from bnrepro.run import checkpoint, machine, runlock
+from bnrepro.run.plan import add_to_plan, plan_file
 from bnrepro.run.store import RunStore, read_config, read_summary
 from bnrepro.state import MemberState, ModuleState, SubmoduleStates
 
@@ -284,6 +285,12 @@ def _train(cfg: DictConfig, norm: str, members: Sequence[Member], saved: Sequenc
 def main(cfg: DictConfig) -> None:
     """Every norm's population in turn. A run directory that holds another config's checkpoint
     or is in use stops it with one `error:` line (exit status 2)."""
+    plan = plan_file()
+    if plan is not None:  # BNREPRO_PLAN: say which runs would train, train none
+        dirs = [run_dir(cfg, norm, lr, seed)
+                for norm in cfg.norms for lr in cfg.lrs for seed in cfg.seeds]
+        add_to_plan(plan, dirs, [cfg.steps] * len(dirs))
+        return
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
