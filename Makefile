@@ -152,12 +152,16 @@ dln: setup  ## Santurkar's deep linear net: ICS and landscape, standard vs BN, 2
 
 # Santurkar et al. (2018) Sec. 2.1 and 3.3: standard vs BN vs noisy BN (and l_p norms on MNIST),
 # distributions of layer inputs and their shift; CPU-sized (about 2 + 4 minutes).
+# The CIFAR net's second sweep (no measures, at the paper's 0.1): noisy BN and the noise alone,
+# and at the cpu tier the l_p norms too (the long tier leaves those to the cpu tier, for time).
+comma := ,
+SANTURKAR_CIFAR_NORMS := noisy_bn,noise_only$(if $(filter cpu,$(SCALE)),$(comma)lp1$(comma)lp2$(comma)lpinf)
 santurkar: setup  ## Santurkar et al. Figs. 1-6 analogs: MNIST MLP + CIFAR CNN, 3 seeds, then the figures
 	$(TRAIN) experiment=santurkar_mnist
 	@ds=$(CIFAR) && \
 	$(TRAIN) experiment=santurkar_cifar dataset=$$ds && \
 	$(TRAIN) experiment=santurkar_cifar dataset=$$ds optim.lr=0.1 \
-		model.norm=noisy_bn,noise_only,lp1,lp2,lpinf measures.ics.every=0 \
+		model.norm=$(SANTURKAR_CIFAR_NORMS) measures.ics.every=0 \
 		measures.landscape.every=0 && \
 	$(ANALYSE) santurkar $(RUNS)/santurkar_mnist $(RUNS)/santurkar_$$ds --out $(RESULTS)
 
