@@ -1,0 +1,72 @@
+"""The tiers (scale=cpu|long|paper): every profile composes over its experiment, changes only
+keys the experiment has (a typo would otherwise add a key nobody reads), and leaves the cpu
+tier's runs where they were."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from bnrepro.config import CONF_DIR, compose_config, flatten, register_resolvers
+from bnrepro.run.checkpoint import fingerprint
+from bnrepro.validation import validate
+
+PROFILES = sorted((CONF_DIR / "profile").glob("*/*.yaml"))
+
+
+def profile_keys(path: Path) -> dict:
+    """The dotted keys a profile sets (its defaults list and hydra.* aside), with values."""
+    tree = yaml.safe_load(path.read_text()) or {}
+    tree.pop("defaults", None)
+    tree.pop("hydra", None)
+    return flatten(tree)
+
+
+def compose_dln(overrides: list[str]):
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("dln", overrides=overrides)
+
+
+def compose_tier(experiment: str, scale: str):
+    if experiment == "dln":
+        return compose_dln([f"scale={scale}"])
+    return compose_config([f"experiment={experiment}", f"scale={scale}"])
+
+
+def test_every_experiment_but_fig1_and_the_sweeps_has_a_long_and_a_paper_profile():
+    tiers = {p.parent.name: {q.stem for q in PROFILES if q.parent == p.parent} for p in PROFILES}
+    experiments = {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")}
+    expected = (experiments - {"fig1_mnist", "sweep_mnist", "sweep_cifar"}) | {"dln"}
+    assert tiers == {"long": expected, "paper": expected}
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_a_profile_sets_only_keys_its_experiment_has_and_its_values_arrive(path):
+    scale, experiment = path.parent.name, path.stem
+    cpu = OmegaConf.to_container(compose_tier(experiment, "cpu"), resolve=True)
+    tier_cfg = compose_tier(experiment, scale)
+    tier = OmegaConf.to_container(tier_cfg, resolve=True)
+    flat_cpu, flat_tier = flatten(cpu), flatten(tier)
+    for key, value in profile_keys(path).items():
+        assert key in flat_cpu, f"{path.name} sets {key}, which {experiment} does not have"
+        assert flat_tier[key] == value, f"{key}: the profile's {value!r} did not arrive"
+    assert tier["scale"]["name"] == scale and tier["scale"]["runs"] == f"runs/{scale}"
+    changed = {k for k in flat_cpu if k in flat_tier and flat_cpu[k] != flat_tier[k]}
+    assert changed - {"scale.name", "scale.runs", "out_dir"}, f"{path} changes nothing"
+    if experiment != "dln":
+        validate(tier_cfg)
+
+
+def test_the_cpu_tier_is_the_experiment_file_and_keeps_its_run_folder():
+    cfg = compose_config(["experiment=fig2_cifar"])
+    assert cfg.scale.name == "cpu" and cfg.scale.runs == "runs"
+    long = compose_config(["experiment=fig2_cifar", "scale=long"])
+    # The tier is no part of what a run is: runs made before tiers existed still resume.
+    assert fingerprint(cfg) == fingerprint(compose_config(["experiment=fig2_cifar",
+                                                           "scale.runs=elsewhere"]))
+    assert fingerprint(cfg) != fingerprint(long)
