@@ -45,6 +45,7 @@ RESUME_INSENSITIVE = ("fresh", "scale", "trainer.progress", "trainer.resume",
                       "trainer.divergence_check_every", "trainer.members_at_once",
                       "dataset.root", "dataset.mirror", "measures", "probe.shift",
                       "probe.train_noise", "model.conv_execution",
+                      "model.memory_format", "trainer.compile",
                       "probe.residual_variance", "trainer.test_examples",
                       "probe.inference_gap")
 
