@@ -231,7 +231,10 @@ def test_quick_bench_records_every_row_with_sane_numbers(mnist, tmp_path):
     measures = result["measures"]
     assert measures["step_ms"] > 0
     assert all(math.isfinite(measures[name]["ms"]) for name in ("ics", "landscape"))
-    assert all(t["met"] in (True, False) for t in result["targets"]), result["targets"]
+    # every target measured, but those against the compiled loop (skipped by --quick)
+    assert all(t["met"] in (True, False) for t in result["targets"]
+               if "torch.compile" not in t["target"]), result["targets"]
+    assert all(t["met"] is None for t in result["targets"] if "torch.compile" in t["target"])
     # every long-tier net: its four targets, each reading rows it measured (compile's skipped)
     for net in LONG_NETS:
         assert sum(t["target"].startswith(f"{net}:") for t in result["targets"]) == 4
