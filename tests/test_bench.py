@@ -14,7 +14,7 @@ from bnrepro.bench import peers, report
 from bnrepro.bench.__main__ import main
 from bnrepro.bench.roofline import training_step_flops
 from bnrepro.bench.timing import Row
-from bnrepro.bench.workloads import IndexStream, cnn_workload, mlp_workload
+from bnrepro.bench.workloads import LONG_NETS, IndexStream, cnn_workload, mlp_workload
 from bnrepro.config import compose_config
 from bnrepro.run.store import read_metrics
 from bnrepro.train import train_population
@@ -145,6 +145,43 @@ def test_each_round_gives_its_own_ratio_and_a_verdict_the_rounds_split_says_so()
     assert evaluation.rounds == [] and evaluation.settled is None
 
 
+def test_long_net_targets_take_our_fastest_knob_and_each_layouts_population():
+    P = 4
+    rows = [row("vgg/plain", 30.0), row("vgg/plain_channels_last", 24.0),
+            row("vgg/compiled", 20.0), row(f"vgg/sequential{P}", 25.0), row("vgg/ours1", 22.0),
+            row("vgg/ours1_channels_last", 16.0), row("vgg/ours1_compile", 18.0),
+            row(f"vgg/ours{P}", 21.0), row(f"vgg/ours{P}_channels_last", 20.0)]
+    found = [t for t in report.targets(rows, {}, None, long={"vgg": P})
+             if t.text.startswith("vgg")]
+    values = [t.value for t in found]
+    assert len(values) == 4
+    assert values[0] == pytest.approx(24 / 16)  # the faster plain loop over our fastest
+    assert values[1] == pytest.approx(20 / 16)
+    assert values[2] == pytest.approx(25 / 20)  # our faster population
+    # per layout: defaults 22/21, channels_last 16/20 (a population slower than its single
+    # run): the worse one counts
+    assert values[3] == pytest.approx(16 / 20)
+    assert [t.met for t in found] == [True, True, True, False]
+
+
+@pytest.mark.parametrize("net", LONG_NETS)
+def test_the_peers_train_the_net_our_trainer_trains(net):
+    """The plain nets mirror ours: the same parameter shapes, layer for layer (a missing
+    block, another width or an extra bias would show), and the same conv FLOPs per step."""
+    from bnrepro.models import build_model
+
+    w = cnn_workload(CPU, num_train=200, eval_images=10, net=net)
+    ours = build_model([w.config], (3, 32, 32))
+    plain = w.build()
+    assert sorted(p.numel() for p in plain.parameters()) == \
+        sorted(p.numel() for p in ours.parameters())
+    x = w.inputs(w.images[:w.batch_size])
+    from bnrepro.bench.roofline import count_flops
+    ours_flops = count_flops(lambda: ours(x.unsqueeze(0)).sum().backward())
+    plain_flops = count_flops(lambda: plain(x).sum().backward())
+    assert ours_flops["conv"] == plain_flops["conv"] > 0
+
+
 def test_a_failing_row_is_recorded_and_the_rest_go_on():
     def broken():
         raise RuntimeError("no compiler\nmore detail")
@@ -160,16 +197,20 @@ def test_quick_bench_records_every_row_with_sane_numbers(mnist, tmp_path):
     result = main(["--quick", "--out", str(out), "--data-root", str(REPO / "data")])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     keys = [r["key"] for r in result["rows"]]
-    mlp_p, cnn_p = result["protocol"]["populations"].values()
+    mlp_p, cnn_p = (result["protocol"]["populations"][net] for net in ("mlp", "cnn"))
     assert keys == ["mlp/tutorial", "mlp/plain", "mlp/compiled",
                     *(f"mlp/ensemble{p}" for p in mlp_p), "mlp/processes", "mlp/ours1",
                     *(f"mlp/ours{p}" for p in mlp_p), "cnn/plain", "cnn/plain_channels_last",
                     f"cnn/ensemble{max(cnn_p)}", f"cnn/sequential{max(cnn_p)}", "cnn/ours1",
                     *(f"cnn/ours{p}" for p in cnn_p), f"cnn/ours{max(cnn_p)}_grouped",
-                    f"cnn/ours{max(cnn_p)}_chunked"]
+                    f"cnn/ours{max(cnn_p)}_chunked",
+                    *(f"{net}/{row}" for net in LONG_NETS for row in (
+                        "plain", "plain_channels_last", "compiled", "sequential2", "ours1",
+                        "ours1_channels_last", "ours1_compile", "ours2", "ours2_channels_last"))]
     for r in result["rows"]:
         assert "error" not in r, r
-        if r["key"] in ("mlp/compiled", "mlp/processes"):  # too slow to start for --quick
+        if r["key"] in ("mlp/compiled", "mlp/processes") or r["key"].endswith("compiled") \
+                or r["key"].endswith("_compile"):  # too slow to start for --quick
             assert r["skipped"] and r["ms_per_model_step"] is None
             continue
         ms = r["ms_per_model_step"]
@@ -190,7 +231,14 @@ def test_quick_bench_records_every_row_with_sane_numbers(mnist, tmp_path):
     measures = result["measures"]
     assert measures["step_ms"] > 0
     assert all(math.isfinite(measures[name]["ms"]) for name in ("ics", "landscape"))
-    assert all(t["met"] in (True, False) for t in result["targets"]), result["targets"]
+    # every target measured, but those against the compiled loop (skipped by --quick)
+    assert all(t["met"] in (True, False) for t in result["targets"]
+               if "torch.compile" not in t["target"]), result["targets"]
+    assert all(t["met"] is None for t in result["targets"] if "torch.compile" in t["target"])
+    # every long-tier net: its four targets, each reading rows it measured (compile's skipped)
+    for net in LONG_NETS:
+        assert sum(t["target"].startswith(f"{net}:") for t in result["targets"]) == 4
+        assert result["roofline"]["ms"][net] > 0
     table = out.with_suffix(".md").read_text()
     assert all(r["label"] in table for r in result["rows"])
     assert "Max-pooling of the folded layout" in table

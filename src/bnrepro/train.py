@@ -34,6 +34,7 @@ from bnrepro.device import DeviceError, autocast, configure, resolve_device
 from bnrepro.measures.evaluation import Evaluator
 from bnrepro.measures.hook import StepMeasures
 from bnrepro.models import build_model, move_step_streams
+from bnrepro.models.compiled import Forward, compiled_forward
 from bnrepro.norms import norm_step_setter
 from bnrepro.optim import PopulationSGD
 from bnrepro.run import checkpoint, machine, runlock
@@ -202,6 +203,7 @@ class Population:
     sampler: EpochSampler
     augment: BatchAugment
     numerics: dict  # how the device computes (device.py), recorded in each summary
+    forward: Forward  # the training forward: the model, or it under torch.compile
 
     def run_state(self) -> dict[str, MemberState]:
         """What a checkpoint of this population holds (run_state below)."""
@@ -247,13 +249,17 @@ def build_population(cfgs: Sequence[DictConfig], whole_population: int | None) -
     per_member = {key: torch.tensor([float(c.optim[key]) for c in cfgs], device=device)
                   for key in ("lr", "momentum", "weight_decay", "lr_decay", "lr_decay_steps")}
     optimizer = PopulationSGD(model.parameters(), **per_member)
+    forward: Forward = model
+    if cfg.trainer.get("compile", False):  # its trial step: the first examples, every member
+        first = train_index[:cfg.trainer.batch_size].to(device).expand(P, -1)
+        forward = compiled_forward(model, transform(rows(ds.train_images, first)))
     return Population(
         cfgs, device, ds, transform, train_index.to(device), evaluate, model, optimizer,
         StepMeasures(cfg.get("measures"), model, optimizer, member_losses),
         EpochSampler(len(train_index), cfg.trainer.batch_size, seeds, device),
         BatchAugment(seeds, [c.augment.crop_padding for c in cfgs],
                      [c.augment.flip for c in cfgs], device),
-        numerics)
+        numerics, forward)
 
 
 def start_or_resume(population: Population, saved: Sequence[dict | None]
@@ -475,7 +481,7 @@ def train_step(population: Population, divergence: Divergence, log: RunLog, cloc
     p = population
     x, y = p.batch()
     replay = p.measures.capture(step)  # None unless a measure is due at this step
-    logits = p.model(x)
+    logits = p.forward(x)
     loss = member_losses(logits, y)
     if not divergence.check_loss(step, loss, evaluated):
         return None

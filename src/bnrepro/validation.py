@@ -12,7 +12,7 @@ from bnrepro.data.datasets import SPECS
 from bnrepro.device import DEVICE_PATTERN, PRECISIONS
 from bnrepro.measures import measure_problems
 from bnrepro.measures.evaluation import PROBE_NETWORKS
-from bnrepro.models import ACTIVATIONS, CONV_EXECUTIONS, MODELS
+from bnrepro.models import ACTIVATIONS, CONV_EXECUTIONS, MEMORY_FORMATS, MODELS
 from bnrepro.norms import NORMS
 from bnrepro.norms.batch import INFERENCE
 from bnrepro.norms.lp import NORM_OF
@@ -42,11 +42,15 @@ def config_problems(cfg: DictConfig) -> list[str]:
     one_of("model.bn_inference", INFERENCE)
     if "conv_execution" in cfg.model:  # conv nets only
         one_of("model.conv_execution", CONV_EXECUTIONS)
+    if "memory_format" in cfg.model:  # conv nets only
+        one_of("model.memory_format", MEMORY_FORMATS)
     one_of("logger.kind", LOGGERS)
     check("trainer.device", DEVICE_PATTERN.fullmatch(str(cfg.trainer.device)) is not None,
           "choose auto, cpu, cuda or cuda:N")
     one_of("trainer.precision", PRECISIONS)
     check("trainer.deterministic", isinstance(cfg.trainer.get("deterministic"), bool),
+          "must be true or false")
+    check("trainer.compile", isinstance(cfg.trainer.get("compile", False), bool),
           "must be true or false")
     for knob in ("threads", "divergence_check_every", "members_at_once"):  # null: default
         value = cfg.trainer.get(knob)

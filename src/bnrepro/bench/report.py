@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bnrepro.bench import pooling
 from bnrepro.bench.timing import Row
+from bnrepro.bench.workloads import CONV_NETS
 
-PLAIN = {"mlp": ["mlp/plain"], "cnn": ["cnn/plain", "cnn/plain_channels_last"]}
+# Our single-run rows of a long-tier net: the defaults and each speed knob (its fastest counts)
+SINGLE_KNOBS = ("", "_channels_last", "_compile")
+POPULATION_KNOBS = ("", "_channels_last")
 
 
 @dataclass
@@ -73,19 +76,58 @@ def rounds(rows: Sequence[Row]) -> list[dict[str, float]]:
     return [{r.key: r.samples[i] for r in rows if i < len(r.samples)} for i in range(count)]
 
 
-def best_plain(net: str, ms: dict[str, float]) -> float | None:
-    found = [ms[k] for k in PLAIN[net] if k in ms]
+def plain_keys(net: str) -> list[str]:
+    """The plain in-memory loops of a net: the MLP's, or a conv net's in both layouts."""
+    return [f"{net}/plain"] + ([] if net == "mlp" else [f"{net}/plain_channels_last"])
+
+
+def fastest(ms: dict[str, float], keys: Sequence[str]) -> float | None:
+    found = [ms[k] for k in keys if k in ms]
     return min(found) if found else None
+
+
+def best_plain(net: str, ms: dict[str, float]) -> float | None:
+    return fastest(ms, plain_keys(net))
 
 
 def ratio(slow: float | None, fast: float | None) -> float | None:
     return None if slow is None or fast is None else slow / fast
 
 
+def long_net_specs(net: str, P: int
+                   ) -> list[tuple[str, Callable[[dict[str, float]], float | None], float, str]]:
+    """The issue's targets for a long-tier net (bench.__main__.long_rows): our fastest single
+    run (defaults, channels_last or compiled) >= 1.3x the faster plain eager loop and >= 1x
+    the compiled one; our faster population >= 1.2x its members one after another; and a
+    population never slower per member than a single run, layout for layout."""
+    singles = [f"{net}/ours1{knob}" for knob in SINGLE_KNOBS]
+    populations = [f"{net}/ours{P}{knob}" for knob in POPULATION_KNOBS]
+
+    def population_vs_single(ms: dict[str, float]) -> float | None:
+        found = [ratio(ms.get(f"{net}/ours1{knob}"), ms.get(f"{net}/ours{P}{knob}"))
+                 for knob in POPULATION_KNOBS]
+        found = [r for r in found if r is not None]
+        return min(found) if found else None
+
+    return [
+        (f"{net}: our fastest single run (defaults, channels_last or compiled) vs the faster "
+         "plain eager loop (contiguous or channels_last), per step",
+         lambda ms: ratio(best_plain(net, ms), fastest(ms, singles)), 1.3, "x"),
+        (f"{net}: our fastest single run vs the plain loop under torch.compile, per step",
+         lambda ms: ratio(ms.get(f"{net}/compiled"), fastest(ms, singles)), 1.0, "x"),
+        (f"{net}: our faster population P={P} (defaults or channels_last) vs its members "
+         f"one after another (plain loop x {P}), per model-step",
+         lambda ms: ratio(ms.get(f"{net}/sequential{P}"), fastest(ms, populations)), 1.2, "x"),
+        (f"{net}: a population P={P} vs our single run, per model-step, the worse of the two "
+         "layouts", population_vs_single, 1.0, "x"),
+    ]
+
+
 def targets(rows: Sequence[Row], roofline: dict[str, float], evaluation: dict | None,
-            mlp_populations: Sequence[int] = (16, 64), cnn_populations: Sequence[int] = (4, 8)
-            ) -> list[Target]:
-    """The issue's targets, each from this run's medians, and from each round alone."""
+            mlp_populations: Sequence[int] = (16, 64), cnn_populations: Sequence[int] = (4, 8),
+            long: Mapping[str, int] | None = None) -> list[Target]:
+    """The issue's targets, each from this run's medians, and from each round alone; `long`:
+    the long-tier nets measured, each with its population size."""
     largest = max(cnn_populations)
     sizes = ", ".join(map(str, cnn_populations))
 
@@ -107,6 +149,7 @@ def targets(rows: Sequence[Row], roofline: dict[str, float], evaluation: dict | 
         (f"cnn: our slowest population (P={sizes}) vs its members trained one after another, "
          "per model-step", slowest_population_vs_sequential, 1.0, "x"),
         ("cnn (aim): the same", slowest_population_vs_sequential, 1.3, "x"),
+        *(spec for net, P in (long or {}).items() for spec in long_net_specs(net, P)),
     ]
     ms, per_round = medians(rows), rounds(rows)
     found = []
@@ -139,8 +182,17 @@ def row_record(row: Row, roofline_ms: float | None, reference_ms: float | None) 
 
 # The bench's nets and their data (workloads.py), as its tables name them.
 NET_TITLES = {"mlp": "Fig. 1 MLP (784-100-100-100-10, sigmoid, BN, batch 60, MNIST)",
-              "cnn": "quick CIFAR CNN (model=cnn, width 0.5, BN, ReLU, batch 64, random uint8 "
-                     "images)"}
+              **{net: title for net, (title, _) in CONV_NETS.items()}}
+
+
+def _long_protocol(protocol: dict) -> str:
+    """The long-tier nets' own warm-up and step counts, where the run measured them."""
+    nets = [net for net in protocol["steps"] if net not in ("mlp", "cnn")]
+    if not nets:
+        return ""
+    net = nets[0]
+    return (f", {protocol.get('warmups', {}).get(net, protocol['warmup'])} + "
+            f"{protocol['steps'][net]} for the long-tier nets ({', '.join(nets)})")
 
 
 def markdown(result: dict) -> str:
@@ -150,7 +202,8 @@ def markdown(result: dict) -> str:
     out = [f"Measured by `make bench` on {m['device']} ({m['device_name']}{cpu}), "
            f"{m['threads']} threads, torch {m['torch']}: {p['repeats']} rounds of every row, "
            f"each sample {p['warmup']} warm-up + {p['steps']['mlp']} (MLP) / "
-           f"{p['steps']['cnn']} (CNN) timed steps; median (min..max) ms per model-step."]
+           f"{p['steps']['cnn']} (CNN) timed steps{_long_protocol(p)}; median (min..max) ms "
+           "per model-step."]
     for net, title in NET_TITLES.items():
         rows = [r for r in result["rows"] if r["net"] == net]
         if not rows:
@@ -179,6 +232,12 @@ def markdown(result: dict) -> str:
                     f"matmul; CNN {roof['flops']['cnn']['matmul'] / 1e6:.1f} M matmul + "
                     f"{roof['flops']['cnn']['conv'] / 1e6:.1f} M conv. Roofline ms per "
                     f"model-step: MLP {roof['ms']['mlp']:.3f}, CNN {roof['ms']['cnn']:.3f}."]
+    if roof and roof.get("long_conv_rates"):
+        out += ["", "Roofline of the long-tier nets (their convs timed alone the same way), FLOPs "
+                    "per model-step and ms per model-step: " + "; ".join(
+                        f"{net} {roof['flops'][net]['matmul'] / 1e6:.1f} M matmul + "
+                        f"{roof['flops'][net]['conv'] / 1e6:.1f} M conv, {roof['ms'][net]:.3f} ms"
+                        for net in roof["long_conv_rates"]) + "."]
     ev = result.get("evaluation")
     if ev:
         one, full, short = ev["one_evaluation_s"], ev["full_run"], ev["short_run"]

@@ -66,19 +66,23 @@ def conv_layers(w: Workload) -> list[tuple[nn.Conv2d, tuple[int, ...]]]:
 
 def conv_rates(w: Workload, repeats: int = 5, calls: int = 10) -> list[dict]:
     """Per conv of the net: forward + backward FLOPs and GFLOP/s of that conv alone (input
-    gradient only where the net needs one: not for the first layer)."""
-    rates = []
+    gradient only where the net needs one: not for the first layer). Convs of the same shape
+    (a ResNet's blocks within a stage) are timed once."""
+    rates, measured = [], {}
     for i, (conv, shape) in enumerate(conv_layers(w)):
-        x = torch.randn(shape, device=w.device, requires_grad=i > 0)
-        weight = conv.weight.detach().clone().requires_grad_(True)
+        key = (shape, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, i > 0)
+        if key not in measured:
+            x = torch.randn(shape, device=w.device, requires_grad=i > 0)
+            weight = conv.weight.detach().clone().requires_grad_(True)
 
-        def step(x=x, weight=weight, conv=conv) -> None:
-            F.conv2d(x, weight, None, conv.stride, conv.padding).sum().backward()
+            def step(x=x, weight=weight, conv=conv) -> None:
+                F.conv2d(x, weight, None, conv.stride, conv.padding).sum().backward()
 
-        flops = count_flops(step)["conv"]
-        seconds = median_time(step, calls, repeats, w.device)
-        rates.append({"input": list(shape), "out_channels": conv.out_channels,
-                      "flops": flops, "gflops": round(flops / seconds / 1e9, 2)})
+            flops = count_flops(step)["conv"]
+            seconds = median_time(step, calls, repeats, w.device)
+            measured[key] = {"input": list(shape), "out_channels": conv.out_channels,
+                             "flops": flops, "gflops": round(flops / seconds / 1e9, 2)}
+        rates.append(measured[key])
     return rates
 
 

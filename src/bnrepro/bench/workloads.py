@@ -6,6 +6,8 @@
   8, 16, 32 channels, BN, ReLU, a 128-unit hidden layer), batch 64, SGD with fig2's momentum
   0.9 and weight decay 5e-4. Its images are random uint8 of CIFAR's shape: step times do not
   depend on pixel values, and the bench then needs no CIFAR download.
+- the long tier's conv nets (CONV_NETS, LONG_NETS): the full-width quick CNN, the VGG-style
+  net at width 0.25 and a ResNet-20, trained the same way on the same kind of images.
 
 Every row of a net trains on the same uint8 tensors in memory (but the tutorial loop, which
 reads MNIST through torchvision). Our trainer gets them through `trainer_dataset`, with the
@@ -30,6 +32,7 @@ from bnrepro import train
 from bnrepro.config import compose_config
 from bnrepro.data.datasets import Dataset, InputTransform, load_dataset
 from bnrepro.models.cnn import stage_widths
+from bnrepro.models.resnet import blocks_per_stage
 
 EVAL_IMAGES = 1000  # validation and test images of our trainer's (untimed) evaluations
 CNN_TRAIN_IMAGES = 10_000  # random CIFAR-shaped training images
@@ -39,7 +42,7 @@ def cheap_evaluation(eval_images: int) -> list[str]:
     """Knobs of evaluations only (they do not touch a training step): our trainer's
     evaluations at step 0 and at the end stay short."""
     return ["probe.networks=[]", "trainer.population_batches=1",
-            f"dataset.val_size={eval_images}"]
+            f"dataset.val_size={eval_images}", "probe.residual_variance=false"]
 
 
 @dataclass
@@ -119,33 +122,122 @@ def random_cifar(num_train: int, num_test: int, seed: int = 0) -> Dataset:
                    torch.randint(0, 10, (num_test,), generator=g))
 
 
+# The conv nets of the bench: name -> (title, our trainer's overrides). "cnn" is the quick CNN
+# of the experiments; the others are what the long tier trains for hours (conf/profile/long/):
+# the full-width quick CNN, the VGG-style net at the long tier's width (stages of 16, 32, 64,
+# 128 channels, 2 convs each) and a ResNet-20 (pre-activation, BN; width 0.5: 8, 16, 32).
+CONV_NETS: dict[str, tuple[str, list[str]]] = {
+    "cnn": ("quick CIFAR CNN (model=cnn, width 0.5, BN, ReLU, batch 64, random uint8 images)",
+            ["model=cnn", "model.width_multiplier=0.5", "trainer.batch_size=64"]),
+    "cnn_w1": ("full-width quick CNN (model=cnn, width 1.0: 16-32-64, batch 64)",
+               ["model=cnn", "model.width_multiplier=1.0", "trainer.batch_size=64"]),
+    "vgg": ("VGG-style net (model=cnn_paper, width 0.25: 2 x 16-32-64-128, batch 128)",
+            ["model=cnn_paper", "model.width_multiplier=0.25", "trainer.batch_size=128"]),
+    "resnet20": ("ResNet-20 (model=resnet, depth 20, width 0.5: 8-16-32, BN, batch 64)",
+                 ["model=resnet", "model.depth=20", "model.width_multiplier=0.5",
+                  "trainer.batch_size=64"]),
+}
+LONG_NETS = ("cnn_w1", "vgg", "resnet20")  # `make bench`'s long-tier section
+
+
 def cnn_workload(device: torch.device, num_train: int = CNN_TRAIN_IMAGES,
-                 eval_images: int = EVAL_IMAGES) -> Workload:
-    cfg = compose_config(["model=cnn", "dataset=cifar10", "model.width_multiplier=0.5",
-                          "trainer.batch_size=64", "optim.lr=0.01", "optim.momentum=0.9",
-                          "optim.weight_decay=5e-4", *cheap_evaluation(eval_images)])
+                 eval_images: int = EVAL_IMAGES, net: str = "cnn") -> Workload:
+    """A conv net of CONV_NETS on random CIFAR-shaped images: SGD with fig2's momentum 0.9
+    and weight decay 5e-4 at rate 0.01."""
+    cfg = compose_config([*CONV_NETS[net][1], "dataset=cifar10", "optim.lr=0.01",
+                          "optim.momentum=0.9", "optim.weight_decay=5e-4",
+                          *cheap_evaluation(eval_images)])
     m = cfg.model
-    if m.norm != "bn" or m.activation != "relu" or m.convs_per_stage != 1 or m.dropout:
-        raise ValueError("the bench's plain CNN mirrors model=cnn with one conv per stage, BN, "
-                         "ReLU and no dropout; conf/model/cnn.yaml changed")
-    widths = stage_widths(m.widths, m.width_multiplier)
+    plain = PLAIN_NETS[m.kind]
+    plain.check(m)
     ds = random_cifar(num_train, eval_images)
-
-    def build() -> nn.Module:
-        layers: list[nn.Module] = []
-        for n_in, n_out in zip([3, *widths[:-1]], widths, strict=True):
-            layers += [nn.Conv2d(n_in, n_out, 3, padding=1, bias=False), nn.BatchNorm2d(n_out),
-                       nn.ReLU(), nn.MaxPool2d(2)]
-        size = 32 // 2 ** len(widths)
-        layers += [nn.Flatten(), nn.Linear(widths[-1] * size * size, m.classifier_hidden,
-                                           bias=False),
-                   nn.BatchNorm1d(m.classifier_hidden), nn.ReLU(),
-                   nn.Linear(m.classifier_hidden, 10)]
-        return nn.Sequential(*layers).to(device)
-
-    return Workload("cnn", ds.to(device), InputTransform(ds, standardize=True),
+    return Workload(net, ds.to(device), InputTransform(ds, standardize=True),
                     cfg.trainer.batch_size, cfg.optim.lr, cfg.optim.momentum,
-                    cfg.optim.weight_decay, cfg, build, device)
+                    cfg.optim.weight_decay, cfg, lambda: plain.build(m).to(device), device)
+
+
+@dataclass(frozen=True)
+class PlainNet:
+    """How the peers build a model kind as plain torch modules, and the config it mirrors."""
+
+    build: Callable[[DictConfig], nn.Module]
+    check: Callable[[DictConfig], None]
+
+
+def _check_vgg(m: DictConfig) -> None:
+    if m.norm != "bn" or m.activation != "relu" or m.dropout or not m.classifier_norm:
+        raise ValueError("the bench's plain CNN mirrors model=cnn and model=cnn_paper with BN, "
+                         "ReLU and no dropout; conf/model/ changed")
+
+
+def _plain_vgg(m: DictConfig) -> nn.Module:
+    """conv3x3 -> BN -> ReLU (convs_per_stage per stage) -> 2x2 max-pool, per stage; then
+    flatten -> linear -> BN -> ReLU -> linear: models.cnn's net."""
+    widths = stage_widths(m.widths, m.width_multiplier)
+    depths = [m.convs_per_stage] * len(widths) if isinstance(m.convs_per_stage, int) \
+        else list(m.convs_per_stage)
+    layers: list[nn.Module] = []
+    channels = 3
+    for width, depth in zip(widths, depths, strict=True):
+        for _ in range(depth):
+            layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False),
+                       nn.BatchNorm2d(width), nn.ReLU()]
+            channels = width
+        layers.append(nn.MaxPool2d(2))
+    size = 32 // 2 ** len(widths)
+    layers += [nn.Flatten(), nn.Linear(channels * size * size, m.classifier_hidden, bias=False),
+               nn.BatchNorm1d(m.classifier_hidden), nn.ReLU(),
+               nn.Linear(m.classifier_hidden, 10)]
+    return nn.Sequential(*layers)
+
+
+class PlainBlock(nn.Module):
+    """A pre-activation block as a user writes it: skip(x) + conv(relu(bn(conv(relu(bn(x)))))),
+    the skip a 1x1 conv where the block downsamples or widens (models.resnet's block with
+    residual_scale none). That 1x1 conv reads every stride-th position at stride 1, the same
+    conv as nn.Conv2d(stride=2): oneDNN's strided 1x1 backward corrupts memory on
+    channels_last inputs with few channels (models/layers.py), and the channels_last row would
+    crash."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.bn1, self.bn2 = nn.BatchNorm2d(in_channels), nn.BatchNorm2d(out_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.shortcut = nn.Conv2d(in_channels, out_channels, 1, bias=False) \
+            if stride != 1 or in_channels != out_channels else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv2(torch.relu(self.bn2(self.conv1(torch.relu(self.bn1(x))))))
+        if self.shortcut is None:
+            return x + h
+        return self.shortcut(x[:, :, ::self.stride, ::self.stride]) + h
+
+
+def _check_resnet(m: DictConfig) -> None:
+    if m.norm != "bn" or m.activation != "relu" or m.dropout or m.residual_scale != "none":
+        raise ValueError("the bench's plain ResNet mirrors model=resnet with BN, ReLU, "
+                         "residual_scale none and no dropout; conf/model/resnet.yaml changed")
+
+
+def _plain_resnet(m: DictConfig) -> nn.Module:
+    """stem conv3x3 -> 3 stages of (depth - 2) / 6 PlainBlocks -> BN -> ReLU -> global average
+    pool -> linear: models.resnet's net."""
+    widths = stage_widths(m.widths, m.width_multiplier)
+    layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1, bias=False)]
+    channels = widths[0]
+    for s, width in enumerate(widths):
+        for b in range(blocks_per_stage(m.depth)):
+            layers.append(PlainBlock(channels, width, 2 if s > 0 and b == 0 else 1))
+            channels = width
+    layers += [nn.BatchNorm2d(channels), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+               nn.Linear(channels, 10)]
+    return nn.Sequential(*layers)
+
+
+PLAIN_NETS = {"cnn": PlainNet(_plain_vgg, _check_vgg),
+              "resnet": PlainNet(_plain_resnet, _check_resnet)}
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from bnrepro.models.cnn import CNN, stage_widths
 from bnrepro.models.layers import (
     ACTIVATIONS,
     CONV_EXECUTIONS,
+    MEMORY_FORMATS,
     PopulationConv2d,
     PopulationDropout,
     PopulationLinear,
@@ -29,7 +30,8 @@ from bnrepro.norms import head_norm
 from bnrepro.norms.noisy import SanturkarNoise
 from bnrepro.seeding import on_device
 
-__all__ = ["ACTIVATIONS", "CNN", "CONV_EXECUTIONS", "MLP", "MODELS", "ModelSpec",
+__all__ = ["ACTIVATIONS", "CNN", "CONV_EXECUTIONS", "MEMORY_FORMATS", "MLP", "MODELS",
+           "ModelSpec",
            "PopulationConv2d", "PopulationDropout", "PopulationLinear", "ResNet", "build_model",
            "check_norm_and_activation", "move_step_streams", "step_streams"]
 
@@ -60,14 +62,21 @@ def _build_cnn(m: Mapping, common: dict, image_shape: tuple[int, ...]) -> nn.Mod
     return CNN(in_channels=image_shape[0], num_classes=10, widths=list(m.widths),
                convs_per_stage=m.convs_per_stage, width_multiplier=m.width_multiplier,
                classifier_hidden=m.classifier_hidden, image_size=tuple(image_shape[1:]),
-               conv_execution=m.get("conv_execution", "auto"), **common)
+               **_speed_knobs(m), **common)
 
 
 def _build_resnet(m: Mapping, common: dict, image_shape: tuple[int, ...]) -> nn.Module:
     return ResNet(in_channels=image_shape[0], num_classes=10, depth=m.depth,
                   widths=list(m.widths), width_multiplier=m.width_multiplier,
                   residual_scale=m.residual_scale, image_size=tuple(image_shape[1:]),
-                  conv_execution=m.get("conv_execution", "auto"), **common)
+                  **_speed_knobs(m), **common)
+
+
+def _speed_knobs(m: Mapping) -> dict[str, str]:
+    """A conv net's knobs that change speed only (layers.py): how a population's convs run and
+    how activations lie in memory."""
+    return {"conv_execution": m.get("conv_execution", "auto"),
+            "memory_format": m.get("memory_format", "contiguous")}
 
 
 def _resnet_checks(m: Mapping) -> list[tuple[str, bool, str]]:

@@ -15,10 +15,13 @@ from bnrepro.models.layers import (
     PopulationLinear,
     check_norm_and_activation,
     fold,
+    in_memory_format,
+    member_calls,
     unfold,
+    use_memory_format,
 )
 from bnrepro.models.pooling import max_pool2d
-from bnrepro.norms import head_norm, make_norm, member_norms, norm_spec
+from bnrepro.norms import head_norm, make_norm, norm_spec
 from bnrepro.seeding import generator
 
 
@@ -47,7 +50,8 @@ class CNN(nn.Module):
     Weights start as N(0, std^2) with std = init_std, or, when init_std is None, He's
     sqrt(2 / fan_in) (fan_in = in_channels * k * k for convs), which keeps ReLU nets trainable
     without BN. `image_size` (H or (H, W)) sets the flattened size; pooling floors odd sizes.
-    `conv_execution` says how the convs run a population (layers.CONV_EXECUTIONS): speed only.
+    `conv_execution` says how the convs run a population (layers.CONV_EXECUTIONS), and
+    `memory_format` how activations lie in memory (layers.MEMORY_FORMATS): speed only.
     """
 
     def __init__(self, seeds: Sequence[int], in_channels: int = 3, num_classes: int = 10,
@@ -56,7 +60,8 @@ class CNN(nn.Module):
                  widths: Sequence[int] = (64, 128, 256),
                  convs_per_stage: Sequence[int] | int = 1, width_multiplier: float = 1.0,
                  classifier_hidden: int = 256, norm_cfg: Mapping | None = None,
-                 image_size: int | Sequence[int] = 32, conv_execution: str = "auto"):
+                 image_size: int | Sequence[int] = 32, conv_execution: str = "auto",
+                 memory_format: str = "contiguous"):
         super().__init__()
         check_norm_and_activation(norm, activation)
         P = len(seeds)
@@ -110,6 +115,8 @@ class CNN(nn.Module):
                 g = generator(seed, "init")
                 for layer, std in zip(layers, stds, strict=True):
                     layer.weight[k] = torch.randn(layer.weight.shape[1:], generator=g) * std
+        use_memory_format(self, memory_format)
+        self.memory_format = memory_format
 
     def weight_layers(self) -> list[list[nn.Module]]:
         """The layers from the input up, each as [its weight module, the modules after it
@@ -128,6 +135,7 @@ class CNN(nn.Module):
         if x.dim() != (4 if shared else 5):
             raise ValueError(f"CNN expects x [{'' if shared else 'P, '}B, C, H, W], got "
                              f"{tuple(x.shape)}")
+        x = in_memory_format(x, self.memory_format)
         members = None if shared or preactivations is not None else self._member_layers(x)
         if members is not None:
             h = torch.stack([self._member_features(x[k], layers)
@@ -149,23 +157,12 @@ class CNN(nn.Module):
     def _member_layers(self, x: torch.Tensor) -> list[list[tuple[Callable, Callable]]] | None:
         """Per member, its (conv, norm) calls, layer by layer, when the convs run member by
         member on x's device (layers.CONV_EXECUTIONS; always at P = 1) and every norm has a
-        per-member path (norms.member_norms); else None.
-
-        Why: a member then runs its conv stages on its own contiguous tensors, the very calls
-        of its solo run, so its floats are the same. The folded layout's copies are gone (each
-        conv's input and output-gradient slices, the concatenation of outputs, and back again
-        in the backward pass) and each member's activations stay small enough for the caches
-        (`make bench`: the CNN rows; `make bench-profile`)."""
-        P = self.population_size
-        if P > 1 and any(conv.resolved_execution(x.device) != "per_member"
-                         for conv in self.convs):
+        per-member path (norms.member_norms); else None (layers.member_calls says why)."""
+        layers = [m for pair in zip(self.convs, self.conv_norms, strict=True) for m in pair]
+        calls = member_calls(layers, self.population_size, x.device)
+        if calls is None:
             return None
-        norms = [member_norms(norm, P) for norm in self.conv_norms]
-        if any(n is None for n in norms):
-            return None
-        convs = [conv.member_convs() for conv in self.convs]
-        return [list(zip([c[k] for c in convs], [n[k] for n in norms], strict=True))
-                for k in range(P)]
+        return [list(zip(member[::2], member[1::2], strict=True)) for member in calls]
 
     def _member_features(self, x: torch.Tensor, layers: list[tuple[Callable, Callable]]
                          ) -> torch.Tensor:

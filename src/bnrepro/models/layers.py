@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnrepro.norms import norm_spec
+from bnrepro.norms import member_norms, norm_spec
 from bnrepro.seeding import load_stream_states, on_device, stream_states
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
@@ -95,7 +95,12 @@ class PopulationDropout(nn.Module):
 
 
 def fold(x: torch.Tensor) -> torch.Tensor:
-    """[P, B, C, H, W] -> [B, P*C, H, W] (a view when x came from `unfold`)."""
+    """[P, B, C, H, W] -> [B, P*C, H, W] (a view when x came from `unfold`). A population
+    whose members are channels_last (model.memory_format) folds into a channels_last
+    [B, P*C, H, W]: one copy, after which the folded layers keep that layout."""
+    if x.dim() == 5 and not x.is_contiguous() and is_channels_last(x):
+        P, B, C, H, W = x.shape
+        return x.permute(1, 3, 4, 0, 2).reshape(B, H, W, P * C).permute(0, 3, 1, 2)
     return x.transpose(0, 1).reshape(x.shape[1], -1, *x.shape[3:])
 
 
@@ -148,6 +153,14 @@ class PopulationConv2d(nn.Module):
 
     def _conv2d(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 groups: int = 1) -> torch.Tensor:
+        if self.stride > 1 and weight.shape[-1] == 1 and x.stride(-3) == 1 < x.shape[-3]:
+            # oneDNN's backward of a strided 1x1 conv on a channels-innermost (nhwc) input with
+            # fewer input channels than its block writes past a workspace (oneDNN issue 6035:
+            # wrong weight gradients, hangs or crashes; here torch 2.15 aborted with "double
+            # free or corruption" on the ResNet's shortcuts). The same conv: the positions it
+            # reads, then stride 1 (tests/test_speed_knobs.py).
+            return F.conv2d(x[..., ::self.stride, ::self.stride], weight, bias, 1, self.padding,
+                            groups=groups)
         return F.conv2d(x, weight, bias, self.stride, self.padding, groups=groups)
 
     def member_convs(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
@@ -182,3 +195,82 @@ class PopulationConv2d(nn.Module):
                                     dim=1), P)
         # Grouped conv with groups=P: group p sees only member p's channels and filters.
         return unfold(self._conv2d(fold(x), weight, bias, groups=P), P)
+
+
+# How a conv net lays out its activations in memory (model.memory_format): speed only.
+#   contiguous:    NCHW, torch's default; a population folded into channels, [B, P*C, H, W].
+#   channels_last: each member's [B, C, H, W] tensors channels-innermost (NHWC in memory): the
+#                  input batch and every conv weight, so the convs, norms, activations and
+#                  pooling that follow keep that layout (torch's CPU kernels of conv, batch_norm,
+#                  group_norm, max-pooling and elementwise ops return their input's layout).
+# Member by member (the training step where the net has one) a member then runs its solo run's
+# channels_last calls. The folded layout of a channels_last population is [B, P*C, H, W]
+# channels_last (each pixel's P*C values together), which fold() and the norms' folding reach
+# by views; only the input's first fold copies (a channels_last [P, B, C, H, W] batch is not
+# one). Floats differ from contiguous ones in the last bits (other conv kernels, other
+# reduction orders in BN), as between two CPUs: tests/test_speed_knobs.py holds a few steps of
+# training to 1e-4 relative.
+MEMORY_FORMATS = ("contiguous", "channels_last")
+
+
+def check_memory_format(memory_format: str) -> None:
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"model.memory_format must be one of {list(MEMORY_FORMATS)}, got "
+                         f"{memory_format!r}")
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether x [..., C, H, W] holds each position's C values together (NHWC-like memory)."""
+    return x.movedim(-3, -1).is_contiguous()
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """x [..., C, H, W] with each position's channels together in memory: torch.channels_last
+    for [B, C, H, W] (or a conv weight [out, in, k, k]); for a population [P, B, C, H, W] (or
+    its weights [P, out, in, k, k]) every member's slice is channels_last. x itself when it
+    already is."""
+    return x if is_channels_last(x) else x.movedim(-3, -1).contiguous().movedim(-1, -3)
+
+
+def in_memory_format(x: torch.Tensor, memory_format: str) -> torch.Tensor:
+    """A conv net's input in its memory format; contiguous leaves x as it comes (the batches
+    are NCHW already: the default path stays the very floats it always computed)."""
+    return channels_last(x) if memory_format == "channels_last" else x
+
+
+def use_memory_format(model: nn.Module, memory_format: str) -> None:
+    """Lay every PopulationConv2d weight of `model` out in `memory_format` (MEMORY_FORMATS):
+    a conv on a channels_last weight returns channels_last outputs, whatever its input.
+    Moves to another device keep the layout (Tensor.to preserves it), and so do the
+    optimizer's momentum buffers (zeros_like) and checkpoints (copied into the parameters)."""
+    check_memory_format(memory_format)
+    if memory_format == "channels_last":
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, PopulationConv2d):
+                    module.weight.data = channels_last(module.weight.data)
+
+
+def member_calls(modules: Sequence[nn.Module], population_size: int, device: torch.device
+                 ) -> list[list[Callable[[torch.Tensor], torch.Tensor]]] | None:
+    """Per member, each of `modules` (PopulationConv2d layers and norms, in order) as the call
+    that member's solo run makes on its own [B, C, H, W] tensors; None when one of them has no
+    such call: a conv that runs grouped on `device` (at P > 1; one member's conv is the same
+    call either way), or a norm without a per-member path (norms.member_norms).
+
+    Why: a net that runs its conv stages member by member (models.cnn, models.resnet) gives
+    each member its solo run's floats, and skips the folded layout's copies (each conv's input
+    and output-gradient slices, the concatenation of outputs, and back again in the backward
+    pass); each member's activations also stay small enough for the caches (`make bench`)."""
+    per_module = []
+    for module in modules:
+        if isinstance(module, PopulationConv2d):
+            if population_size > 1 and module.resolved_execution(device) != "per_member":
+                return None
+            per_module.append(module.member_convs())
+        else:
+            calls = member_norms(module, population_size)
+            if calls is None:
+                return None
+            per_module.append(calls)
+    return [list(calls) for calls in zip(*per_module, strict=True)]

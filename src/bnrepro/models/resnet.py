@@ -28,13 +28,21 @@ the branch or along the residual stream to the final norm). Weights start as N(0
 std = init_std or, when None, He's sqrt(2 / fan_in) (fan_in = in_channels * k * k) for the
 stem, branch convs and the head (shortcuts: see above), each member from its own "init"
 stream. The head is linear with a bias (zero at init). `conv_execution` says how the convs
-run a population (layers.CONV_EXECUTIONS): speed only.
+run a population (layers.CONV_EXECUTIONS) and `memory_format` how activations lie in memory
+(layers.MEMORY_FORMATS): speed only.
+
+A training step runs member by member where it can (as models.cnn does): each member's stem,
+blocks and final norm on its own [B, C, H, W] tensors, its solo run's calls, so a member of a
+population trains bit for bit as it does alone (tests/test_speed_knobs.py). That needs convs
+that run per member (conv_execution auto on the CPU, or per_member) and a norm with a
+per-member path (bn, gn, ln, in, none; norms.member_norms); the other norms, Alg. 2's grouped
+statistics and the measurements that read preactivations or the residual moments run folded.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -46,6 +54,9 @@ from bnrepro.models.layers import (
     PopulationDropout,
     PopulationLinear,
     check_norm_and_activation,
+    in_memory_format,
+    member_calls,
+    use_memory_format,
 )
 from bnrepro.models.residual_variance import ResidualMoments
 from bnrepro.norms import make_norm, norm_spec
@@ -124,6 +135,20 @@ class ResidualBlock(nn.Module):
             moments.add(skip, branch)
         return skip + branch
 
+    def member_layers(self) -> list[nn.Module]:
+        """The layers `member_forward` takes one member's calls of, in its order."""
+        return [self.norm1, self.conv1, self.norm2, self.conv2,
+                *([] if self.shortcut is None else [self.shortcut])]
+
+    def member_forward(self, x: torch.Tensor, calls: Iterator[Callable],
+                       alpha: torch.Tensor | None) -> torch.Tensor:
+        """`forward` for one member's x [B, C, H, W]: its calls of `member_layers` (in that
+        order) and its alpha (a 0-d view; None: 1), the same operations on its slice."""
+        norm1, conv1, norm2, conv2 = (next(calls) for _ in range(4))
+        skip = x if self.shortcut is None else next(calls)(x)
+        h = conv2(self.activation(norm2(conv1(self.activation(norm1(x))))))
+        return skip + (h if alpha is None else h * alpha)
+
 
 class ResNet(nn.Module):
     """The pre-activation ResNet of the module docstring for a population of `seeds`."""
@@ -134,7 +159,7 @@ class ResNet(nn.Module):
                  norm: str = "bn", activation: str = "relu",
                  dropout: Sequence[float] | float = 0.0, init_std: float | None = None,
                  norm_cfg: Mapping | None = None, image_size: int | Sequence[int] = 32,
-                 conv_execution: str = "auto"):
+                 conv_execution: str = "auto", memory_format: str = "contiguous"):
         super().__init__()
         check_norm_and_activation(norm, activation)
         if len(widths) != STAGES:
@@ -178,6 +203,8 @@ class ResNet(nn.Module):
                 g = generator(seed, "init")
                 for layer, std in zip(layers, stds, strict=True):
                     layer.weight[k] = torch.randn(layer.weight.shape[1:], generator=g) * std
+        use_memory_format(self, memory_format)
+        self.memory_format = memory_format
 
     @property
     def residual_blocks(self) -> int:
@@ -211,6 +238,11 @@ class ResNet(nn.Module):
         if x.dim() != (4 if shared else 5):
             raise ValueError(f"ResNet expects x [{'' if shared else 'P, '}B, C, H, W], got "
                              f"{tuple(x.shape)}")
+        x = in_memory_format(x, self.memory_format)
+        if not shared and preactivations is None and moments is None:
+            features = self._member_features(x)
+            if features is not None:
+                return self.head(self.dropout(features))
         if moments is not None:
             moments.start_pass()
         h = self.stem(x)
@@ -221,6 +253,25 @@ class ResNet(nn.Module):
             preactivations.append(h)
         h = self.activation(h).mean(dim=(3, 4))  # global average pool: [P, B, C]
         return self.head(self.dropout(h))
+
+    def _member_features(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The pooled features [P, B, C] of x [P, B, C, H, W], member by member (the module
+        docstring), or None where a layer has no per-member call."""
+        layers = [self.stem, *(m for block in self.blocks for m in block.member_layers()),
+                  self.final_norm]
+        calls = member_calls(layers, self.population_size, x.device)
+        if calls is None:
+            return None
+        alphas = [None if block.alpha is None else block.alpha.unbind(0)
+                  for block in self.blocks]
+        features = []
+        for k, member in enumerate(calls):
+            steps = iter(member)
+            h = next(steps)(x[k])  # the stem
+            for block, alpha in zip(self.blocks, alphas, strict=True):
+                h = block.member_forward(h, steps, None if alpha is None else alpha[k])
+            features.append(self.activation(next(steps)(h)).mean(dim=(2, 3)))
+        return torch.stack(features)
 
 
 def _is_shortcut(layer: nn.Module, blocks: Sequence[ResidualBlock]) -> bool:

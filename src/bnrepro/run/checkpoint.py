@@ -41,10 +41,12 @@ FORMAT = 2
 # probe.shift and probe.train_noise only measure (their streams are not the training ones).
 # scale: the tier's label and run folder; what it changes is in the other keys.
 RESUME_INSENSITIVE = ("fresh", "scale", "trainer.progress", "trainer.resume",
-                      "trainer.checkpoint_every", "trainer.device", "trainer.eval_memory_mb", "trainer.test_every", "logger",
+                      "trainer.checkpoint_every", "trainer.device", "trainer.eval_memory_mb",
+                      "trainer.test_every", "logger",
                       "trainer.divergence_check_every", "trainer.members_at_once",
                       "dataset.root", "dataset.mirror", "measures", "probe.shift",
                       "probe.train_noise", "model.conv_execution",
+                      "model.memory_format", "trainer.compile",
                       "probe.residual_variance", "trainer.test_examples",
                       "probe.inference_gap")
 
