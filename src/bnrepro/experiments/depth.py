@@ -321,8 +321,11 @@ def claims(table: dict[str, dict[int, dict[str, Any]]], depths: list[int], datas
     cell = table.get("SkipInit", {}).get(deepest)
     result = "not measured" if cell is None or not all(m for _, m in pre_grid) else \
         all_or_none([s["trains"] for s in cell["per_seed"]])
-    add("skipinit_trains", f"SkipInit (no norm) trains the deepest net (depth {deepest}) at its "
-        "best rate", f"SkipInit {state('SkipInit', deepest)}; BN {state('BN', deepest)}", result,
+    # The claim's text names no depth (it is in `ours`), so that the tiers' claims, whose
+    # deepest nets differ, are the same claim side by side in the report.
+    add("skipinit_trains", "SkipInit (no norm) trains the deepest net tried at its best rate",
+        f"depth {deepest}: SkipInit {state('SkipInit', deepest)}; BN {state('BN', deepest)}",
+        result,
         {"rule": "holds when every seed at the best rate trains, does not hold when none does",
          "trains": None if cell is None else [s["trains"] for s in cell["per_seed"]],
          "preconditions": [{"check": c, "met": bool(m)} for c, m in pre_grid]})
@@ -337,8 +340,9 @@ def claims(table: dict[str, dict[int, dict[str, Any]]], depths: list[int], datas
         "holds" if not any(at.values()) else \
         "does not hold" if any(k == nonorm[lr]["seeds"] for lr, k in at.items()) else \
         "inconclusive"
-    add("none_fails", f"No norm, no SkipInit: the deepest net (depth {deepest}) fails to train "
-        "at the rates at which BN trains it", "NoNorm seeds that train per rate where BN trains: "
+    add("none_fails", "No norm, no SkipInit: the deepest net tried fails to train at the rates "
+        "at which BN trains it", f"depth {deepest}: NoNorm seeds that train per rate where BN "
+        "trains: "
         + (", ".join(f"lr {lr:g}: {k}/{nonorm[lr]['seeds']}" for lr, k in at.items()) or "-")
         + f"; at its best rate NoNorm {state('NoNorm', deepest)}", result,
         {"rule": "holds when no NoNorm seed trains at any rate at which every BN seed trains, "
