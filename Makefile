@@ -115,7 +115,7 @@ fig2: setup fig2-lr  ## Figs. 2-3: Baseline vs BN variants on CIFAR, 7 variants 
 	$(TRAIN) experiment=fig2_cifar dataset=$$ds && \
 	$(ANALYSE) fig2 $(RUNS)/fig2_$$ds --lr-runs $(RUNS)/fig2_lr_$$ds --out $(RESULTS)
 
-fig2-lr: setup  ## fig2's base rate: the Baseline at 4 candidate rates, picked on validation
+fig2-lr: setup  ## fig2's base-rate check: the Baseline at 4 candidate rates, scored on validation
 	@ds=$(CIFAR) && $(TRAIN) experiment=fig2_cifar_lr dataset=$$ds
 
 depth: setup  ## De & Smith: ResNets of depth 8 and 32, BN / no norm / SkipInit x 3 rates x 3 seeds (CPU), init sweep to depth 110
