@@ -151,3 +151,27 @@ def test_a_reproduce_killed_midway_ends_with_the_results_of_an_uninterrupted_one
     assert rerun.returncode == 0, out
     assert "model-steps done" in out
     assert _results(killed_root) == _results(tmp_path / "whole")
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_orchestrator_stops_the_trainers_under_it_too(tmp_path, mirror):
+    from bnrepro.reproduce import descendants
+
+    proc = _reproduce(tmp_path)
+    deadline = time.time() + 300
+    while not any("bnrepro.train" in _cmdline(p) for p in descendants(proc.pid)):
+        assert proc.poll() is None and time.time() < deadline, "no trainer started"
+        time.sleep(0.2)
+    below = descendants(proc.pid)
+    proc.send_signal(signal.SIGTERM)  # the orchestrator alone, as `kill PID` does
+    proc.communicate(timeout=60)
+    time.sleep(2)
+    alive = [p for p in below if Path(f"/proc/{p}").exists() and _cmdline(p)]
+    assert alive == [], f"left running: {[_cmdline(p) for p in alive]}"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

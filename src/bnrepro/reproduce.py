@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -108,6 +109,28 @@ class ProgressPrinter(threading.Thread):
             print(f"  progress: {self.line()}", flush=True)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, children first (Linux /proc; [] where there is none)."""
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            kids = [int(k) for k in children.read_text().split()]
+        except OSError:
+            continue  # the task ended meanwhile
+        for kid in kids:
+            found += [kid, *descendants(kid)]
+    return found
+
+
+def stop_descendants(signum: int, _frame: object) -> None:
+    """Pass `signum` on to every process below this one (a trainer stopped this way loses at most
+    one checkpoint interval), then exit as killed by it."""
+    for pid in descendants(os.getpid()):
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            os.kill(pid, signum)
+    sys.exit(128 + signum)
+
+
 def run_make(target: str, make_args: list[str], log: Path) -> int:
     """`make <target> ARGS` with its output in `log`; its exit status."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -148,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = ROOT / make_var(make_args, "RUNS", f"runs{tier_dir}")
     results = ROOT / make_var(make_args, "RESULTS", f"results{tier_dir}")
     logs = runs / "logs"
-    # A kill of this process (SIGTERM at the end of a session) reaches the make it runs.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # SIGTERM (the end of a session, `kill`) reaches the make this runs and the trainers under
+    # it: make alone would die and leave its children training (tests/test_reproduce.py).
+    signal.signal(signal.SIGTERM, stop_descendants)
 
     start = time.time()
     print(f"reproduce {args.scale}: {', '.join(parts)}, then the report (logs: {logs}/)",
