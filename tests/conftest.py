@@ -62,6 +62,15 @@ def data_missing(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def require_dataset(name: str) -> Dataset:
+    """`name` loaded into the repo's cache (where training subprocesses read it), else the
+    test is skipped (failed under CI) with the reason."""
+    try:
+        return load_dataset(name, REPO / "data")
+    except DataUnavailableError as err:
+        data_missing(str(err))
+
+
 @pytest.fixture(scope="session")
 def mnist() -> Dataset:
     """Real MNIST from the cache, the mirror or a download, cached in <repo>/data.
@@ -145,10 +154,7 @@ FIG2_TINY = ["model.width_multiplier=0.25", "trainer.max_steps=20", "trainer.eva
 def fig2_store(tmp_path_factory, run_train) -> Path:
     """Real fig2_cifar runs on cifar10-jpeg, trained once per session for bnrepro.experiments.fig2
     and the fig2 notebook: Baseline and BN-x5, seeds 0 and 1, 20 steps, evaluated every 10."""
-    try:
-        load_dataset(FIG2_DATASET, REPO / "data")  # the cache the training subprocess reads
-    except DataUnavailableError as err:
-        data_missing(str(err))
+    require_dataset(FIG2_DATASET)  # the cache the training subprocess reads
     sweep = tmp_path_factory.mktemp("fig2") / f"fig2_{FIG2_DATASET}"
     run_train("-m", "experiment=fig2_cifar", f"dataset={FIG2_DATASET}",
               "fig2_variant=baseline,bn_x5", "seed=0,1", *FIG2_TINY, f"hydra.sweep.dir={sweep}")

@@ -26,12 +26,11 @@ import torch
 from bnrepro.analysis.seeds import matches
 from bnrepro.claims import read_claims
 from bnrepro.config import compose_config
-from bnrepro.data.datasets import DataUnavailableError, load_dataset
 from bnrepro.experiments import depth as depth_experiment
 from bnrepro.models.residual_variance import ResidualMoments
 from bnrepro.run.store import RunStore
 from tests import store_edits
-from tests.conftest import REPO, copy_store, data_missing
+from tests.conftest import REPO, copy_store, require_dataset
 from tests.store_edits import config, metrics
 
 DATASET = "cifar10-jpeg"
@@ -69,10 +68,7 @@ def write_run(run_dir: Path, cfg, accuracy: float | None) -> None:
 @pytest.fixture(scope="session")
 def store(tmp_path_factory) -> Path:
     """BN, NoNorm and SkipInit at depths 8 and 14, rates RATES, seeds 0 and 1."""
-    try:
-        load_dataset(DATASET, REPO / "data")  # the cache the init sweep reads
-    except DataUnavailableError as err:
-        data_missing(str(err))
+    require_dataset(DATASET)  # the cache the init sweep reads
     root = tmp_path_factory.mktemp("depth") / f"depth_{DATASET}"
     for variant, label in LABELS.items():
         for depth in (8, 14):
@@ -91,10 +87,7 @@ def store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_store(tmp_path_factory) -> Path:
     """Real runs: BN, NoNorm and SkipInit at depths 8 and 14, seeds 0 and 1, 4 steps."""
-    try:
-        load_dataset(DATASET, REPO / "data")  # the cache the training subprocess reads
-    except DataUnavailableError as err:
-        data_missing(str(err))
+    require_dataset(DATASET)  # the cache the training subprocess reads
     sweep = tmp_path_factory.mktemp("depth_real") / f"depth_{DATASET}"
     env = {**os.environ, "WANDB_MODE": "offline"}
     result = subprocess.run(
