@@ -113,10 +113,14 @@ CIFAR := $$($(PY) -m bnrepro.data cifar10 cifar10-jpeg)
 fig2: setup fig2-lr  ## Figs. 2-3: Baseline vs BN variants on CIFAR, 7 variants x 3 seeds (CPU)
 	@ds=$(CIFAR) && \
 	$(TRAIN) experiment=fig2_cifar dataset=$$ds && \
-	$(ANALYSE) fig2 $(RUNS)/fig2_$$ds --lr-runs $(RUNS)/fig2_lr_$$ds --out $(RESULTS)
+	$(ANALYSE) fig2 $(RUNS)/fig2_$$ds $(if $(FIG2_LR),--lr-runs $(RUNS)/fig2_lr_$$ds) --out $(RESULTS)
 
+# The base-rate grid runs at the tiers with a fig2_cifar_lr profile (the cpu and paper ones; the
+# long tier's one seed per rate could never decide it: conf/profile/long/fig2_cifar.yaml).
+FIG2_LR := $(or $(filter cpu,$(SCALE)),$(wildcard conf/profile/$(SCALE)/fig2_cifar_lr.yaml))
 fig2-lr: setup  ## fig2's base-rate check: the Baseline at 4 candidate rates, scored on validation
-	@ds=$(CIFAR) && $(TRAIN) experiment=fig2_cifar_lr dataset=$$ds
+	@$(if $(FIG2_LR),ds=$(CIFAR) && $(TRAIN) experiment=fig2_cifar_lr dataset=$$ds,\
+	echo "fig2-lr: no $(SCALE) profile (conf/profile/$(SCALE)/fig2_cifar_lr.yaml): the base-rate check is the cpu tier's")
 
 depth: setup  ## De & Smith: ResNets of depth 8 and 32, BN / no norm / SkipInit x 3 rates x 3 seeds (CPU), init sweep to depth 110
 	@ds=$(CIFAR) && \
@@ -152,10 +156,11 @@ dln: setup  ## Santurkar's deep linear net: ICS and landscape, standard vs BN, 2
 
 # Santurkar et al. (2018) Sec. 2.1 and 3.3: standard vs BN vs noisy BN (and l_p norms on MNIST),
 # distributions of layer inputs and their shift; CPU-sized (about 2 + 4 minutes).
-# The CIFAR net's second sweep (no measures, at the paper's 0.1): noisy BN and the noise alone,
-# and at the cpu tier the l_p norms too (the long tier leaves those to the cpu tier, for time).
+# The CIFAR net's second sweep (no measures, at the paper's 0.1): noisy BN, the noise alone (not
+# at the long tier) and at the cpu tier the l_p norms too (the long tier leaves them to the cpu
+# tier, for time: conf/profile/long/santurkar_cifar.yaml).
 comma := ,
-SANTURKAR_CIFAR_NORMS := noisy_bn,noise_only$(if $(filter cpu,$(SCALE)),$(comma)lp1$(comma)lp2$(comma)lpinf)
+SANTURKAR_CIFAR_NORMS := noisy_bn$(if $(filter-out long,$(SCALE)),$(comma)noise_only)$(if $(filter cpu,$(SCALE)),$(comma)lp1$(comma)lp2$(comma)lpinf)
 santurkar: setup  ## Santurkar et al. Figs. 1-6 analogs: MNIST MLP + CIFAR CNN, 3 seeds, then the figures
 	$(TRAIN) experiment=santurkar_mnist
 	@ds=$(CIFAR) && \

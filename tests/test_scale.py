@@ -42,7 +42,9 @@ def test_every_experiment_but_fig1_and_the_sweeps_has_a_long_and_a_paper_profile
     tiers = {p.parent.name: {q.stem for q in PROFILES if q.parent == p.parent} for p in PROFILES}
     experiments = {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")}
     expected = (experiments - {"fig1_mnist", "sweep_mnist", "sweep_cifar"}) | {"dln"}
-    assert tiers == {"long": expected, "paper": expected}
+    # fig2's base-rate grid is the cpu tier's check at the long tier (one seed per rate there
+    # could never decide it): make fig2-lr says so and trains nothing at SCALE=long
+    assert tiers == {"long": expected - {"fig2_cifar_lr"}, "paper": expected}
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -70,3 +72,14 @@ def test_the_cpu_tier_is_the_experiment_file_and_keeps_its_run_folder():
     assert fingerprint(cfg) == fingerprint(compose_config(["experiment=fig2_cifar",
                                                            "scale.runs=elsewhere"]))
     assert fingerprint(cfg) != fingerprint(long)
+
+
+@pytest.mark.parametrize("scale, grid", [("cpu", True), ("long", False), ("paper", True)])
+def test_fig2_trains_and_reads_its_rate_grid_only_at_a_tier_with_a_grid_profile(scale, grid):
+    import subprocess
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "fig2", f"SCALE={scale}"],
+                         cwd=CONF_DIR.parent, capture_output=True, text=True, check=True).stdout
+    assert ("experiment=fig2_cifar_lr" in dry) == grid
+    assert ("--lr-runs" in dry) == grid
+    if not grid:
+        assert "no long profile" in dry
