@@ -11,8 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torch.utils.flop_counter import FlopCounterMode
 
+from bnrepro.config import CONF_DIR, register_resolvers
 from bnrepro.experiments import EXPERIMENTS
+from bnrepro.models.deep_linear import DeepLinearNet
 from bnrepro.reproduce import RATE_MIN_S, RateMeter, has_profile, parts_of
 from bnrepro.run.plan import (
     PLAN_ENV,
@@ -21,6 +26,7 @@ from bnrepro.run.plan import (
     progress,
     progress_line,
     read_plan,
+    read_step_flops,
 )
 from tests.conftest import REPO
 
@@ -29,6 +35,7 @@ def test_plan_mode_lists_every_job_with_its_steps_and_trains_none(run_train, tmp
     plan = tmp_path / "plan.jsonl"
     sweep = tmp_path / "sweep"
     run_train("-m", "experiment=fig1_mnist", "seed=0,1", "trainer.max_steps=123",
+              "trainer.eval_every=123",
               f"hydra.sweep.dir={sweep}", env={PLAN_ENV: str(plan)})
     planned = read_plan(plan)
     run_dirs = {p.parent.parent for p in sweep.rglob(".hydra/config.yaml")}
@@ -39,6 +46,38 @@ def test_plan_mode_lists_every_job_with_its_steps_and_trains_none(run_train, tmp
     assert trained == []
 
 
+def test_a_plan_weighs_each_run_by_the_flops_of_one_members_step_at_its_batch(run_train,
+                                                                              tmp_path, mirror):
+    plan = tmp_path / "plan.jsonl"
+    runs = {}
+    for name, args in {"pair": ["seed=0,1"], "solo": ["seed=0"],
+                       "double": ["seed=0", "trainer.batch_size=120"]}.items():
+        run_train("-m", "experiment=fig1_mnist", "model.norm=bn", *args,
+                  f"hydra.sweep.dir={tmp_path / name}", env={PLAN_ENV: str(plan)})
+        runs[name] = [d for d in read_plan(plan) if d.is_relative_to(tmp_path / name)]
+    flops = read_step_flops(plan)
+    pair, solo, double = ([flops[d] for d in runs[k]] for k in ("pair", "solo", "double"))
+    # one member's step, not its population's: two seeds trained together each weigh as one
+    assert len(pair) == 2 and pair[0] == pair[1] == solo[0] > 0
+    assert double[0] == pytest.approx(2 * solo[0], rel=1e-6)  # batch 120 against fig1's 60
+    p = progress(read_plan(plan), flops)
+    assert p.steps_total == 4 * 50_000  # fig1's steps, each run
+    assert p.flops_total == pytest.approx(50_000 * (3 * solo[0] + double[0]))
+
+
+def test_a_plan_with_a_run_the_trainer_would_refuse_fails_and_plans_nothing(run_train,
+                                                                           tmp_path, mirror):
+    plan = tmp_path / "plan.jsonl"
+    result = run_train("-m", "experiment=fig1_mnist", "model.norm=bn", "seed=0",
+                       "trainer.eval_every=500", "trainer.test_every=750",
+                       f"hydra.sweep.dir={tmp_path / 'sweep'}", env={PLAN_ENV: str(plan)},
+                       check=False)
+    assert result.returncode != 0
+    assert "trainer.test_every=750 is not allowed" in result.stderr
+    assert "nothing was planned" in result.stderr
+    assert not plan.exists() or read_plan(plan) == {}
+
+
 def test_the_deep_linear_net_plans_every_member_and_trains_none(tmp_path):
     plan, out = tmp_path / "plan.jsonl", tmp_path / "dln"
     subprocess.run([sys.executable, "-m", "bnrepro.train_dln", f"out_dir={out}", "steps=77",
@@ -47,6 +86,17 @@ def test_the_deep_linear_net_plans_every_member_and_trains_none(tmp_path):
     planned = read_plan(plan)
     assert len(planned) == 2 * 2 * 3 and set(planned.values()) == {77}
     assert all(d.parent == out.resolve() for d in planned)
+    # its step's FLOPs: the net's own, counted, within what the first layer's missing input
+    # gradient leaves out
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("dln")
+    net = DeepLinearNet([0], cfg.dim, cfg.depth, "none", cfg.model)
+    with FlopCounterMode(display=False) as counter:
+        net(torch.randn(cfg.samples, cfg.dim)).sum().backward()
+    counted = set(read_step_flops(plan).values())
+    assert len(counted) == 1 and counted.pop() == pytest.approx(counter.get_total_flops(),
+                                                                rel=0.05)
     assert not out.exists() or not list(out.rglob("*.json*"))  # nothing trained
 
 
@@ -76,6 +126,21 @@ def test_progress_counts_finished_runs_whole_and_running_ones_to_their_last_row(
     assert p == Progress(steps_done=100 + 100 + 30 + 40 + 0, steps_total=440,
                          runs_done=2, runs_total=5)
     assert p.steps_left == 440 - 270
+
+
+def test_progress_weighs_steps_by_their_flops_and_the_eta_follows_the_flops_left(tmp_path):
+    big = _run(tmp_path, "big", "running", [0, 50])     # 50 of 100 steps, 1 GFLOP each
+    small = _run(tmp_path, "small", None, None)          # 0 of 1,000 steps, 1 MFLOP each
+    plan = tmp_path / "plan.jsonl"
+    add_to_plan(plan, [big, small], [100, 1000], [1e9, 1e6])
+    p = progress(read_plan(plan), read_step_flops(plan))
+    assert (p.steps_done, p.steps_total) == (50, 1100)
+    assert (p.flops_done, p.flops_total) == (50e9, 100e9 + 1e9)
+    line = progress_line(p, rate=p.work_done / 3600, part="fig2")  # 50 GFLOP in an hour
+    # what is left is 51 GFLOP, not 1,050 model-steps at 50 an hour
+    assert "ETA 1 h 01 min" in line and "GFLOP/s" in line
+    add_to_plan(plan, [tmp_path / "uncounted"], [10])
+    assert read_step_flops(plan) is None  # one run without a count: model-steps, unweighted
 
 
 def test_rate_is_measured_over_at_least_a_minute_of_this_invocation():

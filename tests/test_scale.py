@@ -83,3 +83,32 @@ def test_fig2_trains_and_reads_its_rate_grid_only_at_a_tier_with_a_grid_profile(
     assert ("--lr-runs" in dry) == grid
     if not grid:
         assert "no long profile" in dry
+
+
+def _sweep_points(*paths: Path) -> list[list[str]]:
+    """Every combination of the sweeper params of these configs (a later one's keys replace an
+    earlier one's, as Hydra merges a profile over its experiment), the seed left out."""
+    import itertools
+    params: dict = {}
+    for path in paths:
+        tree = yaml.safe_load(path.read_text()) or {}
+        params |= tree.get("hydra", {}).get("sweeper", {}).get("params", {})
+    axes = [[f"{k}={v}" for v in str(values).split(",")]
+            for k, values in params.items() if k != "seed"]
+    return [list(point) for point in itertools.product(*axes)]
+
+
+@pytest.mark.parametrize("scale", ["cpu", "long", "paper"])
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONF_DIR / "experiment")
+                                              .glob("*.yaml")))
+def test_every_run_of_every_tier_is_a_valid_config(experiment, scale):
+    # A variant that derives its cadence from a tier's steps (fig2's BN-x5 family) made long
+    # runs the trainer refuses: each point of the tier's sweep composes and validates, before
+    # anyone waits hours for it.
+    configs = [CONF_DIR / "experiment" / f"{experiment}.yaml"]
+    if scale != "cpu":
+        configs.append(CONF_DIR / "profile" / scale / f"{experiment}.yaml")
+        if not configs[-1].is_file():
+            pytest.skip(f"{experiment} has no {scale} profile")
+    for point in _sweep_points(*configs):
+        validate(compose_config([f"experiment={experiment}", f"scale={scale}", *point]))

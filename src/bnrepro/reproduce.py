@@ -14,7 +14,7 @@ runs by hand), logged to <runs>/logs/<part>.log, one after another on the machin
    runs they would train, with their steps (bnrepro.run.plan), training nothing.
 2. Train and analyse each part. Every `--every` seconds one line says how many model-steps
    are done and left, how many runs finished, and an ETA from the rate measured in this
-   invocation (steps of different experiments cost differently, so the ETA is a guide).
+   invocation, each run's steps weighted by their FLOPs (bnrepro.run.plan: still a guide).
 3. The report (bnrepro.report) over every tier's results.
 
 Finished runs are not retrained (a run directory that holds a finished run resumes as done),
@@ -38,7 +38,7 @@ from pathlib import Path
 
 from bnrepro.config import CONF_DIR
 from bnrepro.experiments import EXPERIMENTS, Experiment
-from bnrepro.run.plan import Progress, progress, progress_line, read_plan
+from bnrepro.run.plan import Progress, progress, progress_line, read_plan, read_step_flops
 
 CONF = CONF_DIR
 ROOT = CONF_DIR.parent  # the checkout: its Makefile
@@ -75,20 +75,21 @@ def make_var(make_args: list[str], name: str, default: str) -> str:
 
 
 class RateMeter:
-    """Model-steps per second over a sliding window of this invocation's samples."""
+    """Work (FLOPs, or model-steps) per second over a sliding window of this invocation's
+    samples."""
 
     def __init__(self) -> None:
-        self.samples: collections.deque[tuple[float, int]] = collections.deque()
+        self.samples: collections.deque[tuple[float, float]] = collections.deque()
 
-    def add(self, steps_done: int, now: float | None = None) -> float | None:
+    def add(self, done: float, now: float | None = None) -> float | None:
         now = time.monotonic() if now is None else now
-        self.samples.append((now, steps_done))
+        self.samples.append((now, done))
         while len(self.samples) > 2 and now - self.samples[1][0] >= RATE_WINDOW_S:
             self.samples.popleft()
         t0, s0 = self.samples[0]
-        if now - t0 < RATE_MIN_S or steps_done <= s0:
+        if now - t0 < RATE_MIN_S or done <= s0:
             return None
-        return (steps_done - s0) / (now - t0)
+        return (done - s0) / (now - t0)
 
 
 class ProgressPrinter(threading.Thread):
@@ -96,13 +97,13 @@ class ProgressPrinter(threading.Thread):
 
     def __init__(self, plan: Path, every: float) -> None:
         super().__init__(daemon=True)
-        self.plan, self.every = read_plan(plan), every
+        self.plan, self.flops, self.every = read_plan(plan), read_step_flops(plan), every
         self.meter, self.part = RateMeter(), "planning"
         self.done = threading.Event()
 
     def line(self) -> str:
-        p: Progress = progress(self.plan)
-        return progress_line(p, self.meter.add(p.steps_done), self.part)
+        p: Progress = progress(self.plan, self.flops)
+        return progress_line(p, self.meter.add(p.work_done), self.part)
 
     def run(self) -> None:
         while not self.done.wait(self.every):

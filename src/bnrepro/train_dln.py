@@ -289,7 +289,10 @@ def main(cfg: DictConfig) -> None:
     if plan is not None:  # BNREPRO_PLAN: say which runs would train, train none
         dirs = [run_dir(cfg, norm, lr, seed)
                 for norm in cfg.norms for lr in cfg.lrs for seed in cfg.seeds]
-        add_to_plan(plan, dirs, [cfg.steps] * len(dirs))
+        # a full-batch step: depth linear maps of dim x dim, forward (2 FLOPs per multiply-
+        # add) and backward (twice that), for every sample
+        step_flops = 6.0 * cfg.samples * cfg.dim ** 2 * cfg.depth
+        add_to_plan(plan, dirs, [cfg.steps] * len(dirs), [step_flops] * len(dirs))
         return
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -174,12 +174,27 @@ class PopulationLauncher(Launcher):
 
     @staticmethod
     def _planned(prepared: dict[int, JobReturn], plan: Path) -> list[JobReturn]:
-        """Append every job's run directory and steps to the plan (bnrepro.run.plan)."""
-        from bnrepro.run.plan import add_to_plan
+        """Append every job's run directory and steps to the plan (bnrepro.run.plan), once
+        every job's config is valid: one the trainer would refuse fails the plan, hours before
+        its turn to train would have come."""
+        from bnrepro.run.plan import add_to_plan, training_step_flops
+        from bnrepro.validation import ConfigError, validate
 
         jobs = [prepared[i] for i in range(len(prepared))]
+        invalid = []
+        for ret in jobs:
+            try:
+                validate(ret.return_value[0])
+            except ConfigError as err:
+                invalid.append(f"error: {ret.return_value[1].name}: {err}")
+        if invalid:
+            print("\n".join(invalid), file=sys.stderr)
+            raise SystemExit(f"error: {len(invalid)} of {len(jobs)} runs have an invalid "
+                             "config; nothing was planned")
+        cache: dict = {}  # the seeds of one model are counted once
         add_to_plan(plan, [ret.return_value[1] for ret in jobs],
-                    [ret.return_value[0].trainer.max_steps for ret in jobs])
+                    [ret.return_value[0].trainer.max_steps for ret in jobs],
+                    [training_step_flops(ret.return_value[0], cache) for ret in jobs])
         for ret in jobs:
             ret.status, ret.return_value = JobStatus.COMPLETED, None
         return jobs
