@@ -287,3 +287,35 @@ def test_our_sample_adds_up_the_timed_spans_of_every_chunk(mlp, monkeypatch):
     monkeypatch.setattr(ours, "train_population", two_chunks)
     ms = ours.our_trainer(mlp, 4)(2, 4)
     assert ms == pytest.approx((3 + 5) / 4 / 4 * 1000)
+
+
+def test_the_long_nets_profile_runs_every_loop_in_channels_last():
+    """bench.profile's long-tier columns are the loops of the long targets, in the layout the
+    long tier trains in: every conv of each loop sees a channels_last input (a column left
+    contiguous would profile another layout than the one the bench's target compares). Not
+    every conv: a strided 1x1 shortcut reads a strided view (peers.py, models/layers.py)."""
+    from bnrepro.bench.profile import long_loops
+    from bnrepro.bench.workloads import cnn_workload
+
+    w = cnn_workload(torch.device("cpu"), num_train=256, eval_images=64, net="resnet20")
+    formats: list[bool] = []
+    original = torch.nn.functional.conv2d
+
+    def recording(x, *args, **kwargs):
+        formats.append(x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+                       and not x.is_contiguous())
+        return original(x, *args, **kwargs)
+
+    loops = long_loops(w, 2)
+    assert [label for label, _ in loops] == [
+        "plain loop, channels_last", "bnrepro single run, channels_last",
+        "members one after another (plain loop x 2)", "bnrepro population P=2, channels_last"]
+    for label, run in loops[:2]:
+        formats.clear()
+        torch.nn.functional.conv2d = recording
+        try:
+            times = run(1, 1)
+        finally:
+            torch.nn.functional.conv2d = original
+        assert times and sum(times.values()) > 0
+        assert formats and sum(formats) >= 0.8 * len(formats), (label, formats)

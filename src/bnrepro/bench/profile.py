@@ -2,7 +2,9 @@
 ours beside the peers `make bench` compares it with, op by op (torch.profiler).
 
 For each net, the loops of the bench's unmet targets: the fastest plain loop and our single
-run, the torch.func ensemble and our population at the same P. Each loop warms up, then
+run, the torch.func ensemble and our population at the same P; for the long tier's conv nets,
+in channels_last, the plain loop and our single run, the members one after another and our
+population. Each loop warms up, then
 `--steps` steps run under the profiler (ours: only its training steps, the span the bench
 times). The table gives each op's self time in ms per model-step: the ops where a loop spends
 more than its peer are what bounds its ratio. The profiler adds a few microseconds per op, so
@@ -27,7 +29,7 @@ from bnrepro.bench.ours import our_trainer
 from bnrepro.bench.report import NET_TITLES
 from bnrepro.bench.roofline import sgemm_gflops
 from bnrepro.bench.timing import median_time
-from bnrepro.bench.workloads import Workload, cnn_workload, mlp_workload
+from bnrepro.bench.workloads import LONG_NETS, Workload, cnn_workload, mlp_workload
 from bnrepro.train import resolve_device
 
 TOP_OPS = 8  # each loop's most expensive ops; the table shows their union
@@ -77,10 +79,29 @@ def ours_profile(w: Workload, population_size: int, warmup: int, steps: int,
     return prof
 
 
-def profile_ours(w: Workload, population_size: int, warmup: int, steps: int
-                 ) -> dict[str, float]:
-    return _self_times(ours_profile(w, population_size, warmup, steps), w.device,
+def profile_ours(w: Workload, population_size: int, warmup: int, steps: int,
+                 extra: list[str] | None = None) -> dict[str, float]:
+    return _self_times(ours_profile(w, population_size, warmup, steps, extra), w.device,
                        steps * population_size)
+
+
+def long_loops(w: Workload, population_size: int
+               ) -> list[tuple[str, Callable[[int, int], dict[str, float]]]]:
+    """(label, profile(warmup, steps)) for a long-tier net (workloads.LONG_NETS), all in
+    channels_last, the layout the long tier trains in: the plain loop against our single run
+    (the single-run target), its members one after another against our population (the
+    population target)."""
+    P, last = population_size, ["model.memory_format=channels_last"]
+    return [
+        ("plain loop, channels_last",
+         lambda a, b: profile_peer(lambda: peers.plain_loop(w, True), 1, w.device, a, b)),
+        ("bnrepro single run, channels_last", lambda a, b: profile_ours(w, 1, a, b, last)),
+        (f"members one after another (plain loop x {P})",
+         lambda a, b: profile_peer(lambda: peers.members_one_after_another(w, P), P,
+                                   w.device, a, b)),
+        (f"bnrepro population P={P}, channels_last",
+         lambda a, b: profile_ours(w, P, a, b, last)),
+    ]
 
 
 def loops(w: Workload, population_size: int
@@ -148,7 +169,11 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--mlp-population", type=int, default=64)
     parser.add_argument("--cnn-population", type=int, default=8)
-    parser.add_argument("--only", nargs="+", choices=("mlp", "cnn"), default=["mlp", "cnn"])
+    parser.add_argument("--steps-long", type=int, default=10,
+                        help="profiled steps per loop of the long-tier nets")
+    parser.add_argument("--long-population", type=int, default=4)
+    parser.add_argument("--only", nargs="+", choices=("mlp", "cnn", *LONG_NETS),
+                        default=["mlp", "cnn", *LONG_NETS])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--data-root", default="data", help="dataset cache (as dataset.root)")
     parser.add_argument("--out", default="results/bench_profile.md")
@@ -158,17 +183,20 @@ def main(argv: Sequence[str] | None = None) -> str:
              f"threads, torch {torch.__version__})\n",
              "Written by `make bench-profile` (`python -m bnrepro.bench.profile`): "
              f"{args.warmup} warm-up steps, then {args.steps_mlp} (MLP) / {args.steps_cnn} "
-             "(CNN) profiled steps per loop; each op's self time per model-step. Under the "
+             f"(CNN) / {args.steps_long} (the long tier's nets) profiled steps per loop; each "
+             "op's self time per model-step. Under the "
              "profiler every op costs a few microseconds more: compare the columns, not the "
              "totals with `make bench`.\n"]
     for net in args.only:
         if net == "mlp":
             w, P, steps = mlp_workload(args.data_root, device), args.mlp_population, \
                 args.steps_mlp
-        else:
+        elif net == "cnn":
             w, P, steps = cnn_workload(device), args.cnn_population, args.steps_cnn
+        else:
+            w, P, steps = cnn_workload(device, net=net), args.long_population, args.steps_long
         labels, times = [], []
-        for label, run in loops(w, P):
+        for label, run in (loops if net in ("mlp", "cnn") else long_loops)(w, P):
             print(f"  {net}: profiling {label} ({steps} steps)", flush=True)
             labels.append(label)
             times.append(run(args.warmup, steps))
