@@ -478,11 +478,17 @@ def figure(table: dict[str, dict[int, dict[str, Any]]], curves: dict[str, dict],
                 ax.plot(list(positive), list(positive.values()), "o-", ms=2,
                         color=cmap(b / max(1, len(series) - 1)), lw=1)
                 drawn += len(positive)
+        zero_at = sorted({s for values in series.values() for s, x in values.items() if x <= 0})
         if drawn <= len(series):
-            ax.text(0.5, 0.5, "at most one evaluation per block:\nthe seeds diverged early"
-                    if table[v].get(deepest, {}).get("diverged") else
-                    "at most one evaluation per block", transform=ax.transAxes,
+            why = ("the seeds diverged early" if table[v].get(deepest, {}).get("diverged") else
+                   f"the ratio is 0 at step {zero_at[0]} (alpha = 0),\noff the log axis, and "
+                   "the run evaluates once after it" if zero_at else
+                   "the run evaluates only once")
+            ax.text(0.5, 0.5, f"at most one point per block:\n{why}", transform=ax.transAxes,
                     ha="center", va="center", fontsize=8, color="0.3")
+        elif zero_at:
+            ax.text(0.02, 0.02, f"ratio 0 at step {zero_at[0]} (alpha = 0): off the log axis",
+                    transform=ax.transAxes, fontsize=7, color="0.3")
         ax.set(yscale="log", xlabel="training step",
                ylabel="Var(branch) / Var(skip), seed mean" if j == 0 else None,
                title=f"(c) {v}, depth {deepest}, over training\n"
@@ -505,13 +511,14 @@ def figure(table: dict[str, dict[int, dict[str, Any]]], curves: dict[str, dict],
                 ax.plot(blocks, cell["ratio_channel_mean"][0] / blocks, ":", color="0.3",
                         lw=1, label="1/l (from BN's block 1)")
         skip = init.get("SkipInit", {}).get(d)
-        if skip is not None:
-            ax.text(0.02, 0.02, f"SkipInit: max ratio at init "
-                    f"{max(max(r) for r in skip['ratio_channel']):g} (alpha = 0)",
-                    transform=ax.transAxes, fontsize=7, color=COLORS["SkipInit"])
+        if skip is not None:  # its ratios are 0 at init: off the log axis, so in the legend
+            ax.plot([], [], " ", label=f"SkipInit: max ratio at init "
+                    f"{max(max(r) for r in skip['ratio_channel']):g} (alpha = 0)")
         ax.set(xscale="log", yscale="log", xlabel="block l",
                title=f"(b) fresh nets, depth {d}")
-        ax.set_xticks(blocks if len(blocks) <= 10 else blocks[::len(blocks) // 8 + 1])
+        # at most ~6 ticks, spread evenly on the log axis (every block's would overlap)
+        ax.set_xticks(blocks if len(blocks) <= 8 else
+                      np.unique(np.round(np.geomspace(1, len(blocks), 6)).astype(int)))
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.grid(alpha=0.3)

@@ -8,12 +8,13 @@ the runs' own records (summary.json, metrics.jsonl), so it is right after a kill
 sessions, and whichever process trains: a finished run counts its planned steps, a run in
 progress the step of its last logged row.
 
-A model-step of the long tier's VGG costs ~200 of its MNIST MLP's, so an ETA from model-steps
-per minute is off by hours. Each run's steps are weighted by the FLOPs of one of its training
-steps (forward and backward of one member at its batch, counted by torch's FlopCounterMode),
-and the ETA is the FLOPs left over the FLOP rate measured. It is still a guide: this CPU runs
-big convolutions at ~100 GFLOP/s and a ResNet's small ones, ghost batches or an MLP at 25-50
-(make bench), so while a conv-heavy part sets the rate the ETA of the others is too short.
+A model-step of the long tier's VGG has ~400 times the FLOPs of its MNIST MLP's, so an ETA
+from model-steps per minute is off by hours. Each run's steps are weighted by the FLOPs of one
+of its training steps (forward and backward of one member at its batch, counted by torch's
+FlopCounterMode), and the ETA is the FLOPs left over the FLOP rate measured. It is still a
+guide: this CPU runs big convolutions at ~100 GFLOP/s and a ResNet's small ones, ghost batches
+or an MLP at 25-50 (make bench), so while a conv-heavy part sets the rate the ETA of the
+others is too short.
 """
 
 from __future__ import annotations
