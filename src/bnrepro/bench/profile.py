@@ -6,8 +6,9 @@ run, the torch.func ensemble and our population at the same P; for the long tier
 in channels_last, the plain loop and our single run, the members one after another and our
 population. Each loop warms up, then `--steps` steps run under the profiler (ours: only its
 training steps, the span the bench times). The table gives each op's self time in ms per
-model-step: the ops where a loop spends more than its peer are what bounds its ratio. The profiler adds a few microseconds per op, so
-totals are above the bench's times; compare columns, not the bench's numbers.
+model-step: the ops where a loop spends more than its peer are what bounds its ratio. The
+profiler adds a few microseconds per op, so totals are above the bench's times; compare
+columns, not the bench's numbers.
 Writes results/bench_profile.md (or --out).
 """
 
