@@ -62,6 +62,17 @@ def data_missing(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def compose_dln(overrides: list[str]):
+    """conf/dln.yaml (the deep linear net's own config, not train.yaml) with `overrides`."""
+    from hydra import compose, initialize_config_dir
+
+    from bnrepro.config import CONF_DIR, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("dln", overrides=overrides)
+
+
 def require_dataset(name: str) -> Dataset:
     """`name` loaded into the repo's cache (where training subprocesses read it), else the
     test is skipped (failed under CI) with the reason."""

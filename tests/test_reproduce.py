@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
-from bnrepro.config import CONF_DIR, register_resolvers
 from bnrepro.experiments import EXPERIMENTS
 from bnrepro.models.deep_linear import DeepLinearNet
 from bnrepro.reproduce import RATE_MIN_S, RateMeter, has_profile, parts_of
@@ -28,7 +26,7 @@ from bnrepro.run.plan import (
     read_plan,
     read_step_flops,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, compose_dln
 
 
 def test_plan_mode_lists_every_job_with_its_steps_and_trains_none(run_train, tmp_path, mirror):
@@ -88,9 +86,7 @@ def test_the_deep_linear_net_plans_every_member_and_trains_none(tmp_path):
     assert all(d.parent == out.resolve() for d in planned)
     # its step's FLOPs: the net's own, counted, within what the first layer's missing input
     # gradient leaves out
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("dln")
+    cfg = compose_dln([])
     net = DeepLinearNet([0], cfg.dim, cfg.depth, "none", cfg.model)
     with FlopCounterMode(display=False) as counter:
         net(torch.randn(cfg.samples, cfg.dim)).sum().backward()

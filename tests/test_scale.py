@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from bnrepro.config import CONF_DIR, compose_config, flatten, register_resolvers
+from bnrepro.config import CONF_DIR, compose_config, flatten
 from bnrepro.run.checkpoint import fingerprint
 from bnrepro.validation import validate
+from tests.conftest import compose_dln
 
 PROFILES = sorted((CONF_DIR / "profile").glob("*/*.yaml"))
 
@@ -24,12 +24,6 @@ def profile_keys(path: Path) -> dict:
     tree.pop("defaults", None)
     tree.pop("hydra", None)
     return flatten(tree)
-
-
-def compose_dln(overrides: list[str]):
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("dln", overrides=overrides)
 
 
 def compose_tier(experiment: str, scale: str):

@@ -83,8 +83,8 @@ def training_step_flops(cfg: Any, cache: dict | None = None) -> float | None:
     import torch
     import torch.nn.functional as F
     from omegaconf import OmegaConf
-    from torch.utils.flop_counter import FlopCounterMode
 
+    from bnrepro.bench.roofline import count_flops
     from bnrepro.models import build_model
 
     shape = IMAGE_SHAPES.get(str(cfg.dataset.name))
@@ -98,9 +98,8 @@ def training_step_flops(cfg: Any, cache: dict | None = None) -> float | None:
     model.train()
     x = torch.randn(1, batch, *shape)  # [members, batch, C, H, W], as a training step's
     y = torch.randint(0, 10, (batch,))
-    with FlopCounterMode(display=False) as counter:
-        F.cross_entropy(model(x).flatten(0, 1), y).backward()
-    flops = float(counter.get_total_flops()) or None
+    counted = count_flops(lambda: F.cross_entropy(model(x).flatten(0, 1), y).backward())
+    flops = float(sum(counted.values())) or None
     if cache is not None:
         cache[key] = flops
     return flops
