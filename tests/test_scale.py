@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from bnrepro.config import CONF_DIR, compose_config, flatten
 from bnrepro.run.checkpoint import fingerprint
-from bnrepro.validation import validate
+from bnrepro.validation import ConfigError, validate
 from tests.conftest import compose_dln
 
 PROFILES = sorted((CONF_DIR / "profile").glob("*/*.yaml"))
@@ -107,3 +107,23 @@ def test_every_run_of_every_tier_is_a_valid_config(experiment, scale):
         configs.append(CONF_DIR / "profile" / scale / f"{experiment}.yaml")
     for point in _sweep_points(*configs):
         validate(compose_config([f"experiment={experiment}", f"scale={scale}", *point]))
+
+
+@pytest.mark.parametrize("experiment", ["fig1_mnist", "fig2_cifar_lr", "sweep_mnist"])
+def test_an_experiment_without_a_profile_at_a_tier_is_refused_there_not_trained_cpu_sized(
+        experiment):
+    # Its cpu tier's runs would land in runs/long/ and be read as long-tier results.
+    with pytest.raises(ConfigError, match=f"{experiment} has no long profile .*"
+                                          f"conf/profile/long/{experiment}.yaml"):
+        validate(compose_config([f"experiment={experiment}", "scale=long"]))
+    validate(compose_config([f"experiment={experiment}", "scale=cpu"]))
+
+
+def test_the_deep_linear_net_is_refused_at_a_tier_without_its_profile():
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "bnrepro.train_dln", "scale=long",
+                           "scale.profiled=false"], cwd=CONF_DIR.parent, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert "error: scale=long: dln has no long profile" in done.stderr

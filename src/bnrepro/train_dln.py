@@ -47,6 +47,7 @@ from bnrepro.run import checkpoint, machine, runlock
 from bnrepro.run.plan import add_to_plan, plan_file
 from bnrepro.run.store import RunStore, read_config, read_summary
 from bnrepro.state import MemberState, ModuleState, SubmoduleStates
+from bnrepro.validation import tier_problem
 
 DATASET = "gaussian-linear"  # how results name this synthetic problem
 
@@ -285,6 +286,9 @@ def _train(cfg: DictConfig, norm: str, members: Sequence[Member], saved: Sequenc
 def main(cfg: DictConfig) -> None:
     """Every norm's population in turn. A run directory that holds another config's checkpoint
     or is in use stops it with one `error:` line (exit status 2)."""
+    if tier := tier_problem(cfg):
+        print(f"error: {tier}", file=sys.stderr)
+        sys.exit(2)
     plan = plan_file()
     if plan is not None:  # BNREPRO_PLAN: say which runs would train, train none
         dirs = [run_dir(cfg, norm, lr, seed)

@@ -35,6 +35,8 @@ def config_problems(cfg: DictConfig) -> list[str]:
     def one_of(key: str, allowed: tuple) -> None:
         check(key, _value(cfg, key) in allowed, f"choose one of {list(allowed)}")
 
+    if tier := tier_problem(cfg):
+        problems.append(tier)
     one_of("dataset.name", tuple(SPECS))
     one_of("model.kind", tuple(MODELS))
     one_of("model.norm", tuple(NORMS))
@@ -176,6 +178,18 @@ def _norm_problems(model: DictConfig, knobs: tuple[str, ...]) -> list[str]:
     if "lp" in knobs:
         check("lp.norm_of", model.lp.norm_of in NORM_OF, f"choose one of {list(NORM_OF)}")
     return problems
+
+
+def tier_problem(cfg: DictConfig) -> str | None:
+    """Why `cfg` may not train at its tier, or None. Above the cpu tier an experiment needs its
+    profile there (it sets scale.profiled): without one, its CPU-sized runs would land in the
+    tier's run folder and be read as that tier's results."""
+    scale = cfg.get("scale")
+    if scale is None or scale.get("profiled", True):
+        return None
+    return (f"scale={scale.name}: {cfg.name} has no {scale.name} profile "
+            f"(conf/profile/{scale.name}/{cfg.name}.yaml), so its cpu tier's runs would train "
+            f"into {scale.runs}; run it at scale=cpu, or write that profile")
 
 
 def validate(cfg: DictConfig) -> None:
