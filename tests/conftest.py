@@ -73,6 +73,19 @@ def compose_dln(overrides: list[str]):
         return compose("dln", overrides=overrides)
 
 
+def sweep_params(*configs: Path) -> dict[str, list[str]]:
+    """The sweep axes (hydra.sweeper.params) of these config files, each axis as its list of
+    values; a later file's axes replace an earlier one's, as Hydra merges a profile over its
+    experiment."""
+    import yaml
+
+    params: dict = {}
+    for path in configs:
+        tree = yaml.safe_load(path.read_text()) or {}
+        params |= tree.get("hydra", {}).get("sweeper", {}).get("params", {})
+    return {key: str(values).split(",") for key, values in params.items()}
+
+
 def require_dataset(name: str) -> Dataset:
     """`name` loaded into the repo's cache (where training subprocesses read it), else the
     test is skipped (failed under CI) with the reason."""

@@ -3,17 +3,16 @@ protocol the config comments state (same examples, linear rate scaling, evaluati
 images, Batch Renorm's schedule as fractions of the run), and seeds share a population."""
 
 import pytest
-import yaml
 
 from bnrepro.config import CONF_DIR, compose_config, floor_divided
 from bnrepro.validation import config_problems
 from hydra_plugins.bnrepro_population.population_launcher import population_key
+from tests.conftest import sweep_params
 
 
 def sweep(experiment: str) -> dict[str, list[str]]:
     """The experiment file's own sweep axes (hydra.sweeper.params)."""
-    params = yaml.safe_load((CONF_DIR / "experiment" / f"{experiment}.yaml").read_text())
-    return {k: str(v).split(",") for k, v in params["hydra"]["sweeper"]["params"].items()}
+    return sweep_params(CONF_DIR / "experiment" / f"{experiment}.yaml")
 
 
 @pytest.mark.parametrize("experiment", ["batchsize_mnist", "batchsize_cifar"])

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from bnrepro.config import CONF_DIR, compose_config, flatten
 from bnrepro.run.checkpoint import fingerprint
 from bnrepro.validation import ConfigError, validate
-from tests.conftest import compose_dln
+from tests.conftest import compose_dln, sweep_params
 
 PROFILES = sorted((CONF_DIR / "profile").glob("*/*.yaml"))
 
@@ -80,15 +80,10 @@ def test_fig2_trains_and_reads_its_rate_grid_only_at_a_tier_with_a_grid_profile(
 
 
 def _sweep_points(*paths: Path) -> list[list[str]]:
-    """Every combination of the sweeper params of these configs (a later one's keys replace an
-    earlier one's, as Hydra merges a profile over its experiment), the seed left out."""
+    """Every combination of the sweeper params of these configs, the seed left out."""
     import itertools
-    params: dict = {}
-    for path in paths:
-        tree = yaml.safe_load(path.read_text()) or {}
-        params |= tree.get("hydra", {}).get("sweeper", {}).get("params", {})
-    axes = [[f"{k}={v}" for v in str(values).split(",")]
-            for k, values in params.items() if k != "seed"]
+    axes = [[f"{k}={v}" for v in values] for k, values in sweep_params(*paths).items()
+            if k != "seed"]
     return [list(point) for point in itertools.product(*axes)]
 
 
