@@ -6,6 +6,7 @@ by bnrepro.claims.write_claims, so their format is the real one: no runs needed.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,13 @@ def test_the_long_tiers_figures_come_first_each_captioned_with_its_tier(results)
                        "![fig1_mnist_layers.png](fig1_mnist_layers.png)",
                        "`fig1_mnist_layers.png` (CPU tier)"]
     assert (results / "long" / "fig1_mnist.png").is_file()
+
+
+def test_the_long_tiers_wall_time_is_the_ledgers_sum_and_absent_without_one(tmp_path, results):
+    assert "Wall time" not in rendered(results)
+    (results / "long" / "reproduce_time.json").write_text(json.dumps(
+        {"scale": "long", "seconds": 19800.4, "invocations": 3,
+         "parts": {"planning": 600.0, "fig2": 19200.4}, "machines": ["CPU A, 2 cores"]}))
+    assert ("Wall time (long tier): 5 h 30 min of `python -m bnrepro.reproduce --scale long` "
+            "over 3 invocations (on CPU A, 2 cores); by part: planning 10 min, fig2 5 h 20 min "
+            "(`long/reproduce_time.json`).") in rendered(results)

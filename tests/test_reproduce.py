@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bnrepro.experiments import EXPERIMENTS
 from bnrepro.models.deep_linear import DeepLinearNet
 from bnrepro.reproduce import RATE_MIN_S, RateMeter, has_profile, parts_of
+from bnrepro.run.ledger import read as read_ledger
 from bnrepro.run.plan import (
     PLAN_ENV,
     Progress,
@@ -182,8 +183,10 @@ def _reproduce(root: Path) -> subprocess.Popen:
 
 
 def _results(root: Path) -> dict[str, object]:
-    """Every result file but the PDFs (they carry their creation time)."""
-    files = sorted(p for p in (root / "results").iterdir() if p.suffix != ".pdf")
+    """Every result file but the PDFs (they carry their creation time) and the wall-time
+    ledger's sum (it is a time: test_a_reproduce_killed_midway... checks it)."""
+    files = sorted(p for p in (root / "results").iterdir()
+                   if p.suffix != ".pdf" and p.name != "reproduce_time.json")
     assert files, f"no results in {root / 'results'}"
     return {p.name: p.read_bytes() for p in files}
 
@@ -212,6 +215,14 @@ def test_a_reproduce_killed_midway_ends_with_the_results_of_an_uninterrupted_one
     assert rerun.returncode == 0, out
     assert "model-steps done" in out
     assert _results(killed_root) == _results(tmp_path / "whole")
+    # Both invocations' wall time counts: the killed one up to its last progress line
+    entries = read_ledger(killed_root / "runs" / "logs" / "time.json")
+    assert [e["status"] for e in entries] == ["running", "done"]
+    assert entries[0]["seconds"] > 0 and entries[0]["parts"].get("fig1", 0) > 0
+    spent = json.loads((killed_root / "results" / "reproduce_time.json").read_text())
+    assert spent["invocations"] == 2
+    assert spent["seconds"] == pytest.approx(sum(e["seconds"] for e in entries), abs=0.2)
+    assert "the tier so far" in out and "over 2 invocations" in out
 
 
 @pytest.mark.slow
@@ -229,6 +240,8 @@ def test_sigterm_to_the_orchestrator_stops_the_trainers_under_it_too(tmp_path, m
     time.sleep(2)
     alive = [p for p in below if Path(f"/proc/{p}").exists() and _cmdline(p)]
     assert alive == [], f"left running: {[_cmdline(p) for p in alive]}"
+    [entry] = read_ledger(tmp_path / "runs" / "logs" / "time.json")
+    assert entry["status"] == "stopped" and entry["seconds"] > 0
 
 
 def _cmdline(pid: int) -> str:

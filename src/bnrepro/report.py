@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fnmatch
+import json
 import os
 import sys
 from collections import Counter
@@ -53,6 +54,7 @@ from bnrepro.claims import (
     read_claims,
 )
 from bnrepro.experiments import EXPERIMENTS
+from bnrepro.run.ledger import duration
 from bnrepro.run.machine import describe
 
 NOT_MEASURED = "not measured"
@@ -349,7 +351,22 @@ def head_lines(results: Path, tiers: list[Tier]) -> list[str]:
     if len(tiers) > 1:
         lines += [line for t in tiers
                   for line in (f"Trained on{t.label}: {'; '.join(tier_machines(t))}.", "")]
-    return lines
+    return lines + [line for t in tiers for line in wall_time_lines(t)]
+
+
+def wall_time_lines(tier: Tier) -> list[str]:
+    """How long `python -m bnrepro.reproduce` took over this tier, summed over every
+    invocation that worked on it (<folder>/reproduce_time.json, bnrepro.run.ledger)."""
+    path = tier.folder / "reproduce_time.json"
+    if not path.is_file():
+        return []
+    spent = json.loads(path.read_text())
+    parts = ", ".join(f"{part} {duration(s)}" for part, s in spent["parts"].items())
+    n = spent["invocations"]
+    return [f"Wall time{tier.label}: {duration(spent['seconds'])} of `python -m bnrepro.reproduce "
+            f"--scale {spent['scale']}` over {n} invocation{'s' if n != 1 else ''} (on "
+            f"{'; '.join(spent['machines'])}); by part: {parts} "
+            f"(`{tier.shown_as}reproduce_time.json`).", ""]
 
 
 def render(results: Path, out: Path, long: Path | None = None) -> tuple[str, dict[str, Any]]:

@@ -17,6 +17,11 @@ runs by hand), logged to <runs>/logs/<part>.log, one after another on the machin
    invocation, each run's steps weighted by their FLOPs (bnrepro.run.plan: still a guide).
 3. The report (bnrepro.report) over every tier's results.
 
+The wall time of every invocation is kept, per part, in <runs>/logs/time.json
+(bnrepro.run.ledger: rewritten with each progress line, so a kill loses at most one interval),
+and their sum in <results>/reproduce_time.json: the tier's measured wall time, which the report
+states and the last line prints.
+
 Finished runs are not retrained (a run directory that holds a finished run resumes as done),
 so after a kill or the end of a working session the same command continues where it stopped,
 losing at most one checkpoint interval per run. A part that fails is reported with the end of
@@ -36,8 +41,10 @@ import threading
 import time
 from pathlib import Path
 
+from bnrepro.atomic import atomic_write_json
 from bnrepro.config import CONF_DIR
 from bnrepro.experiments import EXPERIMENTS, Experiment
+from bnrepro.run import ledger, machine
 from bnrepro.run.plan import Progress, progress, progress_line, read_plan, read_step_flops
 
 CONF = CONF_DIR
@@ -93,12 +100,13 @@ class RateMeter:
 
 
 class ProgressPrinter(threading.Thread):
-    """Prints the progress line every `every` seconds until stopped."""
+    """Prints the progress line every `every` seconds until stopped, and charges the time
+    since the last line to the part under way (`ledger`, when given)."""
 
-    def __init__(self, plan: Path, every: float) -> None:
+    def __init__(self, plan: Path, every: float, ledger: TimeKeeper | None = None) -> None:
         super().__init__(daemon=True)
         self.plan, self.flops, self.every = read_plan(plan), read_step_flops(plan), every
-        self.meter, self.part = RateMeter(), "planning"
+        self.meter, self.part, self.ledger = RateMeter(), "planning", ledger
         self.done = threading.Event()
 
     def line(self) -> str:
@@ -108,6 +116,40 @@ class ProgressPrinter(threading.Thread):
     def run(self) -> None:
         while not self.done.wait(self.every):
             print(f"  progress: {self.line()}", flush=True)
+            if self.ledger is not None:
+                self.ledger.tick(self.part)
+
+
+class TimeKeeper:
+    """The tier's wall time (bnrepro.run.ledger): this invocation's entry in the run store's
+    <runs>/logs/time.json, and the sum of every invocation copied to
+    <results>/reproduce_time.json, where the report reads it."""
+
+    def __init__(self, logs: Path, results: Path, scale: str) -> None:
+        self.ledger = ledger.Ledger(logs / "time.json", this_machine())
+        self.results, self.scale = results, scale
+
+    def tick(self, part: str) -> None:
+        self.ledger.tick(part)
+        self._publish()
+
+    def close(self, part: str, status: str) -> ledger.TierTime:
+        self.ledger.close(part, status)
+        return self._publish()
+
+    def _publish(self) -> ledger.TierTime:
+        spent = self.ledger.total()
+        atomic_write_json(self.results / "reproduce_time.json",
+                          {"scale": self.scale, **spent.as_dict()})
+        return spent
+
+
+def this_machine() -> str:
+    """The CPU (and GPU, where torch sees one) that an invocation ran on."""
+    import torch
+
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{machine.cpu_model()}, {os.cpu_count()} cores{gpu}"
 
 
 def descendants(pid: int) -> list[int]:
@@ -179,29 +221,39 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     print(f"reproduce {args.scale}: {', '.join(parts)}, then the report (logs: {logs}/)",
           flush=True)
-    printer = ProgressPrinter(plan(parts, make_args, logs), args.every)
-    print(f"  plan: {printer.line()}", flush=True)
-    printer.start()
-    failed = []
+    logs.mkdir(parents=True, exist_ok=True)
+    keeper = TimeKeeper(logs, results, args.scale)
+    part, failed, status = "planning", [], "stopped"  # stopped: killed, or an error
     try:
-        for part in parts:
-            printer.part = part
-            t0, log = time.time(), logs / f"{part}.log"
-            print(f"  {part} started (log: {log})", flush=True)
-            if run_make(part, make_args, log):
-                failed.append(part)
-                print(f"error: {part} failed; the end of {log}:\n{tail(log)}", flush=True)
-            else:
-                print(f"  {part} done in {time.time() - t0:.0f} s", flush=True)
+        printer = ProgressPrinter(plan(parts, make_args, logs), args.every, keeper)
+        keeper.tick(part)
+        print(f"  plan: {printer.line()}", flush=True)
+        printer.start()
+        try:
+            for part in parts:
+                printer.part = part
+                t0, log = time.time(), logs / f"{part}.log"
+                print(f"  {part} started (log: {log})", flush=True)
+                if run_make(part, make_args, log):
+                    failed.append(part)
+                    print(f"error: {part} failed; the end of {log}:\n{tail(log)}", flush=True)
+                else:
+                    print(f"  {part} done in {time.time() - t0:.0f} s", flush=True)
+                keeper.tick(part)
+        finally:
+            printer.done.set()
+        print(f"  progress: {printer.line()}", flush=True)
+        part = "report"
+        if not args.no_report:
+            report_root = results if args.scale == "cpu" else results.parent
+            subprocess.call([sys.executable, "-m", "bnrepro.report", "--results",
+                             str(report_root)], cwd=ROOT)
+        status = "done" if not failed else f"finished with errors in {', '.join(failed)}"
     finally:
-        printer.done.set()
-    print(f"  progress: {printer.line()}", flush=True)
-    if not args.no_report:
-        report_root = results if args.scale == "cpu" else results.parent
-        subprocess.call([sys.executable, "-m", "bnrepro.report", "--results", str(report_root)],
-                        cwd=ROOT)
-    status = "done" if not failed else f"finished with errors in {', '.join(failed)}"
-    print(f"reproduce {args.scale}: {status} in {time.time() - start:.0f} s", flush=True)
+        spent = keeper.close(part, status)
+    print(f"reproduce {args.scale}: {status} in {time.time() - start:.0f} s; the tier so far: "
+          f"{ledger.duration(spent.seconds)} over {spent.invocations} invocation"
+          f"{'s' if spent.invocations != 1 else ''} ({logs / 'time.json'})", flush=True)
     return 1 if failed else 0
 
 
