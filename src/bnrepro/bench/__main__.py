@@ -75,8 +75,9 @@ def cnn_rows(w: Workload, populations: Sequence[int]) -> list[Row]:
 def long_rows(w: Workload, P: int, compile_skip: str | None) -> list[Row]:
     """A long-tier net (workloads.LONG_NETS): the plain loops (contiguous, channels_last,
     compiled), its P members one after another, and ours single and as a population, each
-    with the speed knobs model.memory_format and trainer.compile (single runs) next to the
-    defaults. The issue's targets (report.py) compare our fastest with the plain loops."""
+    with the speed knobs model.memory_format and trainer.compile (single runs; and both)
+    next to the defaults. The issue's targets (report.py) compare our fastest with the plain
+    loops."""
     net = w.net
     compiled = Row(net, f"{net}/compiled", "plain loop + torch.compile(model)", False, 1,
                    lambda: None, note="compile time excluded (compile_s)", skipped=compile_skip)
@@ -94,6 +95,12 @@ def long_rows(w: Workload, P: int, compile_skip: str | None) -> list[Row]:
             "channels_last", True, 1, partial(our_trainer, w, 1, channels_last)),
         Row(net, f"{net}/ours1_compile", "bnrepro single run, trainer.compile=true", True, 1,
             partial(our_trainer, w, 1, ["trainer.compile=true"]),
+            note="compiled in set-up, before the timed steps", skipped=compile_skip),
+        # both levers at once: Inductor fuses each norm with its activation (and the pooling
+        # after it) into one pass over a channels_last activation
+        Row(net, f"{net}/ours1_compile_channels_last", "bnrepro single run, trainer.compile="
+            "true, channels_last", True, 1,
+            partial(our_trainer, w, 1, ["trainer.compile=true", *channels_last]),
             note="compiled in set-up, before the timed steps", skipped=compile_skip),
         Row(net, f"{net}/ours{P}", f"bnrepro population P={P}", True, P,
             partial(our_trainer, w, P)),
