@@ -249,3 +249,16 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def test_a_damaged_time_ledger_stops_reproduce_with_one_line_before_anything_runs(tmp_path):
+    logs = tmp_path / "runs" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "time.json").write_text("{cut sh")
+    done = subprocess.run([sys.executable, "-m", "bnrepro.reproduce", "--scale", "cpu",
+                           "--parts", "fig1", "--no-report", "--make",
+                           f"RUNS={tmp_path / 'runs'}", f"RESULTS={tmp_path / 'results'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "error:" in done.stderr and "not a time ledger" in done.stderr
+    assert not (logs / "plan.jsonl").exists()

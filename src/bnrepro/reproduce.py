@@ -101,12 +101,12 @@ class RateMeter:
 
 class ProgressPrinter(threading.Thread):
     """Prints the progress line every `every` seconds until stopped, and charges the time
-    since the last line to the part under way (`ledger`, when given)."""
+    since the last line to the part under way (`keeper`, when given)."""
 
-    def __init__(self, plan: Path, every: float, ledger: TimeKeeper | None = None) -> None:
+    def __init__(self, plan: Path, every: float, keeper: TimeKeeper | None = None) -> None:
         super().__init__(daemon=True)
         self.plan, self.flops, self.every = read_plan(plan), read_step_flops(plan), every
-        self.meter, self.part, self.ledger = RateMeter(), "planning", ledger
+        self.meter, self.part, self.keeper = RateMeter(), "planning", keeper
         self.done = threading.Event()
 
     def line(self) -> str:
@@ -116,8 +116,8 @@ class ProgressPrinter(threading.Thread):
     def run(self) -> None:
         while not self.done.wait(self.every):
             print(f"  progress: {self.line()}", flush=True)
-            if self.ledger is not None:
-                self.ledger.tick(self.part)
+            if self.keeper is not None:
+                self.keeper.tick(self.part)
 
 
 class TimeKeeper:
@@ -222,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reproduce {args.scale}: {', '.join(parts)}, then the report (logs: {logs}/)",
           flush=True)
     logs.mkdir(parents=True, exist_ok=True)
-    keeper = TimeKeeper(logs, results, args.scale)
+    try:
+        keeper = TimeKeeper(logs, results, args.scale)
+    except ValueError as err:  # a damaged ledger: nothing has started yet
+        raise SystemExit(f"error: {err}") from None
     part, failed, status = "planning", [], "stopped"  # stopped: killed, or an error
     try:
         printer = ProgressPrinter(plan(parts, make_args, logs), args.every, keeper)
