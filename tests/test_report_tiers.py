@@ -195,3 +195,6 @@ def test_the_long_tiers_wall_time_is_the_ledgers_sum_and_absent_without_one(tmp_
     assert ("Wall time (long tier): 5 h 30 min of `python -m bnrepro.reproduce --scale long` "
             "over 3 invocations (on CPU A, 2 cores); by part: planning 10 min, fig2 5 h 20 min "
             "(`long/reproduce_time.json`).") in rendered(results)
+    (results / "long" / "reproduce_time.json").write_text('{"seconds": 3')
+    assert ("Wall time (long tier): `long/reproduce_time.json` is unreadable"
+            in rendered(results))

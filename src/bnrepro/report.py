@@ -58,6 +58,7 @@ from bnrepro.run.ledger import duration
 from bnrepro.run.machine import describe
 
 NOT_MEASURED = "not measured"
+TIME_KEYS = {"scale", "seconds", "invocations", "parts", "machines"}  # reproduce_time.json
 # A row of a claims table: one claim at each tier that has it, by tier key ("cpu", "long"),
 # with the experiment and the claims file it belongs to.
 Row = dict[str, Any]
@@ -360,7 +361,13 @@ def wall_time_lines(tier: Tier) -> list[str]:
     path = tier.folder / "reproduce_time.json"
     if not path.is_file():
         return []
-    spent = json.loads(path.read_text())
+    try:
+        spent = json.loads(path.read_text())
+        if not isinstance(spent, dict) or not TIME_KEYS <= spent.keys():
+            raise ValueError(f"not an object with {', '.join(sorted(TIME_KEYS))}")
+    except ValueError as err:
+        return [f"Wall time{tier.label}: `{tier.shown_as}reproduce_time.json` is unreadable "
+                f"({err}); `python -m bnrepro.reproduce` rewrites it.", ""]
     parts = ", ".join(f"{part} {duration(s)}" for part, s in spent["parts"].items())
     n = spent["invocations"]
     return [f"Wall time{tier.label}: {duration(spent['seconds'])} of `python -m bnrepro.reproduce "
