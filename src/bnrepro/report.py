@@ -363,7 +363,7 @@ def wall_time_lines(tier: Tier) -> list[str]:
         return []
     try:
         spent = json.loads(path.read_text())
-        if not isinstance(spent, dict) or not TIME_KEYS <= spent.keys():
+        if not isinstance(spent, dict) or not spent.keys() >= TIME_KEYS:
             raise ValueError(f"not an object with {', '.join(sorted(TIME_KEYS))}")
     except ValueError as err:
         return [f"Wall time{tier.label}: `{tier.shown_as}reproduce_time.json` is unreadable "
